@@ -1,0 +1,3 @@
+from clarivis.cli import main
+
+main()

@@ -1,0 +1,221 @@
+"""The public Python API: `train(...)` and `Classifier` (load, predict, evaluate).
+The CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+import glob
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from rich.console import Console
+
+from clarivis.config import build_config
+from clarivis.data.dataset import ImageDataset, pil_to_uint8
+from clarivis.data.io import is_image_path, load_image, to_rgb
+from clarivis.data.scan import scan_images
+from clarivis.data.sources import evaluation_samples, index_dataset
+from clarivis.data.transforms import eval_transform
+from clarivis.errors import ClarivisError, DataError, ImageDecodeError
+from clarivis.evaluate.metrics import EvaluationResult, compute_metrics
+from clarivis.models.bundle import BundleConfig, load_bundle, resolve_bundle_path
+from clarivis.report.plots import save_confusion_matrix
+from clarivis.train.defaults import resolve_device
+from clarivis.train.loop import TrainResult, run_training
+
+ImageInput = str | Path | Image.Image
+
+
+@dataclass
+class Prediction:
+    """Top-k labels for one image; `error` is set (and the rest empty) when it was unreadable."""
+
+    source: str  # file path, or "<image N>" for in-memory images
+    label: str | None = None
+    confidence: float | None = None  # calibrated probability of `label`
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["top_k"] = [{"label": lbl, "probability": p} for lbl, p in self.top_k]
+        return d
+
+
+def train(
+    data: str | Path,
+    *,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    config: str | Path | None = None,
+    console: Console | None = None,
+    **settings: Any,
+) -> TrainResult:
+    """Train a classifier on `data`; settings are TrainConfig fields (model=, epochs=, ...)."""
+    resolved = build_config(config, data=str(data), out=str(out) if out else None, **settings)
+    result = run_training(resolved, resume=resume, console=console)
+    _evaluate_run(result, console or Console(stderr=True))
+    return result
+
+
+def _evaluate_run(result: TrainResult, console: Console) -> None:
+    """Validation metrics of the saved (best) model, written into the run folder."""
+    split = json.loads((result.run_dir / "split.json").read_text())
+    if not split["val"] or not (result.bundle_dir / "config.json").exists():
+        return
+    clf = Classifier.load(result.bundle_dir)
+    evaluation = clf.evaluate_files(split["val"])
+    save_evaluation(evaluation, result.run_dir / "val_metrics.json")
+    console.print(
+        f"best model (epoch {result.best_epoch}): val accuracy {evaluation.accuracy:.3f}, "
+        f"balanced {evaluation.balanced_accuracy:.3f}, ECE {evaluation.ece:.3f}"
+    )
+
+
+class Classifier:
+    """A trained model with its preprocessing and class names, restored from a ModelBundle."""
+
+    def __init__(self, model: torch.nn.Module, config: BundleConfig, device: torch.device):
+        self.model = model.eval()
+        self.config = config
+        self.device = device
+        self.transform = eval_transform(config.preprocess)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> Classifier:
+        dev = resolve_device(device)
+        model, config = load_bundle(resolve_bundle_path(path), device=dev)
+        return cls(model, config, dev)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.config.class_names
+
+    @torch.no_grad()
+    def predict_proba(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) preprocessed batch -> (N, C) calibrated probabilities."""
+        logits = self.model(batch.to(self.device)).float()
+        return torch.softmax(logits / self.config.temperature, dim=1).cpu()
+
+    def predict(
+        self, images: ImageInput | Iterable[ImageInput], *, top_k: int = 5, batch_size: int = 64
+    ) -> list[Prediction]:
+        """Predict files, folders, globs or PIL images; unreadable files become error rows."""
+        return list(self.iter_predict(images, top_k=top_k, batch_size=batch_size))
+
+    def iter_predict(
+        self, images: ImageInput | Iterable[ImageInput], *, top_k: int = 5, batch_size: int = 64
+    ) -> Iterator[Prediction]:
+        """Like predict, but yields rows batch by batch (bounded memory for large folders)."""
+        if top_k < 1:
+            raise ClarivisError("--top-k must be at least 1")
+        k = min(top_k, len(self.class_names))
+        pending: list[tuple[str, torch.Tensor]] = []
+        for source, item in _expand_inputs(images):
+            if isinstance(item, str):  # an error message
+                yield from self._flush(pending, k)
+                pending = []
+                yield Prediction(source=source, error=item)
+                continue
+            pending.append((source, self.transform(item)))
+            if len(pending) >= batch_size:
+                yield from self._flush(pending, k)
+                pending = []
+        yield from self._flush(pending, k)
+
+    def _flush(self, pending: list[tuple[str, torch.Tensor]], k: int) -> Iterator[Prediction]:
+        if not pending:
+            return
+        probs = self.predict_proba(torch.stack([t for _, t in pending]))
+        values, indices = probs.topk(k, dim=1)
+        for (source, _), vals, idxs in zip(pending, values.tolist(), indices.tolist()):
+            top = [(self.class_names[i], float(v)) for v, i in zip(vals, idxs)]
+            yield Prediction(source=source, label=top[0][0], confidence=top[0][1], top_k=top)
+
+    def evaluate(self, data: str | Path, *, batch_size: int = 64) -> EvaluationResult:
+        """Metrics on a labeled dataset (its test split when it has one, else all images)."""
+        index = index_dataset(data)
+        samples = evaluation_samples(index)
+        unknown = sorted({s.label for s in samples} - set(self.class_names))
+        if unknown:
+            raise DataError(
+                f"{data} has classes the model does not know ({', '.join(unknown[:5])}); "
+                f"the model's classes are {', '.join(self.class_names[:10])}"
+            )
+        return self.evaluate_files([s.path for s in samples], [s.label for s in samples],
+                                   batch_size=batch_size)
+
+    def evaluate_files(
+        self, paths: list[str], labels: list[str] | None = None, *, batch_size: int = 64
+    ) -> EvaluationResult:
+        """Metrics on explicit files; labels default to each file's parent folder name."""
+        from clarivis.data.sources import Sample
+
+        labels = labels or [Path(p).parent.name for p in paths]
+        scan = scan_images([Sample(p, lbl) for p, lbl in zip(paths, labels)])
+        if not scan.samples:
+            raise DataError(f"none of the {len(paths)} images could be read; check the files")
+        class_to_idx = {name: i for i, name in enumerate(self.class_names)}
+        dataset = ImageDataset(scan.samples, class_to_idx, self.transform, scan.images)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+        probs, targets = [], []
+        for batch, target in loader:
+            probs.append(self.predict_proba(batch))
+            targets.append(target)
+        result = compute_metrics(torch.cat(probs), torch.cat(targets), self.class_names)
+        result.skipped = [{"path": p, "reason": r} for p, r in scan.skipped]
+        return result
+
+
+def save_evaluation(result: EvaluationResult, json_path: str | Path) -> tuple[Path, Path]:
+    """Write the metrics JSON and a confusion-matrix PNG beside it."""
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result.to_dict(), indent=2))
+    png = json_path.with_name(json_path.stem + "_confusion.png")
+    save_confusion_matrix(result.confusion_matrix, result.class_names, png)
+    return json_path, png
+
+
+def _expand_inputs(images: ImageInput | Iterable[ImageInput]) -> Iterator[tuple[str, Any]]:
+    """Yield (source, uint8 tensor) or (source, error message) for every input image."""
+    if isinstance(images, (str, Path, Image.Image)):
+        images = [images]
+    for n, item in enumerate(images):
+        if isinstance(item, Image.Image):
+            yield f"<image {n}>", pil_to_uint8(to_rgb(item))
+            continue
+        for path in _expand_path(str(item)):
+            if isinstance(path, tuple):
+                yield path
+                continue
+            try:
+                yield path, pil_to_uint8(load_image(path))
+            except ImageDecodeError as err:
+                yield path, str(err).removeprefix(f"{path}: ")
+
+
+def _expand_path(item: str) -> Iterator[str | tuple[str, str]]:
+    path = Path(item).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_path(p))
+        if not files:
+            yield item, "folder holds no images"
+        yield from (str(p) for p in files)
+    elif path.exists():
+        yield str(path)
+    elif glob.has_magic(item):
+        matches = sorted(glob.glob(str(path), recursive=True))
+        if not matches:
+            yield item, "no files match this pattern"
+        for m in matches:
+            if Path(m).is_dir():
+                yield from _expand_path(m)
+            else:
+                yield m
+    else:
+        yield item, "file not found"

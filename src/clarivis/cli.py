@@ -1,0 +1,213 @@
+"""The `clarivis` command: parse, call the Python API, print with rich. No logic lives here."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from clarivis.errors import ClarivisError
+
+app = typer.Typer(
+    help="From a folder of labeled images to a classifier you can trust and ship.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+datasets_app = typer.Typer(help="Built-in datasets, generated locally (no downloads).",
+                           no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+
+out = Console()  # results (tables, JSON, CSV) go to stdout
+err = Console(stderr=True)  # progress and messages go to stderr
+
+Opt = typer.Option
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Argument(help="class folders, train/val/test folders or CSV")],
+    out_dir: Annotated[Optional[str], Opt("--out", help="run folder [runs/<data>-<time>]")] = None,
+    resume: Annotated[Optional[str], Opt(help="continue the run in this folder")] = None,
+    config: Annotated[Optional[str], Opt(help="YAML file of settings (flags override it)")] = None,
+    model: Annotated[Optional[str], Opt(help="timm model name [adapts to data/device]")] = None,
+    pretrained: Annotated[Optional[bool], Opt("--pretrained", help="timm hub weights")] = None,
+    weights: Annotated[Optional[str], Opt(help="local .safetensors/.pt weights")] = None,
+    img_size: Annotated[Optional[int], Opt(help="input size in px [typical data size]")] = None,
+    resize_mode: Annotated[Optional[str], Opt(help="pad | crop | squash [pad]")] = None,
+    epochs: Annotated[Optional[int], Opt(help="maximum epochs [30]")] = None,
+    batch_size: Annotated[Optional[int], Opt(help="[64]")] = None,
+    lr: Annotated[Optional[float], Opt(help="peak learning rate [by optimizer/batch]")] = None,
+    optimizer: Annotated[Optional[str], Opt(help="adamw | sgd [adamw]")] = None,
+    weight_decay: Annotated[Optional[float], Opt(help="[0.05]")] = None,
+    val_fraction: Annotated[Optional[float], Opt(help="held out for validation [0.1]")] = None,
+    augment: Annotated[Optional[str], Opt(help="none|light|randaugment|trivialaugment")] = None,
+    hflip: Annotated[Optional[bool], Opt("--hflip/--no-hflip", help="random flips [on]")] = None,
+    mixup: Annotated[Optional[float], Opt(help="Mixup alpha [0]")] = None,
+    cutmix: Annotated[Optional[float], Opt(help="CutMix alpha [0]")] = None,
+    label_smoothing: Annotated[Optional[float], Opt(help="[0.1]")] = None,
+    freeze_epochs: Annotated[Optional[int], Opt(help="head-only warm-up epochs [0]")] = None,
+    ema: Annotated[Optional[bool], Opt("--ema/--no-ema", help="EMA of weights [off]")] = None,
+    patience: Annotated[Optional[int], Opt(help="early-stopping patience in epochs [8]")] = None,
+    balance: Annotated[Optional[str], Opt(help="auto | sampler | none [auto]")] = None,
+    device: Annotated[Optional[str], Opt(help="cpu | cuda | mps [best available]")] = None,
+    workers: Annotated[Optional[int], Opt(help="DataLoader workers [by cores]")] = None,
+    seed: Annotated[Optional[int], Opt(help="[0]")] = None,
+    time_limit: Annotated[Optional[float], Opt(help="stop after this many minutes")] = None,
+) -> None:
+    """Train a classifier; the best model is saved as a ModelBundle in <out>/model."""
+    from clarivis.api import train as train_api
+
+    settings = {k: v for k, v in locals().items()
+                if k not in ("data", "out_dir", "resume", "config", "train_api")}
+    result = train_api(data, out=out_dir, resume=resume, config=config, console=err, **settings)
+    acc = result.best_val_accuracy
+    err.print(
+        f"[bold green]done[/]: {result.epochs_run} epochs"
+        + (f", best val accuracy {acc:.3f} (epoch {result.best_epoch})" if acc is not None else "")
+    )
+    out.print(f"model:  {result.bundle_dir}\nrun:    {result.run_dir}")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="ModelBundle folder (runs/NAME/model)")],
+    data: Annotated[str, typer.Argument(help="labeled images: folder, split folder or CSV")],
+    json_path: Annotated[Optional[str], Opt("--json", help="write metrics JSON (+ PNG)")] = None,
+    batch_size: Annotated[int, Opt(min=1)] = 64,
+    device: Annotated[Optional[str], Opt()] = None,
+) -> None:
+    """Accuracy, top-5, balanced accuracy, precision/recall/F1, confusion matrix, ECE."""
+    from clarivis.api import Classifier, save_evaluation
+
+    clf = Classifier.load(model, device=device)
+    result = clf.evaluate(data, batch_size=batch_size)
+    _print_evaluation(result)
+    if json_path:
+        written = save_evaluation(result, json_path)
+        err.print(f"wrote {written[0]} and {written[1]}")
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="ModelBundle folder (runs/NAME/model)")],
+    images: Annotated[list[str], typer.Argument(help="image files, folders or globs")],
+    top_k: Annotated[int, Opt(min=1, help="labels per image")] = 5,
+    fmt: Annotated[str, Opt("--format", help="table | json | csv")] = "table",
+    batch_size: Annotated[int, Opt(min=1)] = 64,
+    device: Annotated[Optional[str], Opt()] = None,
+) -> None:
+    """Top-k labels with calibrated probabilities; unreadable files become error rows."""
+    from clarivis.api import Classifier
+
+    if fmt not in ("table", "json", "csv"):
+        raise ClarivisError(f"--format {fmt} is not supported; use table, json or csv")
+    clf = Classifier.load(model, device=device)
+    rows = clf.iter_predict(images, top_k=top_k, batch_size=batch_size)
+    failed = {"table": _print_table, "json": _print_json, "csv": _print_csv}[fmt](rows)
+    if failed:
+        err.print(f"[yellow]{failed} input(s) could not be read (see the error column)")
+        raise typer.Exit(1)
+
+
+@datasets_app.command("make")
+def datasets_make(
+    name: Annotated[str, typer.Argument(help="shapes | digits")],
+    directory: Annotated[str, typer.Argument(help="new folder to write the images into")],
+    seed: Annotated[int, Opt()] = 0,
+    per_class: Annotated[Optional[int], Opt(min=1, help="images per class (shapes)")] = None,
+    img_size: Annotated[Optional[int], Opt(min=8, help="image side in px")] = None,
+) -> None:
+    """Write a built-in dataset as train/val/test class folders plus manifest CSVs."""
+    from clarivis.data.builtin import BUILTIN_DATASETS
+
+    if name not in BUILTIN_DATASETS:
+        raise ClarivisError(f"unknown dataset '{name}'; choose one of {', '.join(BUILTIN_DATASETS)}")
+    kwargs = {"seed": seed}
+    if img_size:
+        kwargs["img_size"] = img_size
+    if per_class:
+        if name != "shapes":
+            raise ClarivisError("--per-class applies to shapes only; digits has a fixed size")
+        kwargs["per_class"] = per_class
+    path = BUILTIN_DATASETS[name](directory, **kwargs)
+    out.print(f"wrote {name} to {path} (train/, val/, test/, manifest.csv)")
+
+
+# ----------------------------------------------------------------------------- printing
+
+
+def _print_evaluation(result) -> None:
+    summary = Table(title=f"evaluation on {result.num_samples} images", show_header=False)
+    rows = [("accuracy", result.accuracy), ("top-5 accuracy", result.top5_accuracy),
+            ("balanced accuracy", result.balanced_accuracy),
+            ("precision / recall / F1 (macro)",
+             f"{result.precision_macro:.4f} / {result.recall_macro:.4f} / {result.f1_macro:.4f}"),
+            ("precision / recall / F1 (weighted)",
+             f"{result.precision_weighted:.4f} / {result.recall_weighted:.4f} / "
+             f"{result.f1_weighted:.4f}"),
+            ("expected calibration error", result.ece)]
+    for name, value in rows:
+        if value is not None:
+            summary.add_row(name, f"{value:.4f}" if isinstance(value, float) else value)
+    out.print(summary)
+    per_class = Table("class", "precision", "recall", "f1", "support")
+    for row in result.per_class:
+        per_class.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}",
+                          f"{row['f1']:.3f}", str(row["support"]))
+    out.print(per_class)
+    if result.skipped:
+        err.print(f"[yellow]skipped {len(result.skipped)} unreadable file(s)")
+
+
+def _print_table(rows) -> int:
+    table = Table("image", "label", "confidence", "top-k")
+    failed = 0
+    for p in rows:
+        if p.error:
+            failed += 1
+            table.add_row(p.source, "[red]error[/]", "", p.error)
+        else:
+            top = ", ".join(f"{lbl} {prob:.2f}" for lbl, prob in p.top_k)
+            table.add_row(p.source, p.label, f"{p.confidence:.3f}", top)
+    out.print(table)
+    return failed
+
+
+def _print_json(rows) -> int:
+    items = [p.to_dict() for p in rows]
+    print(json.dumps(items, indent=2))
+    return sum(1 for p in items if p["error"])
+
+
+def _print_csv(rows) -> int:
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["source", "label", "confidence", "top_k", "error"])
+    failed = 0
+    for p in rows:
+        failed += bool(p.error)
+        top = ";".join(f"{lbl}:{prob:.6f}" for lbl, prob in p.top_k)
+        conf = f"{p.confidence:.6f}" if p.confidence is not None else ""
+        writer.writerow([p.source, p.label or "", conf, top, p.error or ""])
+    sys.stdout.flush()
+    return failed
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    try:
+        app()
+    except ClarivisError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted; a training run continues with --resume RUN_FOLDER")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

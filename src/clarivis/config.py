@@ -1,0 +1,121 @@
+"""Typed run configuration: defaults, then a YAML file, then flags. The resolved config is
+written into every run folder as `config.yaml`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from clarivis.errors import ConfigError
+
+ResizeMode = Literal["pad", "crop", "squash"]
+AugmentPreset = Literal["none", "light", "randaugment", "trivialaugment"]
+
+
+class TrainConfig(BaseModel):
+    """Everything that defines a training run. `None` means "chosen from the data and device"."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    data: str = Field(description="image folder, split folder or CSV manifest")
+    out: str | None = Field(None, description="run folder; default runs/<data>-<time>")
+
+    # Model. None picks a default that trains in reasonable time on the device (see defaults.py).
+    model: str | None = None
+    pretrained: bool = False  # timm hub weights; needs a network
+    weights: str | None = None  # local safetensors / state-dict file; head replaced to fit
+    img_size: int | None = Field(None, ge=16, le=1024)  # None: typical size of the data
+    resize_mode: ResizeMode = "pad"  # pad keeps the whole image: a defect at the edge survives
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+
+    # Data.
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # 10% is enough to rank epochs, costs little
+    balance: Literal["auto", "sampler", "none"] = "auto"  # auto: weighted sampling above 1.5:1
+    augment: AugmentPreset = "light"  # flip + crop; strong presets pay off on longer runs
+    hflip: bool = True  # off for data where left/right matters (text, digits, some scans)
+    mixup: float = Field(0.0, ge=0.0)  # Mixup alpha; 0.2-0.8 helps long runs, hurts short ones
+    cutmix: float = Field(0.0, ge=0.0)  # CutMix alpha; likewise
+    workers: int | None = Field(None, ge=0)  # None: cores - 1, 0 on 2-core machines
+
+    # Optimisation.
+    epochs: int = Field(30, ge=1)  # early stopping usually ends runs sooner
+    batch_size: int = Field(64, ge=1)  # fits every default model at default sizes on CPU and GPU
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # AdamW: forgiving lr for CNNs and ViTs alike
+    lr: float | None = Field(None, gt=0.0)  # None: 2e-3 AdamW / 0.1 SGD scratch, /10 fine-tune
+    weight_decay: float = Field(0.05, ge=0.0)  # standard for AdamW on CNNs and ViTs
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # SGD only
+    warmup_epochs: float = Field(1.0, ge=0.0)  # avoids early divergence at the peak lr
+    min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0)  # cosine floor as a fraction of peak lr
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)  # mild regulariser, better calibration
+    grad_clip: float | None = Field(5.0, gt=0.0)  # only trims rare spikes at this size
+    freeze_epochs: int = Field(0, ge=0)  # head-only warm-up epochs before full fine-tune
+    ema: bool = False  # EMA pays off on long runs; on short ones it lags behind the weights
+    ema_decay: float = Field(0.999, gt=0.0, lt=1.0)
+    amp: bool = True  # mixed precision on CUDA only (bf16 when supported, else fp16)
+    patience: int | None = Field(8, ge=1)  # epochs without val improvement before stopping
+
+    # Runtime.
+    device: str | None = None  # None: cuda, then mps, then cpu
+    seed: int = 0
+    time_limit: float | None = Field(None, gt=0.0)  # minutes; stops after the epoch that passes it
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.pretrained and self.weights:
+            raise ValueError("use either --pretrained (hub) or --weights FILE, not both")
+        if self.freeze_epochs and self.freeze_epochs >= self.epochs:
+            raise ValueError("freeze_epochs must be smaller than epochs")
+        return self
+
+
+def build_config(yaml_path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """Defaults, then the YAML file, then explicit overrides (None means "not given")."""
+    values: dict[str, Any] = {}
+    if yaml_path is not None:
+        values.update(read_yaml(yaml_path))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return validate_config(values)
+
+
+def validate_config(values: dict[str, Any]) -> TrainConfig:
+    try:
+        return TrainConfig(**values)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; pass an existing YAML file")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML ({err.__class__.__name__}); fix the syntax") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings, e.g. 'epochs: 10'")
+    return loaded
+
+
+def write_yaml(config: BaseModel, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def _one_line(err: ValidationError) -> str:
+    """Turn pydantic's multi-line report into one actionable line."""
+    parts = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "config"
+        flag = "--" + field.replace("_", "-")
+        given = e.get("input")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown setting '{field}'")
+        elif e["loc"]:
+            parts.append(f"{flag} {msg.lower()} (got {given!r})")
+        else:
+            parts.append(msg)
+    return "invalid settings: " + "; ".join(parts)

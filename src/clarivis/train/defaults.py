@@ -1,0 +1,68 @@
+"""Defaults that adapt to the data and the device, each with its reason."""
+
+from __future__ import annotations
+
+import os
+import statistics
+
+import torch
+
+from clarivis.errors import ConfigError
+
+
+def resolve_device(requested: str | None) -> torch.device:
+    """CUDA when present, then Apple's MPS, else CPU; an explicit request must be available."""
+    if requested:
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise ConfigError(f"unknown device '{requested}'; use cpu, cuda, cuda:N or mps") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError("--device mps asked for, but MPS is not available; use --device cpu")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_img_size(sizes: list[tuple[int, int]], pretrained_size: int | None = None) -> int:
+    """The dataset's typical size: median sqrt(w*h), rounded up to a multiple of 32 and kept in
+    32..224. Pretrained weights call for their own input size (features were learned there)."""
+    if pretrained_size:
+        return pretrained_size
+    if not sizes:
+        return 224
+    typical = statistics.median((w * h) ** 0.5 for w, h in sizes)
+    return int(min(224, max(32, -(-typical // 32) * 32)))
+
+
+def pick_model(device: torch.device, img_size: int) -> str:
+    """resnet18 for small images everywhere: about 0.04 GFLOPs per 32 px image, well learnable
+    from scratch. Larger images on CPU get mobilenetv3_large_100 (0.22 GFLOPs at 224 px, 8x less
+    than resnet18); on a GPU resnet50, whose extra capacity is nearly free there."""
+    if img_size <= 64:
+        return "resnet18"
+    if device.type == "cpu":
+        return "mobilenetv3_large_100"
+    return "resnet50"
+
+
+def pick_lr(optimizer: str, batch_size: int, fine_tune: bool) -> float:
+    """Peak lr scaled linearly with batch size from a base at 64 images. Fine-tuning pretrained
+    weights uses a tenth, so the features are adapted rather than overwritten."""
+    base = 2e-3 if optimizer == "adamw" else 0.1
+    lr = base * batch_size / 64
+    return lr / 10 if fine_tune else lr
+
+
+def pick_workers(preloaded: bool) -> int:
+    """DataLoader workers. Decoded images in memory need little CPU per sample, and on a 2-core
+    machine a worker would steal a core from the model: 0. Streaming from disk: cores - 1."""
+    cores = os.cpu_count() or 1
+    if preloaded:
+        return 0 if cores <= 2 else min(4, cores - 1)
+    return max(1, min(8, cores - 1))

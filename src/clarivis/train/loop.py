@@ -1,0 +1,513 @@
+"""The training run: data -> model -> epochs with validation, early stopping, checkpoints and
+the best model saved as a ModelBundle. Readable top to bottom; `run_training` is the entry."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler
+
+from clarivis.config import TrainConfig, read_yaml, validate_config, write_yaml
+from clarivis.data.dataset import ImageDataset, balanced_sampler, class_counts, imbalance_ratio
+from clarivis.data.scan import scan_images, write_skipped
+from clarivis.data.sources import DatasetIndex, Sample, fingerprint, index_dataset
+from clarivis.data.splits import resolve_splits
+from clarivis.data.transforms import Preprocess, eval_transform, train_transform
+from clarivis.errors import ClarivisError, DataError, ResumeError
+from clarivis.models.bundle import make_bundle_config, save_bundle
+from clarivis.models.factory import create_model, pretrained_cfg, set_backbone_trainable
+from clarivis.train import defaults
+from clarivis.train.callbacks import EpochProgress, RunLogger
+from clarivis.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+
+IMBALANCE_THRESHOLD = 1.5  # largest/smallest class above this gets balanced sampling
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    bundle_dir: Path
+    best_epoch: int
+    best_val_accuracy: float | None  # None when trained without a validation split
+    epochs_run: int
+    stopped_early: bool
+    images_per_second: float  # training throughput, last epoch
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class PreparedData:
+    index: DatasetIndex
+    class_names: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    train_images: list[torch.Tensor] | None
+    val_images: list[torch.Tensor] | None
+    sizes: list[tuple[int, int]]
+    skipped: list[tuple[str, str]]
+    fingerprint: str
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def run_training(
+    config: TrainConfig, *, resume: str | Path | None = None, console: Console | None = None
+) -> TrainResult:
+    """Train a model as `config` says, or continue the run in folder `resume`."""
+    console = console or Console(stderr=True)
+    start_state = None
+    if resume is not None:
+        run_dir = Path(resume)
+        start_state, config = _load_resume(run_dir, config)
+    else:
+        run_dir = _new_run_dir(config)
+    data = prepare_data(config, console)
+    if start_state is not None and start_state["fingerprint"] != data.fingerprint:
+        raise ResumeError(
+            f"{run_dir} was trained on other data than {config.data}; "
+            "resume with the same data or start a new run"
+        )
+    device = defaults.resolve_device(config.device)
+    config = _resolve_defaults(config, data, device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_yaml(config, run_dir / "config.yaml")
+    write_skipped(data.skipped, run_dir / "skipped_files.txt")
+    _write_split(run_dir, data)
+    report = _write_data_report(run_dir, config, data)
+    _print_data_summary(console, config, data, report, device)
+    return _fit(config, data, device, run_dir, start_state, report["balanced_sampling"], console)
+
+
+def _new_run_dir(config: TrainConfig) -> Path:
+    if config.out:
+        run_dir = Path(config.out)
+        if (run_dir / CHECKPOINT_NAME).exists():
+            raise ClarivisError(
+                f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                "or choose another --out"
+            )
+        return run_dir
+    name = Path(config.data.rstrip("/")).stem or "data"
+    return Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _load_resume(run_dir: Path, given: TrainConfig) -> tuple[dict, TrainConfig]:
+    """The saved config wins (same run, same result); the data path may have moved."""
+    if not run_dir.is_dir():
+        raise ResumeError(f"{run_dir} does not exist; pass the folder of the run to resume")
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    if state.get("finished"):
+        raise ResumeError(
+            f"{run_dir} already finished ({state['epoch']} epochs); start a new run with --out"
+        )
+    saved = read_yaml(run_dir / "config.yaml")
+    saved["data"] = given.data
+    return state, validate_config(saved)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def prepare_data(config: TrainConfig, console: Console) -> PreparedData:
+    """Index, split, decode-check and (when small) preload the dataset."""
+    index = index_dataset(config.data)
+    splits = resolve_splits(index, config.val_fraction, config.seed)
+    t0 = time.perf_counter()
+    with console.status("checking images..."):
+        train_scan = scan_images(splits["train"])
+        val_scan = scan_images(splits.get("val", []))
+    skipped = train_scan.skipped + val_scan.skipped
+    if not train_scan.samples:
+        raise DataError(
+            f"none of the {len(splits['train'])} training images in {config.data} could be read; "
+            "check the files (all are corrupt or not images)"
+        )
+    class_names = sorted({s.label for s in train_scan.samples})
+    if len(class_names) < 2:
+        raise DataError(
+            f"only class '{class_names[0]}' has readable training images; "
+            "a classifier needs at least 2 classes"
+        )
+    val, val_images = _keep_known(val_scan.samples, val_scan.images, set(class_names))
+    console.print(
+        f"checked {len(train_scan.samples) + len(val_scan.samples) + len(skipped)} images "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
+    return PreparedData(
+        index=index, class_names=class_names, train=train_scan.samples, val=val,
+        train_images=train_scan.images, val_images=val_images if val_scan.images is not None
+        else None, sizes=train_scan.sizes, skipped=skipped,
+        fingerprint=fingerprint(index.all_samples, index.root),
+    )
+
+
+def _keep_known(samples, images, known: set[str]):
+    keep = [i for i, s in enumerate(samples) if s.label in known]
+    kept_images = [images[i] for i in keep] if images is not None else None
+    return [samples[i] for i in keep], kept_images
+
+
+def _resolve_defaults(config: TrainConfig, data: PreparedData, device) -> TrainConfig:
+    """Fill every `None` with the choice for this data and device (then saved as config.yaml)."""
+    values = config.model_dump()
+    fine_tune = config.pretrained or config.weights is not None
+    if values["img_size"] is None:
+        pretrained_size = None
+        if fine_tune and config.model:
+            pretrained_size = (pretrained_cfg(config.model).get("input_size") or (3, 224, 224))[1]
+        values["img_size"] = defaults.pick_img_size(data.sizes, pretrained_size)
+    if values["model"] is None:
+        values["model"] = defaults.pick_model(device, values["img_size"])
+    if values["lr"] is None:
+        values["lr"] = defaults.pick_lr(config.optimizer, config.batch_size, fine_tune)
+    if values["workers"] is None:
+        values["workers"] = defaults.pick_workers(data.train_images is not None)
+    values["device"] = str(device)
+    values["out"] = config.out
+    return validate_config(values)
+
+
+def _write_split(run_dir: Path, data: PreparedData) -> None:
+    split = {"train": [s.path for s in data.train], "val": [s.path for s in data.val]}
+    (run_dir / "split.json").write_text(json.dumps(split))
+
+
+def _write_data_report(run_dir: Path, config: TrainConfig, data: PreparedData) -> dict:
+    counts = class_counts(data.train, data.class_names)
+    ratio = imbalance_ratio(counts)
+    balanced = config.balance == "sampler" or (
+        config.balance == "auto" and ratio >= IMBALANCE_THRESHOLD
+    )
+    widths = [w for w, _ in data.sizes]
+    heights = [h for _, h in data.sizes]
+    report = {
+        "layout": data.index.layout,
+        "classes": data.class_names,
+        "train_counts": counts,
+        "val_counts": class_counts(data.val, data.class_names),
+        "imbalance_ratio": round(ratio, 3),
+        "balanced_sampling": balanced,
+        "skipped": len(data.skipped),
+        "image_width": {"min": min(widths), "median": float(np.median(widths)), "max": max(widths)},
+        "image_height": {"min": min(heights), "median": float(np.median(heights)),
+                         "max": max(heights)},
+        "preloaded": data.train_images is not None,
+        "fingerprint": data.fingerprint,
+    }
+    (run_dir / "data_report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _print_data_summary(console, config, data, report, device) -> None:
+    console.print(
+        f"[bold]{len(data.train)}[/] train / [bold]{len(data.val)}[/] val images, "
+        f"{len(data.class_names)} classes ({data.index.layout} layout); model "
+        f"[bold]{config.model}[/] at {config.img_size}px on {device}"
+    )
+    if data.skipped:
+        console.print(
+            f"[yellow]skipped {len(data.skipped)} unreadable file(s); listed in skipped_files.txt"
+        )
+    if report["imbalance_ratio"] >= IMBALANCE_THRESHOLD:
+        action = "balanced by weighted sampling" if report["balanced_sampling"] else "not balanced"
+        console.print(
+            f"[yellow]class imbalance {report['imbalance_ratio']:.1f}:1 (largest/smallest), {action}"
+        )
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _fit(config, data, device, run_dir, start_state, balanced, console) -> TrainResult:
+    seed_everything(config.seed)
+    class_to_idx = {name: i for i, name in enumerate(data.class_names)}
+    fresh = start_state is None  # on resume the checkpoint supplies every weight
+    model = create_model(
+        config.model, num_classes=len(data.class_names), img_size=config.img_size,
+        pretrained=config.pretrained and fresh, weights=config.weights if fresh else None,
+        drop_rate=config.drop_rate,
+    )
+    cfg = pretrained_cfg(config.model)
+    preprocess = Preprocess(
+        img_size=config.img_size, resize_mode=config.resize_mode,
+        mean=tuple(cfg.get("mean", Preprocess.mean)), std=tuple(cfg.get("std", Preprocess.std)),
+        interpolation=cfg.get("interpolation", "bilinear")
+        if cfg.get("interpolation") in ("bilinear", "bicubic") else "bilinear",
+    )
+    train_ds = ImageDataset(
+        data.train, class_to_idx,
+        train_transform(preprocess, augment=config.augment, hflip=config.hflip), data.train_images,
+    )
+    val_ds = ImageDataset(data.val, class_to_idx, eval_transform(preprocess), data.val_images)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = _make_optimizer(model, config)
+    ema = ModelEmaV3(model, decay=config.ema_decay) if config.ema else None
+    amp_dtype = _amp_dtype(config, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    mixup = _make_mixup(config, len(data.class_names))
+    loss_fn = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(
+        label_smoothing=config.label_smoothing)
+    bundle_config = make_bundle_config(
+        architecture=config.model, class_names=data.class_names, preprocess=preprocess,
+        model_kwargs={"img_size": config.img_size} if cfg.get("fixed_input_size") else {},
+    )
+    steps_per_epoch = _steps_per_epoch(len(train_ds), config.batch_size)
+    scheduler = CosineLRScheduler(
+        optimizer, t_initial=config.epochs * steps_per_epoch,
+        lr_min=config.lr * config.min_lr_ratio,
+        warmup_t=int(config.warmup_epochs * steps_per_epoch), warmup_lr_init=config.lr * 0.01,
+        warmup_prefix=True, t_in_epochs=False,
+    )
+    state = {"epoch": 0, "global_step": 0, "best": None, "bad_epochs": 0, "history": []}
+    logger = RunLogger(run_dir)
+    if start_state is not None:
+        state = _restore(start_state, model, optimizer, ema, scaler)
+        logger.truncate_after(state["epoch"])
+        console.print(f"resuming {run_dir} after epoch {state['epoch']}")
+    scheduler.step_update(state["global_step"])
+    bundle_dir = run_dir / "model"
+    stopped_early, ips, t_start = False, 0.0, time.perf_counter()
+    try:
+        for epoch in range(state["epoch"] + 1, config.epochs + 1):
+            seed_everything(config.seed * 1000 + epoch)  # same data order/augment on resume
+            loader = _train_loader(train_ds, config, epoch, balanced, len(data.class_names))
+            frozen = epoch <= config.freeze_epochs
+            set_backbone_trainable(model, not frozen)
+            train_stats = train_one_epoch(
+                model, loader, optimizer, scheduler, loss_fn, device, state, console,
+                epoch=epoch, epochs=config.epochs, grad_clip=config.grad_clip, amp_dtype=amp_dtype,
+                scaler=scaler, ema=ema, mixup=mixup,
+            )
+            ips = train_stats["images_per_second"]
+            eval_model = ema.module if ema is not None else model
+            val_stats = validate(eval_model, val_ds, config, device, amp_dtype) if len(val_ds) else {}
+            record = {"epoch": epoch, **train_stats, **val_stats,
+                      "lr": optimizer.param_groups[0]["lr"], "frozen_backbone": frozen}
+            state["history"].append(record)
+            logger.log_epoch(record)
+            improved = _is_improvement(val_stats, state["best"])
+            if improved or not val_stats:
+                state["best"] = {"epoch": epoch, **val_stats}
+                state["bad_epochs"] = 0
+                bundle_config.training = _training_summary(config, data, state, epoch)
+                save_bundle(bundle_dir, eval_model, bundle_config)
+            else:
+                state["bad_epochs"] += 1
+            _print_epoch(console, record, improved)
+            state["epoch"] = epoch
+            stopped_early = _should_stop(config, state, t_start)
+            last = stopped_early or epoch == config.epochs
+            save_checkpoint(run_dir / CHECKPOINT_NAME,
+                            _checkpoint(state, model, optimizer, ema, scaler, data, last))
+            if stopped_early:
+                break
+    finally:
+        logger.close()
+    best = state["best"] or {}
+    return TrainResult(
+        run_dir=run_dir, bundle_dir=bundle_dir, best_epoch=best.get("epoch", state["epoch"]),
+        best_val_accuracy=best.get("val_accuracy"), epochs_run=state["epoch"],
+        stopped_early=stopped_early, images_per_second=ips, history=state["history"],
+    )
+
+
+def train_one_epoch(
+    model, loader, optimizer, scheduler, loss_fn, device, state, console, *, epoch, epochs,
+    grad_clip, amp_dtype, scaler, ema, mixup,
+) -> dict:
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    start = time.perf_counter()
+    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext())
+    with EpochProgress(console, epoch, epochs, len(loader)) as progress:
+        for images, targets in loader:
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            if device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            hard_targets = targets
+            if mixup is not None:
+                images, targets = mixup(images, targets)
+            with autocast:
+                logits = model(images)
+                loss = loss_fn(logits, targets)
+            if not torch.isfinite(loss):
+                raise ClarivisError(
+                    f"training diverged (loss {loss.item()}) in epoch {epoch}; lower --lr"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            state["global_step"] += 1
+            scheduler.step_update(state["global_step"])
+            if ema is not None:
+                ema.update(model, step=state["global_step"])
+            n = images.shape[0]
+            total_loss += loss.item() * n
+            correct += int((logits.argmax(1) == hard_targets).sum())
+            seen += n
+            progress.update(images=n, loss=total_loss / seen, acc=correct / seen)
+    elapsed = time.perf_counter() - start
+    return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+            "images_per_second": seen / max(elapsed, 1e-9), "epoch_seconds": elapsed}
+
+
+@torch.no_grad()
+def validate(model, dataset, config, device, amp_dtype) -> dict:
+    model.eval()
+    loader = DataLoader(dataset, batch_size=config.batch_size * 2, num_workers=config.workers)
+    total_loss, correct, seen = 0.0, 0, 0
+    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext())
+    for images, targets in loader:
+        images, targets = images.to(device), targets.to(device)
+        with autocast:
+            logits = model(images)
+        total_loss += F.cross_entropy(logits.float(), targets, reduction="sum").item()
+        correct += int((logits.argmax(1) == targets).sum())
+        seen += len(targets)
+    return {"val_loss": total_loss / seen, "val_accuracy": correct / seen}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _steps_per_epoch(n: int, batch_size: int) -> int:
+    return n // batch_size if n > batch_size else 1
+
+
+def _train_loader(dataset, config, epoch, balanced, num_classes) -> DataLoader:
+    """A loader whose order and augmentation depend only on (seed, epoch): resume-exact."""
+    generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+    if balanced:
+        sampler = balanced_sampler(dataset.targets, num_classes, generator)
+    else:
+        sampler = RandomSampler(dataset, generator=generator)
+    # drop_last avoids a 1-image final batch, which BatchNorm cannot train on.
+    return DataLoader(
+        dataset, batch_size=min(config.batch_size, len(dataset)), sampler=sampler,
+        num_workers=config.workers, drop_last=len(dataset) > config.batch_size,
+        pin_memory=torch.cuda.is_available(), persistent_workers=False, generator=generator,
+    )
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    # No weight decay on biases and norm parameters (1-D): decaying them only hurts.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def _amp_dtype(config: TrainConfig, device: torch.device):
+    if not config.amp or device.type != "cuda":
+        return None  # CPU autocast is slower than fp32 on most CPUs
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _make_mixup(config: TrainConfig, num_classes: int) -> Mixup | None:
+    if config.mixup <= 0 and config.cutmix <= 0:
+        return None
+    return Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix,
+                 label_smoothing=config.label_smoothing, num_classes=num_classes)
+
+
+def _is_improvement(val: dict, best: dict | None) -> bool:
+    """Higher val accuracy wins; equal accuracy with lower val loss wins too."""
+    if not val:
+        return False
+    if best is None or "val_accuracy" not in best:
+        return True
+    if val["val_accuracy"] != best["val_accuracy"]:
+        return val["val_accuracy"] > best["val_accuracy"]
+    return val["val_loss"] < best["val_loss"]
+
+
+def _should_stop(config: TrainConfig, state: dict, t_start: float) -> bool:
+    if config.patience and state["bad_epochs"] >= config.patience:
+        return True
+    if config.time_limit and (time.perf_counter() - t_start) / 60 >= config.time_limit:
+        return True
+    return False
+
+
+def _training_summary(config, data, state, epoch) -> dict:
+    best = state["best"] or {}
+    return {
+        "dataset_fingerprint": data.fingerprint, "data": str(config.data), "epoch": epoch,
+        "epochs": config.epochs, "best_val_accuracy": best.get("val_accuracy"),
+        "best_val_loss": best.get("val_loss"), "train_images": len(data.train),
+        "val_images": len(data.val), "seed": config.seed,
+        "trained_at": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def _print_epoch(console: Console, r: dict, improved: bool) -> None:
+    val = (f" val_loss {r['val_loss']:.3f} val_acc {r['val_accuracy']:.3f}"
+           if "val_accuracy" in r else "")
+    mark = " [green]*best[/]" if improved else ""
+    console.print(
+        f"epoch {r['epoch']:>3}  loss {r['train_loss']:.3f} acc {r['train_accuracy']:.3f}{val}  "
+        f"{r['images_per_second']:.0f} img/s  {r['epoch_seconds']:.1f}s{mark}"
+    )
+
+
+def _checkpoint(state, model, optimizer, ema, scaler, data, finished) -> dict:
+    return {
+        **state,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "fingerprint": data.fingerprint,
+        "class_names": data.class_names,
+        "finished": finished,
+    }
+
+
+def _restore(ckpt, model, optimizer, ema, scaler) -> dict:
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if ema is not None and ckpt.get("ema") is not None:
+        ema.load_state_dict(ckpt["ema"])
+    if scaler is not None and ckpt.get("scaler") is not None:
+        scaler.load_state_dict(ckpt["scaler"])
+    keys = ("epoch", "global_step", "best", "bad_epochs", "history")
+    return {k: ckpt[k] for k in keys}
+
