@@ -112,7 +112,8 @@ class Classifier:
     ) -> Iterator[Prediction]:
         """Like predict, but yields rows batch by batch (bounded memory for large folders)."""
         if top_k < 1:
-            raise ClarivisError("--top-k must be at least 1")
+            raise ClarivisError(f"--top-k must be at least 1 (got {top_k})")
+        _check_batch_size(batch_size)
         k = min(top_k, len(self.class_names))
         pending: list[tuple[str, torch.Tensor]] = []
         for source, item in _expand_inputs(images):
@@ -138,6 +139,7 @@ class Classifier:
 
     def evaluate(self, data: str | Path, *, batch_size: int = 64) -> EvaluationResult:
         """Metrics on a labeled dataset (its test split when it has one, else all images)."""
+        _check_batch_size(batch_size)
         index = index_dataset(data)
         samples = evaluation_samples(index)
         unknown = sorted({s.label for s in samples} - set(self.class_names))
@@ -169,6 +171,11 @@ class Classifier:
         result = compute_metrics(torch.cat(probs), torch.cat(targets), self.class_names)
         result.skipped = [{"path": p, "reason": r} for p, r in scan.skipped]
         return result
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ClarivisError(f"--batch-size must be at least 1 (got {batch_size})")
 
 
 def save_evaluation(result: EvaluationResult, json_path: str | Path) -> tuple[Path, Path]:

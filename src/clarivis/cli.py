@@ -40,7 +40,7 @@ def train(
     img_size: Annotated[Optional[int], Opt(help="input size in px [typical data size]")] = None,
     resize_mode: Annotated[Optional[str], Opt(help="pad | crop | squash [pad]")] = None,
     epochs: Annotated[Optional[int], Opt(help="maximum epochs [30]")] = None,
-    batch_size: Annotated[Optional[int], Opt(help="[64]")] = None,
+    batch_size: Annotated[Optional[int], Opt(help="[64; less for tiny data]")] = None,
     lr: Annotated[Optional[float], Opt(help="peak learning rate [by optimizer/batch]")] = None,
     optimizer: Annotated[Optional[str], Opt(help="adamw | sgd [adamw]")] = None,
     weight_decay: Annotated[Optional[float], Opt(help="[0.05]")] = None,
@@ -78,7 +78,7 @@ def evaluate(
     model: Annotated[str, typer.Argument(help="ModelBundle folder (runs/NAME/model)")],
     data: Annotated[str, typer.Argument(help="labeled images: folder, split folder or CSV")],
     json_path: Annotated[Optional[str], Opt("--json", help="write metrics JSON (+ PNG)")] = None,
-    batch_size: Annotated[int, Opt(min=1)] = 64,
+    batch_size: Annotated[int, Opt(help="images per forward pass")] = 64,
     device: Annotated[Optional[str], Opt()] = None,
 ) -> None:
     """Accuracy, top-5, balanced accuracy, precision/recall/F1, confusion matrix, ECE."""
@@ -96,9 +96,9 @@ def evaluate(
 def predict(
     model: Annotated[str, typer.Argument(help="ModelBundle folder (runs/NAME/model)")],
     images: Annotated[list[str], typer.Argument(help="image files, folders or globs")],
-    top_k: Annotated[int, Opt(min=1, help="labels per image")] = 5,
+    top_k: Annotated[int, Opt(help="labels per image")] = 5,
     fmt: Annotated[str, Opt("--format", help="table | json | csv")] = "table",
-    batch_size: Annotated[int, Opt(min=1)] = 64,
+    batch_size: Annotated[int, Opt(help="images per forward pass")] = 64,
     device: Annotated[Optional[str], Opt()] = None,
 ) -> None:
     """Top-k labels with calibrated probabilities; unreadable files become error rows."""

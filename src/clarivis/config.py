@@ -42,7 +42,7 @@ class TrainConfig(BaseModel):
 
     # Optimisation.
     epochs: int = Field(30, ge=1)  # early stopping usually ends runs sooner
-    batch_size: int = Field(64, ge=1)  # fits every default model at default sizes on CPU and GPU
+    batch_size: int | None = Field(None, ge=1)  # None: 64, smaller for tiny datasets (see defaults)
     optimizer: Literal["adamw", "sgd"] = "adamw"  # AdamW: forgiving lr for CNNs and ViTs alike
     lr: float | None = Field(None, gt=0.0)  # None: 2e-3 AdamW / 0.1 SGD scratch, /10 fine-tune
     weight_decay: float = Field(0.05, ge=0.0)  # standard for AdamW on CNNs and ViTs

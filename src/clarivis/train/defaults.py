@@ -51,6 +51,14 @@ def pick_model(device: torch.device, img_size: int) -> str:
     return "resnet50"
 
 
+def pick_batch_size(n_train: int) -> int:
+    """64 images per step (fits every default model on CPU and GPU at default sizes), but at
+    least about 16 steps per epoch on tiny datasets, where a few large steps learn nothing."""
+    per_epoch = max(1, n_train // 16)
+    power_of_two = 1 << (per_epoch.bit_length() - 1)
+    return max(16, min(64, power_of_two))
+
+
 def pick_lr(optimizer: str, batch_size: int, fine_tune: bool) -> float:
     """Peak lr scaled linearly with batch size from a base at 64 images. Fine-tuning pretrained
     weights uses a tenth, so the features are adapted rather than overwritten."""

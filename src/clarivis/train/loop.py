@@ -174,8 +174,10 @@ def _resolve_defaults(config: TrainConfig, data: PreparedData, device) -> TrainC
         values["img_size"] = defaults.pick_img_size(data.sizes, pretrained_size)
     if values["model"] is None:
         values["model"] = defaults.pick_model(device, values["img_size"])
+    if values["batch_size"] is None:
+        values["batch_size"] = defaults.pick_batch_size(len(data.train))
     if values["lr"] is None:
-        values["lr"] = defaults.pick_lr(config.optimizer, config.batch_size, fine_tune)
+        values["lr"] = defaults.pick_lr(config.optimizer, values["batch_size"], fine_tune)
     if values["workers"] is None:
         values["workers"] = defaults.pick_workers(data.train_images is not None)
     values["device"] = str(device)

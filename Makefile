@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_DATA ?= data/shapes
+DEMO_RUN ?= runs/demo
+
+.PHONY: install demo test test-fast lint clean
+
+# Installs from the package registries only; the stamp re-installs when pyproject changes.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Generate the built-in shapes dataset, train with default settings, evaluate on its test split.
+demo: install
+	@if [ ! -d $(DEMO_DATA) ]; then $(BIN)/clarivis datasets make shapes $(DEMO_DATA); fi
+	rm -rf $(DEMO_RUN)
+	$(BIN)/clarivis train $(DEMO_DATA) --out $(DEMO_RUN) --epochs 12
+	$(BIN)/clarivis evaluate $(DEMO_RUN)/model $(DEMO_DATA)/test --json $(DEMO_RUN)/test_metrics.json
+	$(BIN)/clarivis predict $(DEMO_RUN)/model $(DEMO_DATA)/test/star --top-k 3 | head -n 12
+	@echo
+	@echo "Results: model bundle in $(DEMO_RUN)/model, test metrics in $(DEMO_RUN)/test_metrics.json,"
+	@echo "confusion matrix in $(DEMO_RUN)/test_metrics_confusion.png, training log in $(DEMO_RUN)/metrics.jsonl"
+
+test: install
+	$(BIN)/python -m pytest -n 2 --durations=15
+
+test-fast: install
+	$(BIN)/python -m pytest -n 2 -m "not slow"
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs data .pytest_cache

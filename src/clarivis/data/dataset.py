@@ -1,0 +1,66 @@
+"""A torch Dataset over samples: pixels from memory (decoded once by scan) or from disk."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, WeightedRandomSampler
+
+from clarivis.data.io import load_image
+from clarivis.data.sources import Sample
+
+
+def pil_to_uint8(img) -> torch.Tensor:
+    """RGB PIL image -> uint8 (3, H, W) tensor."""
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+class ImageDataset(Dataset):
+    """Yields (normalised image tensor, class index)."""
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        class_to_idx: dict[str, int],
+        transform,
+        images: list[torch.Tensor] | None = None,
+    ):
+        self.samples = samples
+        self.targets = [class_to_idx[s.label] for s in samples]
+        self.transform = transform
+        self.images = images  # decoded uint8 tensors, aligned with samples, or None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if self.images is not None:
+            pixels = self.images[i]
+        else:
+            pixels = pil_to_uint8(load_image(self.samples[i].path))
+        return self.transform(pixels), self.targets[i]
+
+
+def class_counts(samples: list[Sample], class_names: list[str]) -> dict[str, int]:
+    counts = Counter(s.label for s in samples)
+    return {name: counts.get(name, 0) for name in class_names}
+
+
+def imbalance_ratio(counts: dict[str, int]) -> float:
+    """Largest class size over the smallest (1.0 when balanced)."""
+    present = [c for c in counts.values() if c > 0]
+    return max(present) / min(present) if present else 1.0
+
+
+def balanced_sampler(
+    targets: list[int], num_classes: int, generator: torch.Generator
+) -> WeightedRandomSampler:
+    """Draw every class equally often per epoch (with replacement), same epoch length."""
+    counts = np.bincount(targets, minlength=num_classes).astype(np.float64)
+    weights = 1.0 / counts[np.asarray(targets)]
+    return WeightedRandomSampler(
+        torch.as_tensor(weights, dtype=torch.double), len(targets), replacement=True,
+        generator=generator,
+    )

@@ -1,0 +1,45 @@
+"""Shared fixtures: small generated datasets and tiny timm models, no downloads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Two pytest-xdist workers share 2 cores in CI: one torch thread each avoids oversubscription.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+CNN = "test_resnet"
+VIT = "test_vit"
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> Path:
+    """The built-in shapes dataset at 32 px, enough images for tiny models to learn."""
+    from clarivis.data.builtin import make_shapes
+
+    return make_shapes(tmp_path_factory.mktemp("shapes") / "shapes", per_class=60, img_size=32)
+
+
+def write_image(path: Path, color=(200, 30, 30), size=(24, 24), mode="RGB", fmt=None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(abs(hash(str(path))) % 2**32)
+    arr = np.clip(np.array(color) + rng.integers(-20, 20, (size[1], size[0], 3)), 0, 255)
+    Image.fromarray(arr.astype(np.uint8)).convert(mode).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def tiny_folder(tmp_path) -> Path:
+    """DIR/<class>/*.png with two easily separable classes, 12 images each."""
+    root = tmp_path / "tiny"
+    for i in range(12):
+        write_image(root / "red" / f"r{i}.png", (220, 20, 20))
+        write_image(root / "blue" / f"b{i}.png", (20, 20, 220))
+    return root
