@@ -37,6 +37,7 @@ def train(
     model: Annotated[Optional[str], Opt(help="timm model name [adapts to data/device]")] = None,
     pretrained: Annotated[Optional[bool], Opt("--pretrained", help="timm hub weights")] = None,
     weights: Annotated[Optional[str], Opt(help="local .safetensors/.pt weights")] = None,
+    model_kwargs: Annotated[Optional[str], Opt(help="timm kwargs, e.g. patch_size=8")] = None,
     img_size: Annotated[Optional[int], Opt(help="input size in px [typical data size]")] = None,
     resize_mode: Annotated[Optional[str], Opt(help="pad | crop | squash [pad]")] = None,
     epochs: Annotated[Optional[int], Opt(help="maximum epochs [30]")] = None,
@@ -62,8 +63,11 @@ def train(
     """Train a classifier; the best model is saved as a ModelBundle in <out>/model."""
     from clarivis.api import train as train_api
 
+    from clarivis.config import parse_kwargs
+
     settings = {k: v for k, v in locals().items()
-                if k not in ("data", "out_dir", "resume", "config", "train_api")}
+                if k not in ("data", "out_dir", "resume", "config", "train_api", "parse_kwargs")}
+    settings["model_kwargs"] = parse_kwargs(model_kwargs) or None
     result = train_api(data, out=out_dir, resume=resume, config=config, console=err, **settings)
     acc = result.best_val_accuracy
     err.print(
@@ -120,6 +124,7 @@ def datasets_make(
     directory: Annotated[str, typer.Argument(help="new folder to write the images into")],
     seed: Annotated[int, Opt()] = 0,
     per_class: Annotated[Optional[int], Opt(min=1, help="images per class (shapes)")] = None,
+    model_kwargs: Annotated[Optional[str], Opt(help="timm kwargs, e.g. patch_size=8")] = None,
     img_size: Annotated[Optional[int], Opt(min=8, help="image side in px")] = None,
 ) -> None:
     """Write a built-in dataset as train/val/test class folders plus manifest CSVs."""
@@ -165,15 +170,16 @@ def _print_evaluation(result) -> None:
 
 
 def _print_table(rows) -> int:
-    table = Table("image", "label", "confidence", "top-k")
+    table = Table("label", "confidence", "top-k")
+    table.add_column("image", overflow="fold")  # full paths, wrapped rather than cut
     failed = 0
     for p in rows:
         if p.error:
             failed += 1
-            table.add_row(p.source, "[red]error[/]", "", p.error)
+            table.add_row("[red]error[/]", "", p.error, p.source)
         else:
             top = ", ".join(f"{lbl} {prob:.2f}" for lbl, prob in p.top_k)
-            table.add_row(p.source, p.label, f"{p.confidence:.3f}", top)
+            table.add_row(p.label, f"{p.confidence:.3f}", top, p.source)
     out.print(table)
     return failed
 

@@ -30,6 +30,7 @@ class TrainConfig(BaseModel):
     img_size: int | None = Field(None, ge=16, le=1024)  # None: typical size of the data
     resize_mode: ResizeMode = "pad"  # pad keeps the whole image: a defect at the edge survives
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    model_kwargs: dict[str, int | float | bool | str] = Field(default_factory=dict)  # to timm
 
     # Data.
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # 10% is enough to rank epochs, costs little
@@ -69,6 +70,17 @@ class TrainConfig(BaseModel):
         if self.freeze_epochs and self.freeze_epochs >= self.epochs:
             raise ValueError("freeze_epochs must be smaller than epochs")
         return self
+
+
+def parse_kwargs(text: str | None) -> dict[str, int | float | bool | str]:
+    """'patch_size=4,drop_path_rate=0.1' -> {'patch_size': 4, 'drop_path_rate': 0.1}."""
+    result: dict[str, int | float | bool | str] = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--model-kwargs expects key=value pairs, got '{item}'")
+        result[key.strip()] = yaml.safe_load(value.strip())
+    return result
 
 
 def build_config(yaml_path: str | Path | None = None, **overrides: Any) -> TrainConfig:

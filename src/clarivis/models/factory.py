@@ -19,19 +19,20 @@ def create_model(
     pretrained: bool = False,
     weights: str | Path | None = None,
     drop_rate: float = 0.0,
+    **model_kwargs,
 ) -> nn.Module:
-    """A timm model with `num_classes` outputs; weights from timm's hub or a local file."""
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
-        hint = f" (similar: {', '.join(close)})" if close else ""
-        raise ModelError(f"unknown model '{name}'{hint}; see timm.list_models() for names")
-    kwargs: dict = {"num_classes": num_classes, "drop_rate": drop_rate}
+    """A timm model with `num_classes` outputs; weights from timm's hub or a local file.
+    `model_kwargs` go to the architecture (e.g. patch_size, drop_path_rate)."""
+    check_model_name(name)
+    kwargs: dict = {**model_kwargs, "num_classes": num_classes, "drop_rate": drop_rate}
     if img_size and _fixed_input_size(name):
         kwargs["img_size"] = img_size  # ViT/DeiT/Swin build position embeddings for this size
     if weights is not None:
         return _create_with_local_weights(name, Path(weights), kwargs)
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as err:
+        raise ModelError(f"'{name}' does not accept these settings: {_first_line(err)}") from None
     except (RuntimeError, OSError, ValueError) as err:
         if pretrained:
             raise ModelError(
@@ -39,6 +40,18 @@ def create_model(
                 "check the network or pass a local file with --weights"
             ) from None
         raise ModelError(f"cannot build '{name}': {_first_line(err)}") from None
+
+
+def check_model_name(name: str) -> None:
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise ModelError(f"unknown model '{name}'{hint}; see timm.list_models() for names")
+
+
+def check_weights_file(path: str | Path) -> None:
+    if not Path(path).is_file():
+        raise ModelError(f"weights file {path} not found; pass a .safetensors or .pt/.pth file")
 
 
 def pretrained_cfg(name: str) -> dict:
@@ -53,8 +66,7 @@ def _fixed_input_size(name: str) -> bool:
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """Tensors from a .safetensors file or a torch state dict, never unpickling arbitrary objects."""
-    if not path.is_file():
-        raise ModelError(f"weights file {path} not found; pass a .safetensors or .pt/.pth file")
+    check_weights_file(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -60,10 +60,13 @@ def pick_batch_size(n_train: int) -> int:
 
 
 def pick_lr(optimizer: str, batch_size: int, fine_tune: bool) -> float:
-    """Peak lr scaled linearly with batch size from a base at 64 images. Fine-tuning pretrained
-    weights uses a tenth, so the features are adapted rather than overwritten."""
-    base = 2e-3 if optimizer == "adamw" else 0.1
-    lr = base * batch_size / 64
+    """Peak lr from a base at 64 images, scaled by sqrt(batch/64) for AdamW (adaptive methods
+    scale so) and linearly for SGD. Fine-tuning pretrained weights uses a tenth, so the
+    features are adapted rather than overwritten."""
+    if optimizer == "adamw":
+        lr = 2e-3 * (batch_size / 64) ** 0.5
+    else:
+        lr = 0.1 * batch_size / 64
     return lr / 10 if fine_tune else lr
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -30,7 +31,13 @@ from clarivis.data.splits import resolve_splits
 from clarivis.data.transforms import Preprocess, eval_transform, train_transform
 from clarivis.errors import ClarivisError, DataError, ResumeError
 from clarivis.models.bundle import make_bundle_config, save_bundle
-from clarivis.models.factory import create_model, pretrained_cfg, set_backbone_trainable
+from clarivis.models.factory import (
+    check_model_name,
+    check_weights_file,
+    create_model,
+    pretrained_cfg,
+    set_backbone_trainable,
+)
 from clarivis.train import defaults
 from clarivis.train.callbacks import EpochProgress, RunLogger
 from clarivis.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -77,6 +84,11 @@ def run_training(
         start_state, config = _load_resume(run_dir, config)
     else:
         run_dir = _new_run_dir(config)
+    # Fail fast on settings, before spending time on the images.
+    if config.model:
+        check_model_name(config.model)
+    if config.weights and start_state is None:
+        check_weights_file(config.weights)
     data = prepare_data(config, console)
     if start_state is not None and start_state["fingerprint"] != data.fingerprint:
         raise ResumeError(
@@ -243,7 +255,7 @@ def _fit(config, data, device, run_dir, start_state, balanced, console) -> Train
     model = create_model(
         config.model, num_classes=len(data.class_names), img_size=config.img_size,
         pretrained=config.pretrained and fresh, weights=config.weights if fresh else None,
-        drop_rate=config.drop_rate,
+        drop_rate=config.drop_rate, **config.model_kwargs,
     )
     cfg = pretrained_cfg(config.model)
     preprocess = Preprocess(
@@ -269,7 +281,8 @@ def _fit(config, data, device, run_dir, start_state, balanced, console) -> Train
         label_smoothing=config.label_smoothing)
     bundle_config = make_bundle_config(
         architecture=config.model, class_names=data.class_names, preprocess=preprocess,
-        model_kwargs={"img_size": config.img_size} if cfg.get("fixed_input_size") else {},
+        model_kwargs={**config.model_kwargs,
+                      **({"img_size": config.img_size} if cfg.get("fixed_input_size") else {})},
     )
     steps_per_epoch = _steps_per_epoch(len(train_ds), config.batch_size)
     scheduler = CosineLRScheduler(
@@ -427,14 +440,11 @@ def _train_loader(dataset, config, epoch, balanced, num_classes) -> DataLoader:
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    # No weight decay on biases and norm parameters (1-D): decaying them only hurts.
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=config.lr)
+    # timm leaves biases, norms and the model's no_weight_decay() set (ViT position
+    # embeddings, class token) undecayed; SGD there is Nesterov momentum.
+    extra = {"momentum": config.momentum} if config.optimizer == "sgd" else {}
+    return create_optimizer_v2(model, opt=config.optimizer, lr=config.lr,
+                               weight_decay=config.weight_decay, **extra)
 
 
 def _amp_dtype(config: TrainConfig, device: torch.device):

@@ -1,0 +1,156 @@
+"""End-to-end training on generated data: learning, resume, checkpoints, imbalance, corrupt files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import clarivis
+from clarivis.errors import DataError, ResumeError
+from tests.conftest import CNN, write_image
+
+FAST = dict(epochs=2, batch_size=8, patience=None, workers=0)
+
+
+@pytest.mark.slow
+def test_cnn_learns_shapes_better_than_chance(shapes_dir, tmp_path):
+    result = clarivis.train(shapes_dir, out=tmp_path / "run", model=CNN, epochs=15, lr=3e-3,
+                            workers=0)
+    chance = 1 / 6
+    assert result.best_val_accuracy > chance + 0.15
+    test = clarivis.Classifier.load(result.bundle_dir).evaluate(shapes_dir / "test")
+    assert test.accuracy > chance + 0.1
+    run = result.run_dir
+    for name in ("config.yaml", "metrics.jsonl", "split.json", "data_report.json", "last.ckpt",
+                 "skipped_files.txt", "val_metrics.json", "val_metrics_confusion.png"):
+        assert (run / name).exists(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == list(range(1, result.epochs_run + 1))
+
+
+def test_resume_reproduces_an_uninterrupted_run(tiny_folder, tmp_path):
+    full = clarivis.train(tiny_folder, out=tmp_path / "full", model=CNN, **{**FAST, "epochs": 3})
+    # Same run cut after epoch 2: make its checkpoint look unfinished with 3 epochs planned.
+    part = clarivis.train(tiny_folder, out=tmp_path / "part", model=CNN, **{**FAST, "epochs": 3},
+                          time_limit=1e-9)  # stops (and checkpoints) after epoch 1
+    assert part.epochs_run == 1
+    ckpt = torch.load(tmp_path / "part" / "last.ckpt", weights_only=True)
+    ckpt["finished"] = False
+    torch.save(ckpt, tmp_path / "part" / "last.ckpt")
+    config = (tmp_path / "part" / "config.yaml").read_text().replace("time_limit: 1.0e-09",
+                                                                     "time_limit: null")
+    (tmp_path / "part" / "config.yaml").write_text(config)
+    resumed = clarivis.train(tiny_folder, resume=tmp_path / "part")
+    assert resumed.epochs_run == 3
+    a = torch.load(tmp_path / "full" / "last.ckpt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "part" / "last.ckpt", weights_only=True)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    losses_full = [h["train_loss"] for h in full.history]
+    losses_resumed = [h["train_loss"] for h in resumed.history]
+    assert losses_resumed == pytest.approx(losses_full, rel=1e-4)
+
+
+def test_finished_and_foreign_runs_cannot_be_resumed(tiny_folder, tmp_path):
+    clarivis.train(tiny_folder, out=tmp_path / "run", model=CNN, **FAST)
+    with pytest.raises(ResumeError, match="already finished"):
+        clarivis.train(tiny_folder, resume=tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)
+    ckpt["finished"] = False
+    torch.save(ckpt, tmp_path / "run" / "last.ckpt")
+    other = tmp_path / "other"
+    for i in range(5):
+        write_image(other / "x" / f"{i}.png", (0, 200, 0))
+        write_image(other / "y" / f"{i}.png", (200, 200, 0))
+    with pytest.raises(ResumeError, match="other data"):
+        clarivis.train(other, resume=tmp_path / "run")
+    with pytest.raises(ResumeError, match="no last.ckpt"):
+        (tmp_path / "empty").mkdir()
+        clarivis.train(tiny_folder, resume=tmp_path / "empty")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_loses_at_most_that_epoch(shapes_dir, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "clarivis", "train", str(shapes_dir), "--out", str(run),
+           "--model", CNN, "--epochs", "30", "--batch-size", "4", "--workers", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not _epochs_logged(run, 2):
+        time.sleep(0.2)
+    time.sleep(0.5)  # now inside epoch 3
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = torch.load(run / "last.ckpt", weights_only=True)["epoch"]
+    assert done >= 2
+    config = (run / "config.yaml").read_text().replace("epochs: 30", f"epochs: {done + 1}")
+    (run / "config.yaml").write_text(config)
+    resumed = clarivis.train(shapes_dir, resume=run)
+    assert resumed.epochs_run == done + 1
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == list(range(1, done + 2))
+
+
+def _epochs_logged(run, n) -> bool:
+    path = run / "metrics.jsonl"
+    return path.exists() and len(path.read_text().splitlines()) >= n
+
+
+def test_imbalance_is_detected_and_balanced(tmp_path):
+    root = tmp_path / "imb"
+    for i in range(20):
+        write_image(root / "common" / f"{i}.png", (200, 0, 0))
+    for i in range(4):
+        write_image(root / "rare" / f"{i}.png", (0, 0, 200))
+    result = clarivis.train(root, out=tmp_path / "run", model=CNN, val_fraction=0.0, **FAST)
+    report = json.loads((result.run_dir / "data_report.json").read_text())
+    assert report["imbalance_ratio"] == 5.0 and report["balanced_sampling"] is True
+    assert result.best_val_accuracy is None and (result.bundle_dir / "config.json").exists()
+
+
+def test_corrupt_files_are_skipped_and_listed(tiny_folder, tmp_path):
+    (tiny_folder / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (tiny_folder / "blue" / "notes.png").write_text("not an image")
+    result = clarivis.train(tiny_folder, out=tmp_path / "run", model=CNN, **FAST)
+    listed = (result.run_dir / "skipped_files.txt").read_text()
+    assert "broken.jpg" in listed and "notes.png" in listed
+    assert json.loads((result.run_dir / "data_report.json").read_text())["skipped"] == 2
+
+
+def test_only_corrupt_files_is_an_error(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        (tmp_path / cls / "x.jpg").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="none of the 2 training images"):
+        clarivis.train(tmp_path, out=tmp_path / "run", model=CNN, **FAST)
+
+
+def test_best_epoch_is_what_the_bundle_holds(tiny_folder, tmp_path):
+    result = clarivis.train(tiny_folder, out=tmp_path / "run", model=CNN, **{**FAST, "epochs": 3})
+    config = json.loads((result.bundle_dir / "config.json").read_text())
+    assert config["training"]["epoch"] == result.best_epoch
+    weights = load_file(str(result.bundle_dir / "model.safetensors"))
+    assert config["num_classes"] == 2 and weights["fc.weight"].shape[0] == 2
+
+
+def test_frozen_backbone_warmup_changes_only_the_head(tiny_folder, tmp_path):
+    from clarivis.models.factory import create_model
+
+    torch.manual_seed(0)  # the run seeds the same way before building its model
+    initial = create_model(CNN, num_classes=2).state_dict()
+    result = clarivis.train(tiny_folder, out=tmp_path / "run", model=CNN, freeze_epochs=1,
+                            time_limit=1e-9, **FAST)  # stop after the frozen epoch
+    assert [h["frozen_backbone"] for h in result.history] == [True]
+    after = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["model"]
+    assert torch.equal(after["conv1.0.weight"], initial["conv1.0.weight"])
+    assert not torch.equal(after["fc.weight"], initial["fc.weight"])
