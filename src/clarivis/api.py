@@ -133,8 +133,8 @@ class Classifier:
             return
         probs = self.predict_proba(torch.stack([t for _, t in pending]))
         values, indices = probs.topk(k, dim=1)
-        for (source, _), vals, idxs in zip(pending, values.tolist(), indices.tolist()):
-            top = [(self.class_names[i], float(v)) for v, i in zip(vals, idxs)]
+        for (source, _), vals, idxs in zip(pending, values.tolist(), indices.tolist(), strict=False):
+            top = [(self.class_names[i], float(v)) for v, i in zip(vals, idxs, strict=False)]
             yield Prediction(source=source, label=top[0][0], confidence=top[0][1], top_k=top)
 
     def evaluate(self, data: str | Path, *, batch_size: int = 64) -> EvaluationResult:
@@ -158,7 +158,7 @@ class Classifier:
         from clarivis.data.sources import Sample
 
         labels = labels or [Path(p).parent.name for p in paths]
-        scan = scan_images([Sample(p, lbl) for p, lbl in zip(paths, labels)])
+        scan = scan_images([Sample(p, lbl) for p, lbl in zip(paths, labels, strict=False)])
         if not scan.samples:
             raise DataError(f"none of the {len(paths)} images could be read; check the files")
         class_to_idx = {name: i for i, name in enumerate(self.class_names)}

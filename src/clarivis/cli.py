@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -62,7 +61,6 @@ def train(
 ) -> None:
     """Train a classifier; the best model is saved as a ModelBundle in <out>/model."""
     from clarivis.api import train as train_api
-
     from clarivis.config import parse_kwargs
 
     settings = {k: v for k, v in locals().items()

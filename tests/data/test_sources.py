@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from tests.conftest import write_image
 
 from clarivis.data.sources import fingerprint, index_dataset
 from clarivis.data.splits import resolve_splits, stratified_split
 from clarivis.errors import DataError
-from tests.conftest import write_image
 
 
 def test_class_folder_layout(tiny_folder):

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from tests.conftest import CNN, VIT, write_image
 
 from clarivis.cli import main
-from tests.conftest import CNN, VIT, write_image
 
 FAST = ["--model", CNN, "--epochs", "2", "--batch-size", "8", "--workers", "0"]
 

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
+from tests.conftest import CNN, VIT
 
 from clarivis.data.transforms import Preprocess
 from clarivis.errors import ModelError
 from clarivis.models.bundle import load_bundle, make_bundle_config, save_bundle
 from clarivis.models.factory import create_model
-from tests.conftest import CNN, VIT
 
 
 @pytest.mark.parametrize("name, size", [(CNN, 32), (VIT, 48)])

@@ -7,6 +7,7 @@ import pickle
 import pytest
 import torch
 from safetensors.torch import save_file
+from tests.conftest import CNN, VIT
 
 from clarivis.errors import ModelError
 from clarivis.models.factory import (
@@ -15,7 +16,6 @@ from clarivis.models.factory import (
     load_state_dict_file,
     set_backbone_trainable,
 )
-from tests.conftest import CNN, VIT
 
 
 @pytest.mark.parametrize("name, size", [(CNN, 32), (VIT, 64), ("test_efficientnet", 48)])

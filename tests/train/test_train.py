@@ -12,10 +12,10 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.conftest import CNN, write_image
 
 import clarivis
 from clarivis.errors import DataError, ResumeError
-from tests.conftest import CNN, write_image
 
 FAST = dict(epochs=2, batch_size=8, patience=None, workers=0)
 

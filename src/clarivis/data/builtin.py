@@ -202,7 +202,7 @@ def _allocate(
     n: int, names: Sequence[str], fractions: Sequence[float], rng: np.random.Generator
 ) -> list[str]:
     """n names with exact proportional quotas, in a seeded random order."""
-    pool = [name for name, count in zip(names, _quotas(n, fractions)) for _ in range(count)]
+    pool = [name for name, count in zip(names, _quotas(n, fractions), strict=False) for _ in range(count)]
     return [pool[i] for i in rng.permutation(n)]
 
 

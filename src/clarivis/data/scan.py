@@ -40,7 +40,7 @@ def scan_images(
     keep = memory_budget > 0
     good, skipped, sizes, images = [], [], [], []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for sample, result in zip(samples, pool.map(_decode, samples, chunksize=64)):
+        for sample, result in zip(samples, pool.map(_decode, samples, chunksize=64), strict=False):
             if isinstance(result, str):
                 skipped.append((sample.path, result))
                 continue

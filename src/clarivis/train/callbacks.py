@@ -17,6 +17,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+LOG_EVERY_S = 30.0  # seconds between plain progress lines when stderr is not a terminal
+
 
 class RunLogger:
     """Appends one JSON object per epoch to metrics.jsonl and mirrors scalars to TensorBoard."""
@@ -72,8 +74,9 @@ class EpochProgress:
             disable=not console.is_terminal,  # logs and CI get one line per epoch instead
         )
         self.task = self.progress.add_task("train", total=steps, loss=0.0, acc=0.0, ips=0.0)
-        self.start = time.perf_counter()
-        self.images = 0
+        self.console, self.epoch, self.steps = console, epoch, steps
+        self.start = self.last_line = time.perf_counter()
+        self.images = self.step = 0
 
     def __enter__(self) -> EpochProgress:
         self.progress.start()
@@ -86,3 +89,11 @@ class EpochProgress:
         self.images += images
         ips = self.images / max(time.perf_counter() - self.start, 1e-9)
         self.progress.update(self.task, advance=1, loss=loss, acc=acc, ips=ips)
+        self.step += 1
+        now = time.perf_counter()
+        if not self.console.is_terminal and now - self.last_line >= LOG_EVERY_S:
+            # Logs and CI have no live bar: a plain line now and then shows the run is alive.
+            eta = (self.steps - self.step) * (now - self.start) / self.step
+            self.console.print(f"  epoch {self.epoch} step {self.step}/{self.steps} loss "
+                               f"{loss:.3f} acc {acc:.3f} {ips:.0f} img/s eta {eta:.0f}s")
+            self.last_line = now
