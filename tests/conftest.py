@@ -24,7 +24,7 @@ def shapes_dir(tmp_path_factory) -> Path:
     """The built-in shapes dataset at 32 px, enough images for tiny models to learn."""
     from clarivis.data.builtin import make_shapes
 
-    return make_shapes(tmp_path_factory.mktemp("shapes") / "shapes", per_class=60, img_size=32)
+    return make_shapes(tmp_path_factory.mktemp("shapes") / "shapes", per_class=150, img_size=32)
 
 
 def write_image(path: Path, color=(200, 30, 30), size=(24, 24), mode="RGB", fmt=None) -> Path:

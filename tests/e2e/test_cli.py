@@ -192,4 +192,4 @@ def test_cli_trains_cnn_and_vit(model, size, dataset, shapes_dir, tmp_path, caps
     code, _, _ = run_cli(["evaluate", run / "model", data, "--json", tmp_path / "t.json"], capsys)
     accuracy = json.loads((tmp_path / "t.json").read_text())["accuracy"]
     classes = 6 if dataset == "shapes" else 10
-    assert accuracy > 1 / classes + 0.1
+    assert accuracy > 1 / classes + 0.08
