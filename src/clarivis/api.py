@@ -68,7 +68,8 @@ def _evaluate_run(result: TrainResult, console: Console) -> None:
     if not split["val"] or not (result.bundle_dir / "config.json").exists():
         return
     clf = Classifier.load(result.bundle_dir)
-    evaluation = clf.evaluate_files(split["val"])
+    evaluation = clf.evaluate_files([v["path"] for v in split["val"]],
+                                    [v["label"] for v in split["val"]])
     save_evaluation(evaluation, result.run_dir / "val_metrics.json")
     console.print(
         f"best model (epoch {result.best_epoch}): val accuracy {evaluation.accuracy:.3f}, "

@@ -154,3 +154,19 @@ def test_frozen_backbone_warmup_changes_only_the_head(tiny_folder, tmp_path):
     after = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["model"]
     assert torch.equal(after["conv1.0.weight"], initial["conv1.0.weight"])
     assert not torch.equal(after["fc.weight"], initial["fc.weight"])
+
+
+def test_manifest_with_split_column_trains_and_validates_on_its_val_rows(tmp_path):
+    rows = ["path,label,split,site"]
+    for i in range(16):
+        split = "val" if i % 4 == 0 else "train"
+        write_image(tmp_path / "imgs" / f"r{i}.png", (220, 20, 20))
+        write_image(tmp_path / "imgs" / f"b{i}.png", (20, 20, 220))
+        rows += [f"imgs/r{i}.png,red,{split},north", f"imgs/b{i}.png,blue,{split},south"]
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    result = clarivis.train(tmp_path / "data.csv", out=tmp_path / "run", model=CNN, **FAST)
+    split = json.loads((result.run_dir / "split.json").read_text())
+    assert len(split["val"]) == 8 and {v["label"] for v in split["val"]} == {"red", "blue"}
+    metrics = json.loads((result.run_dir / "val_metrics.json").read_text())
+    assert metrics["num_samples"] == 8
+    assert json.loads((result.run_dir / "data_report.json").read_text())["layout"] == "manifest"

@@ -130,7 +130,13 @@ def _load_resume(run_dir: Path, given: TrainConfig) -> tuple[dict, TrainConfig]:
         )
     saved = read_yaml(run_dir / "config.yaml")
     saved["data"] = given.data
-    return state, validate_config(saved)
+    resumed = validate_config(saved)
+    ignored = [k for k, v in given.model_dump(exclude_defaults=True).items()
+               if k not in ("data", "out") and v != saved.get(k)]
+    if ignored:
+        Console(stderr=True).print(
+            f"[yellow]--resume uses the run's own config.yaml; ignoring {', '.join(ignored)}")
+    return state, resumed
 
 
 # ----------------------------------------------------------------------------- data
@@ -198,7 +204,8 @@ def _resolve_defaults(config: TrainConfig, data: PreparedData, device) -> TrainC
 
 
 def _write_split(run_dir: Path, data: PreparedData) -> None:
-    split = {"train": [s.path for s in data.train], "val": [s.path for s in data.val]}
+    split = {name: [{"path": s.path, "label": s.label} for s in samples]
+             for name, samples in (("train", data.train), ("val", data.val))}
     (run_dir / "split.json").write_text(json.dumps(split))
 
 

@@ -1,0 +1,51 @@
+"""The Python API: Classifier.load restores everything from the bundle alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+from tests.conftest import CNN, VIT, write_image
+
+import clarivis
+
+
+@pytest.fixture(scope="module", params=[CNN, VIT])
+def trained(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp("api")
+    for i in range(8):
+        write_image(root / "data" / "red" / f"r{i}.png", (220, 20, 20), size=(40, 24))
+        write_image(root / "data" / "blue" / f"b{i}.png", (20, 20, 220), size=(40, 24))
+    result = clarivis.train(root / "data", out=root / "run", model=request.param, epochs=2,
+                            batch_size=8, workers=0, img_size=32)
+    return root / "data", result
+
+
+def test_load_restores_preprocessing_and_classes(trained):
+    _, result = trained
+    clf = clarivis.Classifier.load(result.bundle_dir)
+    config = json.loads((result.bundle_dir / "config.json").read_text())
+    assert clf.class_names == ["blue", "red"] == config["class_names"]
+    assert clf.config.preprocess.img_size == 32 and clf.config.resize_mode == "pad"
+
+
+def test_predictions_are_identical_after_reload_and_for_pil_images(trained):
+    data, result = trained
+    files = sorted(str(p) for p in (data / "red").iterdir())
+    first = clarivis.Classifier.load(result.bundle_dir).predict(files, top_k=2)
+    second = clarivis.Classifier.load(result.run_dir).predict(files, top_k=2)  # run folder too
+    assert [p.top_k for p in first] == [p.top_k for p in second]
+    from_pil = clarivis.Classifier.load(result.bundle_dir).predict(
+        [Image.open(files[0]).convert("RGBA")])
+    assert [lbl for lbl, _ in from_pil[0].top_k] == [lbl for lbl, _ in first[0].top_k]
+    assert [p for _, p in from_pil[0].top_k] == pytest.approx([p for _, p in first[0].top_k])
+    assert from_pil[0].source == "<image 0>"
+
+
+def test_evaluate_returns_typed_result(trained):
+    data, result = trained
+    metrics = clarivis.Classifier.load(result.bundle_dir).evaluate(data)
+    assert isinstance(metrics, clarivis.EvaluationResult)
+    assert metrics.num_samples == 16 and 0 <= metrics.accuracy <= 1
+    assert sum(map(sum, metrics.confusion_matrix)) == 16
