@@ -42,6 +42,8 @@ def test_local_weights_load_and_head_is_replaced(tmp_path, name, size):
         if value.shape == loaded[key].shape:
             assert torch.equal(value, loaded[key]), key  # backbone copied exactly
     assert model.get_classifier().out_features == 3 and head
+    # The new head starts at zero: uniform predictions, loss ln(3), no shock to the backbone.
+    assert all(p.abs().sum() == 0 for p in classifier_parameters(model))
 
 
 def test_vit_weights_from_another_input_size_are_resampled(tmp_path):

@@ -30,7 +30,7 @@ def create_model(
     if weights is not None:
         return _create_with_local_weights(name, Path(weights), kwargs)
     try:
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as err:
         raise ModelError(f"'{name}' does not accept these settings: {_first_line(err)}") from None
     except (RuntimeError, OSError, ValueError) as err:
@@ -40,6 +40,18 @@ def create_model(
                 "check the network or pass a local file with --weights"
             ) from None
         raise ModelError(f"cannot build '{name}': {_first_line(err)}") from None
+    if pretrained and num_classes != pretrained_cfg(name).get("num_classes"):
+        zero_head(model)
+    return model
+
+
+def zero_head(model: nn.Module) -> None:
+    """Start a new head on pretrained features at zero (as BiT does): logits start at 0 and
+    the loss at ln(C). timm's default head init gives logits of std ~10 on 1280-d features,
+    whose large early gradients damage the pretrained backbone before the head has settled."""
+    head = model.get_classifier()
+    for p in head.parameters() if isinstance(head, nn.Module) else []:
+        nn.init.zeros_(p)
 
 
 def check_model_name(name: str) -> None:
@@ -105,18 +117,22 @@ def _create_with_local_weights(name: str, path: Path, kwargs: dict) -> nn.Module
             f"tensors missing (e.g. '{missing[0]}'); pass the --model these weights were made for"
         )
     head_rows = _head_rows(state, heads)
-    if head_rows is None:
+    headless = head_rows is None
+    if headless:
         # A headless backbone (e.g. self-supervised): keep the fresh head, load the rest.
         state.update({k: v for k, v in model_state.items() if _is_head(k, heads)})
         head_rows = kwargs["num_classes"]
     overlay = {"state_dict": state, "num_classes": head_rows}
     try:
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     except RuntimeError as err:
         raise ModelError(
             f"weights in {path.name} do not fit '{name}' ({_first_line(err)[:200]}); "
             "pass the --model these weights were made for"
         ) from None
+    if head_rows != kwargs["num_classes"] or headless:
+        zero_head(model)
+    return model
 
 
 def _classifier_names(name: str) -> tuple[str, ...]:
