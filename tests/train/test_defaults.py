@@ -1,0 +1,25 @@
+"""Defaults adapt to the data and the device."""
+
+from __future__ import annotations
+
+import torch
+
+from clarivis.train.defaults import pick_batch_size, pick_img_size, pick_lr, pick_model
+
+
+def test_image_size_follows_the_data_not_imagenet():
+    assert pick_img_size([(32, 32)] * 10) == 32  # CIFAR stays at 32 px
+    assert pick_img_size([(8, 8)]) == 32  # tiny images get the minimum
+    assert pick_img_size([(100, 80)] * 3) == 96  # median sqrt(w*h) = 89 -> next multiple of 32
+    assert pick_img_size([(4000, 3000)]) == 224  # photos are capped
+    assert pick_img_size([(32, 32)], pretrained_size=224) == 224  # weights call for their size
+
+
+def test_model_and_batch_size_fit_the_device_and_data():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert pick_model(cpu, 32) == "resnet18" and pick_model(gpu, 32) == "resnet18"
+    assert pick_model(cpu, 224) == "mobilenetv3_large_100" and pick_model(gpu, 224) == "resnet50"
+    assert pick_batch_size(45_000) == 64
+    assert pick_batch_size(300) == 16  # tiny data: enough steps per epoch
+    assert pick_lr("adamw", 64, fine_tune=False) == 2e-3
+    assert pick_lr("adamw", 64, fine_tune=True) == 2e-4
