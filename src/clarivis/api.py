@@ -58,7 +58,7 @@ def train(
     """Train a classifier on `data`; settings are TrainConfig fields (model=, epochs=, ...)."""
     resolved = build_config(config, data=str(data), out=str(out) if out else None, **settings)
     result = run_training(resolved, resume=resume, console=console)
-    _evaluate_run(result, console or Console(stderr=True))
+    _evaluate_run(result, console or Console(stderr=True, soft_wrap=True))
     return result
 
 

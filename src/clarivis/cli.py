@@ -22,7 +22,7 @@ datasets_app = typer.Typer(help="Built-in datasets, generated locally (no downlo
 app.add_typer(datasets_app, name="datasets")
 
 out = Console()  # results (tables, JSON, CSV) go to stdout
-err = Console(stderr=True)  # progress and messages go to stderr
+err = Console(stderr=True, soft_wrap=True)  # progress and messages; logs keep one line each
 
 Opt = typer.Option
 

@@ -77,7 +77,7 @@ def run_training(
     config: TrainConfig, *, resume: str | Path | None = None, console: Console | None = None
 ) -> TrainResult:
     """Train a model as `config` says, or continue the run in folder `resume`."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     start_state = None
     if resume is not None:
         run_dir = Path(resume)
