@@ -10,8 +10,9 @@ from clarivis.errors import ConfigError
 
 def test_yaml_overrides_defaults_and_flags_override_yaml(tmp_path):
     (tmp_path / "c.yaml").write_text("epochs: 7\nlr: 0.01\nmodel: resnet18\n")
-    config = build_config(tmp_path / "c.yaml", data="d", lr=0.5, epochs=None)
+    config = build_config(tmp_path / "c.yaml", data="d", lr=0.5, patience=None)
     assert config.epochs == 7 and config.lr == 0.5 and config.model == "resnet18"
+    assert config.patience is None  # None given explicitly turns early stopping off
     assert config.resize_mode == "pad" and config.val_fraction == 0.1  # untouched defaults
 
 

@@ -56,7 +56,9 @@ def train(
     **settings: Any,
 ) -> TrainResult:
     """Train a classifier on `data`; settings are TrainConfig fields (model=, epochs=, ...)."""
-    resolved = build_config(config, data=str(data), out=str(out) if out else None, **settings)
+    if out is not None:
+        settings["out"] = str(out)
+    resolved = build_config(config, data=str(data), **settings)
     result = run_training(resolved, resume=resume, console=console)
     _evaluate_run(result, console or Console(stderr=True, soft_wrap=True))
     return result

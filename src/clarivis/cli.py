@@ -63,9 +63,10 @@ def train(
     from clarivis.api import train as train_api
     from clarivis.config import parse_kwargs
 
-    settings = {k: v for k, v in locals().items()
-                if k not in ("data", "out_dir", "resume", "config", "train_api", "parse_kwargs")}
-    settings["model_kwargs"] = parse_kwargs(model_kwargs) or None
+    given = {k: v for k, v in locals().items()
+             if k not in ("data", "out_dir", "resume", "config", "train_api", "parse_kwargs")}
+    given["model_kwargs"] = parse_kwargs(model_kwargs) or None
+    settings = {k: v for k, v in given.items() if v is not None}  # flags not given: defaults
     result = train_api(data, out=out_dir, resume=resume, config=config, console=err, **settings)
     acc = result.best_val_accuracy
     err.print(

@@ -84,11 +84,12 @@ def parse_kwargs(text: str | None) -> dict[str, int | float | bool | str]:
 
 
 def build_config(yaml_path: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    """Defaults, then the YAML file, then explicit overrides (None means "not given")."""
+    """Defaults, then the YAML file, then the overrides given (None is a value here, e.g.
+    patience=None turns early stopping off; the CLI drops flags that were not given)."""
     values: dict[str, Any] = {}
     if yaml_path is not None:
         values.update(read_yaml(yaml_path))
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.update(overrides)
     return validate_config(values)
 
 
