@@ -209,6 +209,11 @@ def main() -> None:
     except ClarivisError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except OSError as e:  # unwritable --out, disk full, files vanishing mid-run
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        err.print(f"[bold red]error:[/] {e.strerror or e}{where}; check the path, its permissions "
+                  "and free disk space", highlight=False, soft_wrap=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted; a training run continues with --resume RUN_FOLDER")
         sys.exit(130)

@@ -134,6 +134,12 @@ def test_train_bad_input_is_one_line_exit_2(tmp_path, tiny_folder, capsys, make,
     assert_one_line_error(code, err, fragment)
 
 
+def test_unwritable_out_is_one_line(tiny_folder, tmp_path, capsys):
+    (tmp_path / "file").write_text("I am a file, not a folder")
+    code, _, err = run_cli(["train", tiny_folder, "--out", tmp_path / "file" / "run", *FAST], capsys)
+    assert_one_line_error(code, err, "check the path")
+
+
 def test_model_folder_without_config_json(tmp_path, tiny_folder, capsys):
     (tmp_path / "model").mkdir()
     for command in (["evaluate", tmp_path / "model", tiny_folder],

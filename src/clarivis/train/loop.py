@@ -89,7 +89,14 @@ def run_training(
         check_model_name(config.model)
     if config.weights and start_state is None:
         check_weights_file(config.weights)
-    data = prepare_data(config, console)
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails now, not after the scan
+    try:
+        data = prepare_data(config, console)
+    except ClarivisError:
+        if created and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # leave no empty run folder behind a data error
+        raise
     if start_state is not None and start_state["fingerprint"] != data.fingerprint:
         raise ResumeError(
             f"{run_dir} was trained on other data than {config.data}; "
@@ -97,7 +104,6 @@ def run_training(
         )
     device = defaults.resolve_device(config.device)
     config = _resolve_defaults(config, data, device)
-    run_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(config, run_dir / "config.yaml")
     write_skipped(data.skipped, run_dir / "skipped_files.txt")
     _write_split(run_dir, data)
