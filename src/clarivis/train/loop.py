@@ -85,6 +85,7 @@ def run_training(
     else:
         run_dir = _new_run_dir(config)
     # Fail fast on settings, before spending time on the images.
+    device = defaults.resolve_device(config.device)
     if config.model:
         check_model_name(config.model)
     if config.weights and start_state is None:
@@ -102,7 +103,6 @@ def run_training(
             f"{run_dir} was trained on other data than {config.data}; "
             "resume with the same data or start a new run"
         )
-    device = defaults.resolve_device(config.device)
     config = _resolve_defaults(config, data, device)
     write_yaml(config, run_dir / "config.yaml")
     write_skipped(data.skipped, run_dir / "skipped_files.txt")
