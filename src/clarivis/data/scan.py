@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from clarivis.data.dataset import pil_to_uint8
 from clarivis.data.io import load_image
 from clarivis.data.sources import Sample
 from clarivis.errors import ImageDecodeError
@@ -56,11 +56,11 @@ def scan_images(
 
 
 def _decode(sample: Sample) -> torch.Tensor | str:
+    """uint8 (3, H, W) pixels, or the reason the file is unreadable."""
     try:
-        img = load_image(sample.path)
+        return pil_to_uint8(load_image(sample.path))
     except ImageDecodeError as err:
-        return str(err).split(": ", 1)[-1] if str(err).startswith(sample.path) else str(err)
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+        return str(err).removeprefix(f"{sample.path}: ")
 
 
 def write_skipped(skipped: list[tuple[str, str]], path: Path) -> None:

@@ -4,8 +4,6 @@ It is the contract between training and every later stage (evaluate, predict, ex
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from torch import nn
 from clarivis import __version__
 from clarivis.data.transforms import Preprocess
 from clarivis.errors import ModelError
+from clarivis.fileio import atomic_write
 from clarivis.models.factory import create_model
 
 SCHEMA_VERSION = 1
@@ -75,9 +74,9 @@ def save_bundle(folder: str | Path, model: nn.Module, config: BundleConfig) -> P
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
+    atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
     text = json.dumps(config.model_dump(mode="json"), indent=2)
-    _atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
     return folder
 
 
@@ -128,13 +127,3 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> tuple[n
         raise ModelError(f"{weights} does not match {config.architecture}: {err!s:.200}") from None
     return model.to(device).eval(), config
 
-
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -3,28 +3,20 @@ moment, even by SIGKILL, keeps every finished epoch."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from clarivis.errors import ResumeError
+from clarivis.fileio import atomic_write
 
 CHECKPOINT_NAME = "last.ckpt"
 FORMAT = "clarivis-checkpoint-v1"
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"format": FORMAT, **state}, tmp)
-        os.replace(tmp, path)  # atomic on POSIX and Windows: old or new file, never half
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

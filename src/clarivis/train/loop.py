@@ -28,7 +28,7 @@ from clarivis.data.dataset import ImageDataset, balanced_sampler, class_counts, 
 from clarivis.data.scan import scan_images, write_skipped
 from clarivis.data.sources import DatasetIndex, Sample, fingerprint, index_dataset
 from clarivis.data.splits import resolve_splits
-from clarivis.data.transforms import Preprocess, eval_transform, train_transform
+from clarivis.data.transforms import INTERPOLATIONS, Preprocess, eval_transform, train_transform
 from clarivis.errors import ClarivisError, DataError, ResumeError
 from clarivis.models.bundle import make_bundle_config, save_bundle
 from clarivis.models.factory import (
@@ -271,12 +271,7 @@ def _fit(config, data, device, run_dir, start_state, balanced, console) -> Train
         drop_rate=config.drop_rate, **config.model_kwargs,
     )
     cfg = pretrained_cfg(config.model)
-    preprocess = Preprocess(
-        img_size=config.img_size, resize_mode=config.resize_mode,
-        mean=tuple(cfg.get("mean", Preprocess.mean)), std=tuple(cfg.get("std", Preprocess.std)),
-        interpolation=cfg.get("interpolation", "bilinear")
-        if cfg.get("interpolation") in ("bilinear", "bicubic") else "bilinear",
-    )
+    preprocess = _preprocess_for(config, cfg)
     train_ds = ImageDataset(
         data.train, class_to_idx,
         train_transform(preprocess, augment=config.augment, hflip=config.hflip), data.train_images,
@@ -364,7 +359,7 @@ def train_one_epoch(
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
-    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext())
+    autocast = _autocast(device, amp_dtype)
     with EpochProgress(console, epoch, epochs, len(loader)) as progress:
         for images, targets in loader:
             images = images.to(device, non_blocking=True)
@@ -413,7 +408,7 @@ def validate(model, dataset, config, device, amp_dtype) -> dict:
     model.eval()
     loader = DataLoader(dataset, batch_size=config.batch_size * 2, num_workers=config.workers)
     total_loss, correct, seen = 0.0, 0, 0
-    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext())
+    autocast = _autocast(device, amp_dtype)
     for images, targets in loader:
         images, targets = images.to(device), targets.to(device)
         with autocast:
@@ -425,6 +420,20 @@ def validate(model, dataset, config, device, amp_dtype) -> dict:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _preprocess_for(config: TrainConfig, cfg: dict) -> Preprocess:
+    """The model's own normalisation and interpolation (what pretrained weights expect)."""
+    interpolation = cfg.get("interpolation")
+    return Preprocess(
+        img_size=config.img_size, resize_mode=config.resize_mode,
+        mean=tuple(cfg.get("mean", Preprocess.mean)), std=tuple(cfg.get("std", Preprocess.std)),
+        interpolation=interpolation if interpolation in INTERPOLATIONS else "bilinear",
+    )
+
+
+def _autocast(device: torch.device, amp_dtype):
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
 
 
 def seed_everything(seed: int) -> None:

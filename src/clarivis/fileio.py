@@ -1,0 +1,20 @@
+"""Atomic file writes: a reader (or a resumed run) sees the old file or the new one, never half."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(target: Path, write: Callable[[str], object]) -> None:
+    """Call write(tmp_path) for a temporary file beside `target`, then rename it over `target`."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)  # atomic on POSIX and Windows
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
