@@ -18,11 +18,11 @@ from clarivis.config import build_config
 from clarivis.data.dataset import ImageDataset, pil_to_uint8
 from clarivis.data.io import is_image_path, load_image, to_rgb
 from clarivis.data.scan import scan_images
-from clarivis.data.sources import evaluation_samples, index_dataset
+from clarivis.data.sources import Sample, evaluation_samples, index_dataset
 from clarivis.data.transforms import eval_transform
 from clarivis.errors import ClarivisError, DataError, ImageDecodeError
 from clarivis.evaluate.metrics import EvaluationResult, compute_metrics
-from clarivis.models.bundle import BundleConfig, load_bundle, resolve_bundle_path
+from clarivis.models.bundle import BundleConfig, load_bundle
 from clarivis.report.plots import save_confusion_matrix
 from clarivis.train.defaults import resolve_device
 from clarivis.train.loop import TrainResult, run_training
@@ -70,8 +70,7 @@ def _evaluate_run(result: TrainResult, console: Console) -> None:
     if not split["val"] or not (result.bundle_dir / "config.json").exists():
         return
     clf = Classifier.load(result.bundle_dir)
-    evaluation = clf.evaluate_files([v["path"] for v in split["val"]],
-                                    [v["label"] for v in split["val"]])
+    evaluation = clf.evaluate_samples([Sample(v["path"], v["label"]) for v in split["val"]])
     save_evaluation(evaluation, result.run_dir / "val_metrics.json")
     console.print(
         f"best model (epoch {result.best_epoch}): val accuracy {evaluation.accuracy:.3f}, "
@@ -91,7 +90,7 @@ class Classifier:
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> Classifier:
         dev = resolve_device(device)
-        model, config = load_bundle(resolve_bundle_path(path), device=dev)
+        model, config = load_bundle(path, device=dev)
         return cls(model, config, dev)
 
     @property
@@ -151,19 +150,13 @@ class Classifier:
                 f"{data} has classes the model does not know ({', '.join(unknown[:5])}); "
                 f"the model's classes are {', '.join(self.class_names[:10])}"
             )
-        return self.evaluate_files([s.path for s in samples], [s.label for s in samples],
-                                   batch_size=batch_size)
+        return self.evaluate_samples(samples, batch_size=batch_size)
 
-    def evaluate_files(
-        self, paths: list[str], labels: list[str] | None = None, *, batch_size: int = 64
-    ) -> EvaluationResult:
-        """Metrics on explicit files; labels default to each file's parent folder name."""
-        from clarivis.data.sources import Sample
-
-        labels = labels or [Path(p).parent.name for p in paths]
-        scan = scan_images([Sample(p, lbl) for p, lbl in zip(paths, labels, strict=False)])
+    def evaluate_samples(self, samples: list[Sample], *, batch_size: int = 64) -> EvaluationResult:
+        """Metrics on labeled samples whose labels are among the model's classes."""
+        scan = scan_images(samples)
         if not scan.samples:
-            raise DataError(f"none of the {len(paths)} images could be read; check the files")
+            raise DataError(f"none of the {len(samples)} images could be read; check the files")
         class_to_idx = {name: i for i, name in enumerate(self.class_names)}
         dataset = ImageDataset(scan.samples, class_to_idx, self.transform, scan.images)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)

@@ -175,8 +175,8 @@ def prepare_data(config: TrainConfig, console: Console) -> PreparedData:
     )
     return PreparedData(
         index=index, class_names=class_names, train=train_scan.samples, val=val,
-        train_images=train_scan.images, val_images=val_images if val_scan.images is not None
-        else None, sizes=train_scan.sizes, skipped=skipped,
+        train_images=train_scan.images, val_images=val_images, sizes=train_scan.sizes,
+        skipped=skipped,
         fingerprint=fingerprint(index.all_samples, index.root),
     )
 
