@@ -1,0 +1,130 @@
+"""Lazy, deterministic walk of the inputs (files, folders, globs), rank sharding and batching.
+
+Every process of a torchrun job walks the same inputs in the same order and keeps every
+WORLD_SIZE-th item, so the files are split without any process holding the whole list."""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from clarivis.api import Classifier, Prediction
+from clarivis.data.io import is_image_path, load_image
+from clarivis.errors import ImageDecodeError
+
+
+@dataclass(frozen=True)
+class Source:
+    """One output row to be: an image path, or an input that yields no image (`error` set)."""
+
+    path: str
+    error: str | None = None
+
+
+def iter_sources(inputs: Iterable[str | Path]) -> Iterator[Source]:
+    """Every image under the inputs, in the order `Classifier.predict` uses (sorted paths)."""
+    for item in inputs:
+        yield from _expand(str(item))
+
+
+def _expand(item: str) -> Iterator[Source]:
+    path = Path(item).expanduser()
+    if path.is_dir():
+        empty = True
+        for source in walk_images(str(path)):
+            empty = False
+            yield source
+        if empty:
+            yield Source(item, "folder holds no images")
+    elif path.exists():
+        yield Source(str(path))
+    elif glob.has_magic(item):
+        # glob has no sorted lazy form, so the matched names are sorted in memory; a folder
+        # among them is still walked lazily. Pass a folder rather than "**" for huge trees.
+        matches = sorted(glob.glob(str(path), recursive=True))
+        if not matches:
+            yield Source(item, "no files match this pattern")
+        for match in matches:
+            yield from (_expand(match) if Path(match).is_dir() else [Source(match)])
+    else:
+        yield Source(item, "file not found")
+
+
+def walk_images(folder: str) -> Iterator[Source]:
+    """Image files below `folder`, depth first, in sorted-path order.
+
+    Only one sorted listing per open folder level is held, never the whole tree. Sorting each
+    folder by name gives the order of sorted(Path objects) (compared part by part) that
+    Classifier.predict uses. Symlinked folders are not entered (no cycles), as Path.rglob."""
+    try:
+        with os.scandir(folder) as listing:
+            entries = [(e.name, _is_real_dir(e), e.path) for e in listing]
+    except OSError as exc:  # an unreadable subfolder is one error row, not the end of the run
+        yield Source(folder, f"cannot list folder ({exc.strerror or exc})")
+        return
+    for _, is_dir, path in sorted(entries):
+        if is_dir:
+            yield from walk_images(path)
+        elif is_image_path(path) and os.path.isfile(path):
+            yield Source(path)
+
+
+def _is_real_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def shard(sources: Iterable[Source], rank: int, world_size: int) -> Iterator[Source]:
+    """Items number rank, rank + world_size, ... of the sequence (the whole of it when alone)."""
+    return itertools.islice(sources, rank, None, world_size)
+
+
+def skip_done(sources: Iterable[Source], done: set[str],
+              on_skip: Callable[[], None] | None = None) -> Iterator[Source]:
+    """Drop sources whose path is in `done`, and add the rest to it (a path repeated in the
+    inputs is predicted once)."""
+    for source in sources:
+        if source.path in done:
+            if on_skip is not None:
+                on_skip()
+            continue
+        done.add(source.path)
+        yield source
+
+
+def predict_batch(clf: Classifier, batch: list[Source], top_k: int) -> list[Prediction]:
+    """One Prediction per source, in order; unreadable images become error rows."""
+    errors: dict[int, str] = {}
+    decoded: list[int] = []  # indices into `batch` of the images handed to the classifier
+
+    def images() -> Iterator[Image.Image]:
+        # A generator, so the classifier turns each full-size image into a small input
+        # tensor before the next one is decoded: one batch of tensors is all that is held.
+        for i, source in enumerate(batch):
+            if source.error is not None:
+                errors[i] = source.error
+                continue
+            try:
+                image = load_image(source.path)
+            except ImageDecodeError as err:
+                errors[i] = str(err).removeprefix(f"{source.path}: ")
+                continue
+            decoded.append(i)
+            yield image
+
+    predictions = list(clf.iter_predict(images(), top_k=top_k, batch_size=max(len(batch), 1)))
+    rows: list[Prediction | None] = [None] * len(batch)
+    for i, prediction in zip(decoded, predictions, strict=True):
+        prediction.source = batch[i].path  # iter_predict names in-memory images "<image N>"
+        rows[i] = prediction
+    for i, message in errors.items():
+        rows[i] = Prediction(source=batch[i].path, error=message)
+    return [row for row in rows if row is not None]
