@@ -19,6 +19,12 @@ CNN = "test_resnet"
 VIT = "test_vit"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Tensor caches and scan records go to a per-session folder, never the user's cache."""
+    os.environ["CLARIVIS_CACHE_DIR"] = str(tmp_path_factory.mktemp("clarivis-cache"))
+
+
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory) -> Path:
     """The built-in shapes dataset at 32 px, enough images for tiny models to learn."""

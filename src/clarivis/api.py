@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,7 +61,8 @@ def train(
         settings["out"] = str(out)
     resolved = build_config(config, data=str(data), **settings)
     result = run_training(resolved, resume=resume, console=console)
-    _evaluate_run(result, console or Console(stderr=True, soft_wrap=True))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone writes files
+        _evaluate_run(result, console or Console(stderr=True, soft_wrap=True))
     return result
 
 

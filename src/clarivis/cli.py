@@ -58,13 +58,25 @@ def train(
     workers: Annotated[Optional[int], Opt(help="DataLoader workers [by cores]")] = None,
     seed: Annotated[Optional[int], Opt(help="[0]")] = None,
     time_limit: Annotated[Optional[float], Opt(help="stop after this many minutes")] = None,
+    recipe: Annotated[Optional[str], Opt(help="default | fast (short large-batch runs)")] = None,
+    cache: Annotated[Optional[bool], Opt("--cache/--no-cache",
+                                         help="decoded tensor cache [when it fits 4 GiB]")] = None,
+    channels_last: Annotated[Optional[bool], Opt("--channels-last/--no-channels-last",
+                                                 help="conv-friendly memory layout [on]")] = None,
+    compile: Annotated[Optional[bool], Opt("--compile", help="torch.compile the model")] = None,
+    sync_bn: Annotated[Optional[bool], Opt("--sync-bn", help="SyncBatchNorm under DDP (GPU)")] = None,
+    nproc: Annotated[Optional[int], Opt(help="processes (DDP via torchrun on this machine)")] = None,
 ) -> None:
     """Train a classifier; the best model is saved as a ModelBundle in <out>/model."""
     from clarivis.api import train as train_api
     from clarivis.config import parse_kwargs
+    from clarivis.train.distributed import launched_by_torchrun, relaunch_with_torchrun
 
+    if nproc is not None and nproc > 1 and not launched_by_torchrun():
+        raise typer.Exit(relaunch_with_torchrun(nproc, sys.argv[1:]))
     given = {k: v for k, v in locals().items()
-             if k not in ("data", "out_dir", "resume", "config", "train_api", "parse_kwargs")}
+             if k not in ("data", "out_dir", "resume", "config", "train_api", "parse_kwargs",
+                          "nproc", "launched_by_torchrun", "relaunch_with_torchrun")}
     given["model_kwargs"] = parse_kwargs(model_kwargs) or None
     settings = {k: v for k, v in given.items() if v is not None}  # flags not given: defaults
     result = train_api(data, out=out_dir, resume=resume, config=config, console=err, **settings)
@@ -103,17 +115,43 @@ def predict(
     fmt: Annotated[str, Opt("--format", help="table | json | csv")] = "table",
     batch_size: Annotated[int, Opt(help="images per forward pass")] = 64,
     device: Annotated[Optional[str], Opt()] = None,
+    out_file: Annotated[Optional[str], Opt("--out", help="stream into .csv/.jsonl/.parquet")] = None,
+    resume: Annotated[bool, Opt("--resume", help="with --out: skip images already in it")] = False,
 ) -> None:
     """Top-k labels with calibrated probabilities; unreadable files become error rows."""
     from clarivis.api import Classifier
 
     if fmt not in ("table", "json", "csv"):
         raise ClarivisError(f"--format {fmt} is not supported; use table, json or csv")
+    if out_file is not None:
+        _predict_to_file(model, images, out_file, resume=resume, fmt=fmt, top_k=top_k,
+                         batch_size=batch_size, device=device)
+        return
+    if resume:
+        raise ClarivisError("--resume continues an --out file; add --out FILE")
     clf = Classifier.load(model, device=device)
     rows = clf.iter_predict(images, top_k=top_k, batch_size=batch_size)
     failed = {"table": _print_table, "json": _print_json, "csv": _print_csv}[fmt](rows)
     if failed:
         err.print(f"[yellow]{failed} input(s) could not be read (see the error column)")
+        raise typer.Exit(1)
+
+
+def _predict_to_file(model: str, images: list[str], out_file: str, *, resume: bool, fmt: str,
+                     top_k: int, batch_size: int, device: Optional[str]) -> None:
+    """`predict --out`: streaming into a file (under torchrun, split over the processes)."""
+    from clarivis.inference import PredictProgress, predict_to_file
+
+    if fmt != "table":
+        raise ClarivisError("--format is for printing; with --out the file name's suffix "
+                            "(.csv, .jsonl, .parquet) picks the format")
+    with PredictProgress(err) as progress:
+        summary = predict_to_file(model, images, out_file, resume=resume, top_k=top_k,
+                                  batch_size=batch_size, device=device, on_progress=progress)
+    if not summary.is_main:  # rank 0 reports for all processes
+        return
+    out.print(summary.line(), markup=False, highlight=False, soft_wrap=True)
+    if summary.errors:
         raise typer.Exit(1)
 
 

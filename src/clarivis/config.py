@@ -58,6 +58,15 @@ class TrainConfig(BaseModel):
     amp: bool = True  # mixed precision on CUDA only (bf16 when supported, else fp16)
     patience: int | None = Field(8, ge=1)  # epochs without val improvement before stopping
 
+    # Speed.
+    recipe: Literal["default", "fast"] = "default"  # fast: see RECIPES (short, large-batch runs)
+    cache: bool | None = None  # uint8 tensor cache + batched augment; None: when it fits 4 GiB
+    # channels_last: the layout oneDNN (CPU) and cuDNN tensor cores run convolutions fastest in;
+    # measured on 2 CPU cores at 32 px: resnet18 +17%, mobilenetv3_small_050 +200%.
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model: faster steps on GPU after a warm-up minute
+    sync_bn: bool = False  # DDP on GPUs: BatchNorm statistics over the global batch
+
     # Runtime.
     device: str | None = None  # None: cuda, then mps, then cpu
     seed: int = 0
@@ -70,6 +79,20 @@ class TrainConfig(BaseModel):
         if self.freeze_epochs and self.freeze_epochs >= self.epochs:
             raise ValueError("freeze_epochs must be smaller than epochs")
         return self
+
+
+# Recipes: named sets of defaults, below the YAML file and the flags.
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    # Small images, shortest wall time to a good accuracy, in the spirit of the CIFAR-10 speed
+    # records (airbench): large batches (fewer, faster steps), Nesterov SGD with a high peak lr
+    # and a short warm-up, stronger label smoothing, a fixed short schedule with no early stop.
+    "fast": {
+        "epochs": 12, "batch_size": 512, "optimizer": "sgd", "lr": 0.4, "momentum": 0.9,
+        "weight_decay": 5e-4, "warmup_epochs": 1.0, "label_smoothing": 0.2, "patience": None,
+        "min_lr_ratio": 0.0,
+    },
+}
 
 
 def parse_kwargs(text: str | None) -> dict[str, int | float | bool | str]:
@@ -90,7 +113,10 @@ def build_config(yaml_path: str | Path | None = None, **overrides: Any) -> Train
     if yaml_path is not None:
         values.update(read_yaml(yaml_path))
     values.update(overrides)
-    return validate_config(values)
+    recipe = values.get("recipe", "default")
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe '{recipe}'; choose one of {', '.join(RECIPES)}")
+    return validate_config({**RECIPES[recipe], **values})  # a recipe only changes defaults
 
 
 def validate_config(values: dict[str, Any]) -> TrainConfig:

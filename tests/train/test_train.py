@@ -38,18 +38,18 @@ def test_cnn_learns_shapes_better_than_chance(shapes_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_vit_learns_shapes_better_than_chance(tmp_path):
-    """ViTs need more data than CNNs from scratch: 400 images a class, 8 px patches (16 tokens
-    at 32 px), 40 epochs. Measured here: val 0.29 against chance 0.17 (360 val images)."""
-    from clarivis.data.builtin import make_shapes
+def test_vit_learns_digits_well_above_chance(tmp_path):
+    """A ViT from scratch needs a task with a clear signal to learn in seconds: digits at 32 px,
+    8 px patches (16 tokens), 15 epochs. Measured here: test accuracy 0.66 against chance 0.10.
+    (On shapes a tiny ViT needs 20+ epochs before it starts learning at all.)"""
+    from clarivis.data.builtin import make_digits
 
-    data = make_shapes(tmp_path / "shapes", per_class=400, img_size=32)
-    result = clarivis.train(data, out=tmp_path / "run", model=VIT, img_size=32, epochs=40,
-                            patience=None, workers=0, model_kwargs={"patch_size": 8})
-    chance = 1 / 6
-    assert result.best_val_accuracy > chance + 0.07
+    data = make_digits(tmp_path / "digits", img_size=32)
+    result = clarivis.train(data, out=tmp_path / "run", model=VIT, img_size=32, epochs=15,
+                            patience=None, workers=0, hflip=False, model_kwargs={"patch_size": 8})
+    assert result.best_val_accuracy > 0.4
     test = clarivis.Classifier.load(result.bundle_dir).evaluate(data / "test")
-    assert test.accuracy > chance + 0.05
+    assert test.accuracy > 0.4
 
 
 def test_resume_reproduces_an_uninterrupted_run(tiny_folder, tmp_path):

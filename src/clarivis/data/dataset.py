@@ -35,7 +35,12 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """`key` is an index, or (index, seed) to make this image's augmentation reproducible
+        whichever worker process draws it."""
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        if seed is not None:
+            torch.manual_seed(seed)
         if self.images is not None:
             pixels = self.images[i]
         else:

@@ -1,5 +1,7 @@
 """Decode every image once before training: corrupt files are found and skipped up front
-(never mid-epoch), image sizes are measured, and small datasets stay decoded in memory."""
+(never mid-epoch), image sizes are measured, and small datasets stay decoded in memory (to
+build the tensor cache without a second decode). The result is recorded in the cache folder,
+so a second run over unchanged files skips the decode."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from clarivis.data.cache import load_scan_record, save_scan_record
 from clarivis.data.dataset import pil_to_uint8
 from clarivis.data.io import load_image
 from clarivis.data.sources import Sample
@@ -26,6 +29,7 @@ class ScanResult:
     skipped: list[tuple[str, str]]  # (path, reason) of unreadable files
     sizes: list[tuple[int, int]]  # (width, height) of each readable sample
     images: list[torch.Tensor] | None  # uint8 (3, H, W) per sample when they fit the budget
+    from_record: bool = False  # True: taken from an earlier run's record, nothing decoded
 
 
 def scan_images(
@@ -35,12 +39,18 @@ def scan_images(
     workers: int | None = None,
 ) -> ScanResult:
     """Decode all samples in parallel threads (Pillow releases the GIL while decoding)."""
+    record = load_scan_record(samples) if samples else None
+    if record is not None and len(record["readable"]) == len(samples):
+        good = [s for s, ok in zip(samples, record["readable"], strict=True) if ok]
+        return ScanResult(good, [tuple(x) for x in record["skipped"]],
+                          [tuple(x) for x in record["sizes"]], None, from_record=True)
     workers = workers or min(8, os.cpu_count() or 1)
     used = 0
     keep = memory_budget > 0
-    good, skipped, sizes, images = [], [], [], []
+    good, skipped, sizes, images, readable = [], [], [], [], []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for sample, result in zip(samples, pool.map(_decode, samples, chunksize=64), strict=False):
+            readable.append(not isinstance(result, str))
             if isinstance(result, str):
                 skipped.append((sample.path, result))
                 continue
@@ -52,6 +62,8 @@ def scan_images(
                     keep, images = False, []  # too big: stream from disk instead
                 else:
                     images.append(result)
+    if samples:
+        save_scan_record(samples, readable, skipped, sizes)
     return ScanResult(good, skipped, sizes, images if keep else None)
 
 

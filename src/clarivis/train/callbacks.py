@@ -56,6 +56,9 @@ class RunLogger:
             self.writer.close()
 
 
+REFRESH_S = 0.5
+
+
 class EpochProgress:
     """A progress bar for one epoch with running loss, accuracy, images/s and ETA."""
 
@@ -75,7 +78,7 @@ class EpochProgress:
         )
         self.task = self.progress.add_task("train", total=steps, loss=0.0, acc=0.0, ips=0.0)
         self.console, self.epoch, self.steps = console, epoch, steps
-        self.start = self.last_line = time.perf_counter()
+        self.start = self.last_line = self.last_refresh = time.perf_counter()
         self.images = self.step = 0
 
     def __enter__(self) -> EpochProgress:
@@ -85,7 +88,17 @@ class EpochProgress:
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
+    def wants_update(self) -> bool:
+        """Refresh the shown loss about twice a second: reading it from a GPU costs a sync."""
+        return time.perf_counter() - self.last_refresh >= REFRESH_S or self.step + 1 >= self.steps
+
+    def advance(self, *, images: int) -> None:
+        self.images += images
+        self.step += 1
+        self.progress.update(self.task, advance=1)
+
     def update(self, *, images: int, loss: float, acc: float) -> None:
+        self.last_refresh = time.perf_counter()
         self.images += images
         ips = self.images / max(time.perf_counter() - self.start, 1e-9)
         self.progress.update(self.task, advance=1, loss=loss, acc=acc, ips=ips)

@@ -51,9 +51,14 @@ def pick_model(device: torch.device, img_size: int) -> str:
     return "resnet50"
 
 
-def pick_batch_size(n_train: int) -> int:
+def pick_batch_size(n_train: int, img_size: int = 224) -> int:
     """64 images per step (fits every default model on CPU and GPU at default sizes), but at
-    least about 16 steps per epoch on tiny datasets, where a few large steps learn nothing."""
+    least about 16 steps per epoch on tiny datasets, where a few large steps learn nothing.
+    Small images (<= 64 px) of a large dataset (>= 10k) take 256: per-layer overheads dominate
+    tiny feature maps, so 4x the batch runs about 2x the images/s (resnet18 at 32 px on 2 CPU
+    cores: 326 -> 638 img/s) and an epoch still has 40+ steps."""
+    if img_size <= 64 and n_train >= 10_000:
+        return 256
     per_epoch = max(1, n_train // 16)
     power_of_two = 1 << (per_epoch.bit_length() - 1)
     return max(16, min(64, power_of_two))

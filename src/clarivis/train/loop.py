@@ -9,6 +9,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,19 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler
 
 from clarivis.config import TrainConfig, read_yaml, validate_config, write_yaml
-from clarivis.data.dataset import ImageDataset, balanced_sampler, class_counts, imbalance_ratio
+from clarivis.data import cache
+from clarivis.data.batch_augment import BatchAugment, Normalize
+from clarivis.data.dataset import ImageDataset, class_counts, imbalance_ratio
+from clarivis.data.loaders import (
+    StreamBatches,
+    TensorBatches,
+    epoch_order,
+    make_batches,
+    place_cache,
+    shard,
+)
 from clarivis.data.scan import scan_images, write_skipped
 from clarivis.data.sources import DatasetIndex, Sample, fingerprint, index_dataset
 from clarivis.data.splits import resolve_splits
@@ -39,6 +49,7 @@ from clarivis.models.factory import (
     set_backbone_trainable,
 )
 from clarivis.train import defaults
+from clarivis.train import distributed as ddp
 from clarivis.train.callbacks import EpochProgress, RunLogger
 from clarivis.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 
@@ -68,6 +79,7 @@ class PreparedData:
     sizes: list[tuple[int, int]]
     skipped: list[tuple[str, str]]
     fingerprint: str
+    from_record: bool = False  # decode check taken from an earlier run's record
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -76,26 +88,38 @@ class PreparedData:
 def run_training(
     config: TrainConfig, *, resume: str | Path | None = None, console: Console | None = None
 ) -> TrainResult:
-    """Train a model as `config` says, or continue the run in folder `resume`."""
-    console = console or Console(stderr=True, soft_wrap=True)
+    """Train a model as `config` says, or continue the run in folder `resume`. Under torchrun
+    every rank calls this; rank 0 alone prints and writes files."""
+    device = defaults.resolve_device(config.device)  # fail fast on settings, before the images
+    world = ddp.init_world(device)
+    try:
+        device = ddp.device_for(world, device)
+        console = console or Console(stderr=True, soft_wrap=True)
+        if not world.is_main:
+            console = Console(quiet=True)
+        return _run(config, resume, console, device, world)
+    finally:
+        ddp.close_world(world)
+
+
+def _run(config, resume, console, device, world) -> TrainResult:
     start_state = None
     if resume is not None:
         run_dir = Path(resume)
-        start_state, config = _load_resume(run_dir, config)
+        start_state, config = _load_resume(run_dir, config, console)
     else:
-        run_dir = _new_run_dir(config)
-    # Fail fast on settings, before spending time on the images.
-    device = defaults.resolve_device(config.device)
+        run_dir = ddp.from_main(world, _new_run_dir(config) if world.is_main else None)
     if config.model:
         check_model_name(config.model)
     if config.weights and start_state is None:
         check_weights_file(config.weights)
     created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails now, not after the scan
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails now, not after the scan
     try:
-        data = prepare_data(config, console)
+        data = _prepare_in_turn(config, console, world)
     except ClarivisError:
-        if created and not any(run_dir.iterdir()):
+        if world.is_main and created and not any(run_dir.iterdir()):
             run_dir.rmdir()  # leave no empty run folder behind a data error
         raise
     if start_state is not None and start_state["fingerprint"] != data.fingerprint:
@@ -103,13 +127,26 @@ def run_training(
             f"{run_dir} was trained on other data than {config.data}; "
             "resume with the same data or start a new run"
         )
-    config = _resolve_defaults(config, data, device)
-    write_yaml(config, run_dir / "config.yaml")
-    write_skipped(data.skipped, run_dir / "skipped_files.txt")
-    _write_split(run_dir, data)
-    report = _write_data_report(run_dir, config, data)
-    _print_data_summary(console, config, data, report, device)
-    return _fit(config, data, device, run_dir, start_state, report["balanced_sampling"], console)
+    config = _resolve_defaults(config, data, device, world.size)
+    balanced = _balanced_sampling(config, data)
+    if world.is_main:
+        write_yaml(config, run_dir / "config.yaml")
+        write_skipped(data.skipped, run_dir / "skipped_files.txt")
+        _write_split(run_dir, data)
+        report = _write_data_report(run_dir, config, data, balanced)
+        _print_data_summary(console, config, data, report, device, world)
+    return _fit(config, data, device, run_dir, start_state, balanced, console, world)
+
+
+def _prepare_in_turn(config: TrainConfig, console: Console, world) -> PreparedData:
+    """Rank 0 decodes first and records the result; the other ranks then read that record
+    instead of decoding the same files again."""
+    if world.is_main:
+        data = prepare_data(config, console)
+    ddp.barrier(world)
+    if not world.is_main:
+        data = prepare_data(config, console)
+    return data
 
 
 def _new_run_dir(config: TrainConfig) -> Path:
@@ -125,7 +162,7 @@ def _new_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def _load_resume(run_dir: Path, given: TrainConfig) -> tuple[dict, TrainConfig]:
+def _load_resume(run_dir: Path, given: TrainConfig, console: Console) -> tuple[dict, TrainConfig]:
     """The saved config wins (same run, same result); the data path may have moved."""
     if not run_dir.is_dir():
         raise ResumeError(f"{run_dir} does not exist; pass the folder of the run to resume")
@@ -140,7 +177,7 @@ def _load_resume(run_dir: Path, given: TrainConfig) -> tuple[dict, TrainConfig]:
     ignored = [k for k, v in given.model_dump(exclude_defaults=True).items()
                if k not in ("data", "out") and v != saved.get(k)]
     if ignored:
-        Console(stderr=True).print(
+        console.print(
             f"[yellow]--resume uses the run's own config.yaml; ignoring {', '.join(ignored)}")
     return state, resumed
 
@@ -153,7 +190,7 @@ def prepare_data(config: TrainConfig, console: Console) -> PreparedData:
     index = index_dataset(config.data)
     splits = resolve_splits(index, config.val_fraction, config.seed)
     t0 = time.perf_counter()
-    with console.status("checking images..."):
+    with console.status("checking images (once; later runs reuse the result)..."):
         train_scan = scan_images(splits["train"])
         val_scan = scan_images(splits.get("val", []))
     skipped = train_scan.skipped + val_scan.skipped
@@ -169,15 +206,17 @@ def prepare_data(config: TrainConfig, console: Console) -> PreparedData:
             "a classifier needs at least 2 classes"
         )
     val, val_images = _keep_known(val_scan.samples, val_scan.images, set(class_names))
+    how = "from the record of an earlier run" if train_scan.from_record else "by decoding"
     console.print(
         f"checked {len(train_scan.samples) + len(val_scan.samples) + len(skipped)} images "
-        f"in {time.perf_counter() - t0:.1f}s"
+        f"{how} in {time.perf_counter() - t0:.1f}s"
     )
     return PreparedData(
         index=index, class_names=class_names, train=train_scan.samples, val=val,
         train_images=train_scan.images, val_images=val_images, sizes=train_scan.sizes,
         skipped=skipped,
         fingerprint=fingerprint(index.all_samples, index.root),
+        from_record=train_scan.from_record,
     )
 
 
@@ -187,7 +226,7 @@ def _keep_known(samples, images, known: set[str]):
     return [samples[i] for i in keep], kept_images
 
 
-def _resolve_defaults(config: TrainConfig, data: PreparedData, device) -> TrainConfig:
+def _resolve_defaults(config: TrainConfig, data: PreparedData, device, world_size: int = 1) -> TrainConfig:
     """Fill every `None` with the choice for this data and device (then saved as config.yaml)."""
     values = config.model_dump()
     fine_tune = config.pretrained or config.weights is not None
@@ -198,12 +237,15 @@ def _resolve_defaults(config: TrainConfig, data: PreparedData, device) -> TrainC
         values["img_size"] = defaults.pick_img_size(data.sizes, pretrained_size)
     if values["model"] is None:
         values["model"] = defaults.pick_model(device, values["img_size"])
-    if values["batch_size"] is None:
-        values["batch_size"] = defaults.pick_batch_size(len(data.train))
+    if values["batch_size"] is None:  # per process; the global batch is world_size times it
+        values["batch_size"] = defaults.pick_batch_size(len(data.train) // world_size, values["img_size"])
     if values["lr"] is None:
-        values["lr"] = defaults.pick_lr(config.optimizer, values["batch_size"], fine_tune)
+        values["lr"] = defaults.pick_lr(config.optimizer, values["batch_size"] * world_size, fine_tune)
+    if values["cache"] is None:
+        n = len(data.train) + len(data.val)
+        values["cache"] = cache.cache_bytes(n, values["img_size"]) <= cache.DEFAULT_CACHE_BUDGET
     if values["workers"] is None:
-        values["workers"] = defaults.pick_workers(data.train_images is not None)
+        values["workers"] = 0 if values["cache"] else defaults.pick_workers(data.train_images is not None)
     values["device"] = str(device)
     values["out"] = config.out
     return validate_config(values)
@@ -215,12 +257,14 @@ def _write_split(run_dir: Path, data: PreparedData) -> None:
     (run_dir / "split.json").write_text(json.dumps(split))
 
 
-def _write_data_report(run_dir: Path, config: TrainConfig, data: PreparedData) -> dict:
+def _balanced_sampling(config: TrainConfig, data: PreparedData) -> bool:
+    ratio = imbalance_ratio(class_counts(data.train, data.class_names))
+    return config.balance == "sampler" or (config.balance == "auto" and ratio >= IMBALANCE_THRESHOLD)
+
+
+def _write_data_report(run_dir: Path, config: TrainConfig, data: PreparedData, balanced: bool) -> dict:
     counts = class_counts(data.train, data.class_names)
     ratio = imbalance_ratio(counts)
-    balanced = config.balance == "sampler" or (
-        config.balance == "auto" and ratio >= IMBALANCE_THRESHOLD
-    )
     widths = [w for w, _ in data.sizes]
     heights = [h for _, h in data.sizes]
     report = {
@@ -234,18 +278,19 @@ def _write_data_report(run_dir: Path, config: TrainConfig, data: PreparedData) -
         "image_width": {"min": min(widths), "median": float(np.median(widths)), "max": max(widths)},
         "image_height": {"min": min(heights), "median": float(np.median(heights)),
                          "max": max(heights)},
-        "preloaded": data.train_images is not None,
+        "decoded_from_record": data.from_record,
         "fingerprint": data.fingerprint,
     }
     (run_dir / "data_report.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-def _print_data_summary(console, config, data, report, device) -> None:
+def _print_data_summary(console, config, data, report, device, world) -> None:
+    where = f"{world.size} processes on {device.type}" if world.distributed else str(device)
     console.print(
         f"[bold]{len(data.train)}[/] train / [bold]{len(data.val)}[/] val images, "
         f"{len(data.class_names)} classes ({data.index.layout} layout); model "
-        f"[bold]{config.model}[/] at {config.img_size}px on {device}"
+        f"[bold]{config.model}[/] at {config.img_size}px, batch {config.batch_size} on {where}"
     )
     if data.skipped:
         console.print(
@@ -261,26 +306,23 @@ def _print_data_summary(console, config, data, report, device) -> None:
 # ----------------------------------------------------------------------------- training
 
 
-def _fit(config, data, device, run_dir, start_state, balanced, console) -> TrainResult:
-    seed_everything(config.seed)
-    class_to_idx = {name: i for i, name in enumerate(data.class_names)}
+def _fit(config, data, device, run_dir, start_state, balanced, console, world) -> TrainResult:
+    seed_everything(config.seed)  # same initial weights on every rank (DDP also broadcasts them)
     fresh = start_state is None  # on resume the checkpoint supplies every weight
     model = create_model(
         config.model, num_classes=len(data.class_names), img_size=config.img_size,
         pretrained=config.pretrained and fresh, weights=config.weights if fresh else None,
         drop_rate=config.drop_rate, **config.model_kwargs,
     )
+    if config.sync_bn:
+        model = ddp.sync_batchnorm(model, world, device)
     cfg = pretrained_cfg(config.model)
     preprocess = _preprocess_for(config, cfg)
-    train_ds = ImageDataset(
-        data.train, class_to_idx,
-        train_transform(preprocess, augment=config.augment, hflip=config.hflip), data.train_images,
-    )
-    val_ds = ImageDataset(data.val, class_to_idx, eval_transform(preprocess), data.val_images)
+    train_batches, val_batches = _batch_sources(config, data, preprocess, device, world, console)
     model.to(device)
-    if device.type == "cuda":
+    if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = _make_optimizer(model, config)
+    optimizer = _make_optimizer(model, config, device)
     ema = ModelEmaV3(model, decay=config.ema_decay) if config.ema else None
     amp_dtype = _amp_dtype(config, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -292,7 +334,10 @@ def _fit(config, data, device, run_dir, start_state, balanced, console) -> Train
         model_kwargs={**config.model_kwargs,
                       **({"img_size": config.img_size} if cfg.get("fixed_input_size") else {})},
     )
-    steps_per_epoch = _steps_per_epoch(len(train_ds), config.batch_size)
+    targets = _targets(data.train, data.class_names)
+    order = partial(epoch_order, targets, seed=config.seed, balanced=balanced,
+                    num_classes=len(data.class_names), rank=world.rank, world=world.size)
+    steps_per_epoch = len(_epoch_batches(order(epoch=1), config.batch_size))
     scheduler = CosineLRScheduler(
         optimizer, t_initial=config.epochs * steps_per_epoch,
         lr_min=config.lr * config.min_lr_ratio,
@@ -300,50 +345,60 @@ def _fit(config, data, device, run_dir, start_state, balanced, console) -> Train
         warmup_prefix=True, t_in_epochs=False,
     )
     state = {"epoch": 0, "global_step": 0, "best": None, "bad_epochs": 0, "history": []}
-    logger = RunLogger(run_dir)
+    logger = RunLogger(run_dir) if world.is_main else None
     if start_state is not None:
         state = _restore(start_state, model, optimizer, ema, scaler)
-        logger.truncate_after(state["epoch"])
+        if logger is not None:
+            logger.truncate_after(state["epoch"])
         console.print(f"resuming {run_dir} after epoch {state['epoch']}")
     scheduler.step_update(state["global_step"])
     bundle_dir = run_dir / "model"
     stopped_early, ips, t_start = False, 0.0, time.perf_counter()
+    train_model, wrapped_frozen = model, None
     try:
         for epoch in range(state["epoch"] + 1, config.epochs + 1):
-            seed_everything(config.seed * 1000 + epoch)  # same data order/augment on resume
-            loader = _train_loader(train_ds, config, epoch, balanced, len(data.class_names))
+            # Same data order/augmentation on resume; each rank draws its own augmentation.
+            seed_everything(config.seed * 1000 + epoch + 7919 * world.rank)
+            train_batches.set_epoch(_epoch_batches(order(epoch=epoch), config.batch_size), epoch)
             frozen = epoch <= config.freeze_epochs
-            set_backbone_trainable(model, not frozen)
+            if frozen != wrapped_frozen:  # DDP registers the trainable parameters when built
+                set_backbone_trainable(model, not frozen)
+                train_model, wrapped_frozen = _wrap(model, config, world, device), frozen
             train_stats = train_one_epoch(
-                model, loader, optimizer, scheduler, loss_fn, device, state, console,
+                train_model, train_batches, optimizer, scheduler, loss_fn, state, console,
                 epoch=epoch, epochs=config.epochs, grad_clip=config.grad_clip, amp_dtype=amp_dtype,
-                scaler=scaler, ema=ema, mixup=mixup,
+                scaler=scaler, ema=ema, mixup=mixup, world=world, device=device,
             )
             ips = train_stats["images_per_second"]
             eval_model = ema.module if ema is not None else model
-            val_stats = validate(eval_model, val_ds, config, device, amp_dtype) if len(val_ds) else {}
+            val_stats = validate(eval_model, val_batches, device, amp_dtype, world) if data.val else {}
             record = {"epoch": epoch, **train_stats, **val_stats,
                       "lr": optimizer.param_groups[0]["lr"], "frozen_backbone": frozen}
             state["history"].append(record)
-            logger.log_epoch(record)
             improved = _is_improvement(val_stats, state["best"])
             if improved or not val_stats:
                 state["best"] = {"epoch": epoch, **val_stats}
                 state["bad_epochs"] = 0
-                bundle_config.training = _training_summary(config, data, state, epoch)
-                save_bundle(bundle_dir, eval_model, bundle_config)
             else:
                 state["bad_epochs"] += 1
-            _print_epoch(console, record, improved)
             state["epoch"] = epoch
-            stopped_early = _should_stop(config, state, t_start)
-            last = stopped_early or epoch == config.epochs
-            save_checkpoint(run_dir / CHECKPOINT_NAME,
-                            _checkpoint(state, model, optimizer, ema, scaler, data, last))
+            # Rank 0's clock decides a time limit, so every rank stops after the same epoch.
+            stopped_early = ddp.from_main(world, _should_stop(config, state, t_start))
+            if world.is_main:
+                logger.log_epoch(record)
+                if improved or not val_stats:
+                    bundle_config.training = _training_summary(config, data, state, epoch, world)
+                    save_bundle(bundle_dir, eval_model, bundle_config)
+                _print_epoch(console, record, improved)
+                last = stopped_early or epoch == config.epochs
+                save_checkpoint(run_dir / CHECKPOINT_NAME,
+                                _checkpoint(state, model, optimizer, ema, scaler, data, last))
             if stopped_early:
                 break
+        ddp.barrier(world)  # no rank leaves before rank 0 has written the bundle
     finally:
-        logger.close()
+        if logger is not None:
+            logger.close()
     best = state["best"] or {}
     return TrainResult(
         run_dir=run_dir, bundle_dir=bundle_dir, best_epoch=best.get("epoch", state["epoch"]),
@@ -352,30 +407,87 @@ def _fit(config, data, device, run_dir, start_state, balanced, console) -> Train
     )
 
 
+def _wrap(model: nn.Module, config: TrainConfig, world, device) -> nn.Module:
+    wrapped = ddp.wrap_model(model, world, device)
+    return torch.compile(wrapped) if config.compile else wrapped
+
+
+def _targets(samples: list[Sample], class_names: list[str]) -> list[int]:
+    class_to_idx = {name: i for i, name in enumerate(class_names)}
+    return [class_to_idx[s.label] for s in samples]
+
+
+def _epoch_batches(order: list[int], batch_size: int) -> list[list[int]]:
+    if not order:
+        return []
+    return make_batches(order, min(batch_size, len(order)), drop_last=len(order) > batch_size)
+
+
+def _batch_sources(config, data, preprocess, device, world, console):
+    """(train, val) batch sources: the tensor cache with batched augmentation on the device, or
+    the DataLoader stream (see data/loaders.py)."""
+    train_targets = _targets(data.train, data.class_names)
+    val_targets = _targets(data.val, data.class_names)
+    # Validation keeps every image: no dropped last batch.
+    val_order = make_batches(shard(len(data.val), world.rank, world.size), config.batch_size * 2,
+                             drop_last=False)
+    if config.cache:
+        train_pixels, val_pixels = _open_caches(data, preprocess, console, world)
+        augment = BatchAugment(preprocess, device, augment=config.augment, hflip=config.hflip)
+        train = TensorBatches(place_cache(train_pixels, device), train_targets, augment, device)
+        val = TensorBatches(place_cache(val_pixels, device), val_targets, Normalize(preprocess, device),
+                            device)
+    else:
+        class_to_idx = {name: i for i, name in enumerate(data.class_names)}
+        train_ds = ImageDataset(
+            data.train, class_to_idx,
+            train_transform(preprocess, augment=config.augment, hflip=config.hflip), data.train_images,
+        )
+        val_ds = ImageDataset(data.val, class_to_idx, eval_transform(preprocess), data.val_images)
+        train = StreamBatches(train_ds, device, workers=config.workers, seed=config.seed)
+        val = StreamBatches(val_ds, device, workers=config.workers, seed=config.seed)
+    val.set_epoch(val_order, 0)
+    return train, val
+
+
+def _open_caches(data, preprocess, console, world):
+    """Rank 0 builds the tensor caches; the other ranks then open the same files."""
+    pixels = {}
+    for turn in (True, False):
+        if world.is_main == turn:
+            for name, samples, decoded in (("train", data.train, data.train_images),
+                                           ("val", data.val, data.val_images)):
+                t0 = time.perf_counter()
+                with console.status(f"caching {name} images as tensors..."):
+                    pixels[name], hit = cache.open_pixel_cache(samples, preprocess, decoded=decoded)
+                if not hit and samples:
+                    console.print(f"cached {len(samples)} {name} images in "
+                                  f"{time.perf_counter() - t0:.1f}s (reused by later runs)")
+        if turn:
+            ddp.barrier(world)
+    data.train_images = data.val_images = None  # consumed into the caches
+    return pixels["train"], pixels["val"]
+
+
 def train_one_epoch(
-    model, loader, optimizer, scheduler, loss_fn, device, state, console, *, epoch, epochs,
-    grad_clip, amp_dtype, scaler, ema, mixup,
+    model, batches, optimizer, scheduler, loss_fn, state, console, *, epoch, epochs,
+    grad_clip, amp_dtype, scaler, ema, mixup, world, device,
 ) -> dict:
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    # Running sums stay on the device: no GPU->CPU sync per step (only for the progress bar).
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
     start = time.perf_counter()
     autocast = _autocast(device, amp_dtype)
-    with EpochProgress(console, epoch, epochs, len(loader)) as progress:
-        for images, targets in loader:
-            images = images.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            if device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
+    with EpochProgress(console, epoch, epochs, len(batches)) as progress:
+        for images, targets in batches:
             hard_targets = targets
             if mixup is not None:
                 images, targets = mixup(images, targets)
             with autocast:
                 logits = model(images)
                 loss = loss_fn(logits, targets)
-            if not torch.isfinite(loss):
-                raise ClarivisError(
-                    f"training diverged (loss {loss.item()}) in epoch {epoch}; lower --lr"
-                )
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -392,31 +504,48 @@ def train_one_epoch(
             state["global_step"] += 1
             scheduler.step_update(state["global_step"])
             if ema is not None:
-                ema.update(model, step=state["global_step"])
+                ema.update(_unwrap(model), step=state["global_step"])
             n = images.shape[0]
-            total_loss += loss.item() * n
-            correct += int((logits.argmax(1) == hard_targets).sum())
+            total_loss += loss.detach().float() * n
+            correct += (logits.argmax(1) == hard_targets).sum()
             seen += n
-            progress.update(images=n, loss=total_loss / seen, acc=correct / seen)
+            if progress.wants_update():
+                _check_finite(total_loss, epoch)
+                progress.update(images=n, loss=total_loss.item() / seen, acc=correct.item() / seen)
+            else:
+                progress.advance(images=n)
+    _check_finite(total_loss, epoch)
     elapsed = time.perf_counter() - start
-    return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-            "images_per_second": seen / max(elapsed, 1e-9), "epoch_seconds": elapsed}
+    loss_sum, correct_sum, seen_sum = ddp.sum_across(
+        world, [total_loss.item(), float(correct.item()), float(seen)], device)
+    return {"train_loss": loss_sum / max(seen_sum, 1), "train_accuracy": correct_sum / max(seen_sum, 1),
+            "images_per_second": seen_sum / max(elapsed, 1e-9), "epoch_seconds": elapsed}
+
+
+def _check_finite(total_loss: torch.Tensor, epoch: int) -> None:
+    if not torch.isfinite(total_loss):
+        raise ClarivisError(f"training diverged (loss {total_loss.item()}) in epoch {epoch}; lower --lr")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "module", model)  # DDP
 
 
 @torch.no_grad()
-def validate(model, dataset, config, device, amp_dtype) -> dict:
+def validate(model, batches, device, amp_dtype, world) -> dict:
+    """Loss and accuracy over the whole validation split (each rank its shard, then summed)."""
     model.eval()
-    loader = DataLoader(dataset, batch_size=config.batch_size * 2, num_workers=config.workers)
     total_loss, correct, seen = 0.0, 0, 0
     autocast = _autocast(device, amp_dtype)
-    for images, targets in loader:
-        images, targets = images.to(device), targets.to(device)
+    for images, targets in batches:
         with autocast:
             logits = model(images)
         total_loss += F.cross_entropy(logits.float(), targets, reduction="sum").item()
         correct += int((logits.argmax(1) == targets).sum())
         seen += len(targets)
-    return {"val_loss": total_loss / seen, "val_accuracy": correct / seen}
+    total_loss, correct, seen = ddp.sum_across(world, [total_loss, correct, seen], device)
+    return {"val_loss": total_loss / max(seen, 1), "val_accuracy": correct / max(seen, 1)}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -442,29 +571,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _steps_per_epoch(n: int, batch_size: int) -> int:
-    return n // batch_size if n > batch_size else 1
-
-
-def _train_loader(dataset, config, epoch, balanced, num_classes) -> DataLoader:
-    """A loader whose order and augmentation depend only on (seed, epoch): resume-exact."""
-    generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-    if balanced:
-        sampler = balanced_sampler(dataset.targets, num_classes, generator)
-    else:
-        sampler = RandomSampler(dataset, generator=generator)
-    # drop_last avoids a 1-image final batch, which BatchNorm cannot train on.
-    return DataLoader(
-        dataset, batch_size=min(config.batch_size, len(dataset)), sampler=sampler,
-        num_workers=config.workers, drop_last=len(dataset) > config.batch_size,
-        pin_memory=torch.cuda.is_available(), persistent_workers=False, generator=generator,
-    )
-
-
-def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def _make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     # timm leaves biases, norms and the model's no_weight_decay() set (ViT position
     # embeddings, class token) undecayed; SGD there is Nesterov momentum.
     extra = {"momentum": config.momentum} if config.optimizer == "sgd" else {}
+    if device.type == "cuda":
+        extra["fused"] = True  # one kernel for the whole update instead of one per tensor
     return create_optimizer_v2(model, opt=config.optimizer, lr=config.lr,
                                weight_decay=config.weight_decay, **extra)
 
@@ -501,13 +613,13 @@ def _should_stop(config: TrainConfig, state: dict, t_start: float) -> bool:
     return False
 
 
-def _training_summary(config, data, state, epoch) -> dict:
+def _training_summary(config, data, state, epoch, world) -> dict:
     best = state["best"] or {}
     return {
         "dataset_fingerprint": data.fingerprint, "data": str(config.data), "epoch": epoch,
         "epochs": config.epochs, "best_val_accuracy": best.get("val_accuracy"),
         "best_val_loss": best.get("val_loss"), "train_images": len(data.train),
-        "val_images": len(data.val), "seed": config.seed,
+        "val_images": len(data.val), "seed": config.seed, "processes": world.size,
         "trained_at": datetime.now().isoformat(timespec="seconds"),
     }
 
