@@ -16,6 +16,7 @@ from tests.conftest import CNN, VIT, write_image
 
 import clarivis
 from clarivis.errors import DataError, ResumeError
+from clarivis.train import loop
 
 FAST = dict(epochs=2, batch_size=8, patience=None, workers=0)
 
@@ -52,18 +53,20 @@ def test_vit_learns_digits_well_above_chance(tmp_path):
     assert test.accuracy > 0.4
 
 
-def test_resume_reproduces_an_uninterrupted_run(tiny_folder, tmp_path):
+def _stop_after_first_epoch(monkeypatch):
+    monkeypatch.setattr(loop, "_should_stop", lambda config, state, budget: True)
+
+
+def test_resume_reproduces_an_uninterrupted_run(tiny_folder, tmp_path, monkeypatch):
     full = clarivis.train(tiny_folder, out=tmp_path / "full", model=CNN, **{**FAST, "epochs": 3})
-    # Same run cut after epoch 2: make its checkpoint look unfinished with 3 epochs planned.
-    part = clarivis.train(tiny_folder, out=tmp_path / "part", model=CNN, **{**FAST, "epochs": 3},
-                          time_limit=1e-9)  # stops (and checkpoints) after epoch 1
+    # Same run cut after epoch 1: make its checkpoint look unfinished with 3 epochs planned.
+    with monkeypatch.context() as patch:
+        _stop_after_first_epoch(patch)
+        part = clarivis.train(tiny_folder, out=tmp_path / "part", model=CNN, **{**FAST, "epochs": 3})
     assert part.epochs_run == 1
     ckpt = torch.load(tmp_path / "part" / "last.ckpt", weights_only=True)
     ckpt["finished"] = False
     torch.save(ckpt, tmp_path / "part" / "last.ckpt")
-    config = (tmp_path / "part" / "config.yaml").read_text().replace("time_limit: 1.0e-09",
-                                                                     "time_limit: null")
-    (tmp_path / "part" / "config.yaml").write_text(config)
     resumed = clarivis.train(tiny_folder, resume=tmp_path / "part")
     assert resumed.epochs_run == 3
     a = torch.load(tmp_path / "full" / "last.ckpt", weights_only=True)["model"]
@@ -73,6 +76,16 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_folder, tmp_path):
     losses_full = [h["train_loss"] for h in full.history]
     losses_resumed = [h["train_loss"] for h in resumed.history]
     assert losses_resumed == pytest.approx(losses_full, rel=1e-4)
+
+
+def test_time_limit_anneals_the_lr_and_stops_on_time(tiny_folder, tmp_path, monkeypatch):
+    """With a time limit the schedule follows the clock: lr at its floor when time is up."""
+    clock = iter(range(0, 10_000, 6))  # every reading of the clock is 6 s later
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: float(next(clock)))
+    result = clarivis.train(tiny_folder, out=tmp_path / "run", model=CNN, time_limit=1.0,
+                            **{**FAST, "epochs": 50, "lr": 0.01})
+    assert result.stopped_early and result.epochs_run < 50
+    assert result.history[-1]["lr"] == pytest.approx(0.01 * 0.01, rel=0.05)  # min_lr_ratio floor
 
 
 def test_finished_and_foreign_runs_cannot_be_resumed(tiny_folder, tmp_path):
@@ -158,13 +171,14 @@ def test_best_epoch_is_what_the_bundle_holds(tiny_folder, tmp_path):
     assert config["num_classes"] == 2 and weights["fc.weight"].shape[0] == 2
 
 
-def test_frozen_backbone_warmup_changes_only_the_head(tiny_folder, tmp_path):
+def test_frozen_backbone_warmup_changes_only_the_head(tiny_folder, tmp_path, monkeypatch):
     from clarivis.models.factory import create_model
 
+    _stop_after_first_epoch(monkeypatch)
     torch.manual_seed(0)  # the run seeds the same way before building its model
     initial = create_model(CNN, num_classes=2).state_dict()
     result = clarivis.train(tiny_folder, out=tmp_path / "run", model=CNN, freeze_epochs=1,
-                            time_limit=1e-9, **FAST)  # stop after the frozen epoch
+                            **FAST)  # stopped after the frozen epoch
     assert [h["frozen_backbone"] for h in result.history] == [True]
     after = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["model"]
     assert torch.equal(after["conv1.0.weight"], initial["conv1.0.weight"])

@@ -351,9 +351,11 @@ def _fit(config, data, device, run_dir, start_state, balanced, console, world) -
         if logger is not None:
             logger.truncate_after(state["epoch"])
         console.print(f"resuming {run_dir} after epoch {state['epoch']}")
-    scheduler.step_update(state["global_step"])
+    budget = TimeBudget(config.time_limit, config.epochs * steps_per_epoch, world,
+                        spent_s=state.get("train_seconds", 0.0))
+    scheduler.step_update(budget.position(state["global_step"]))
     bundle_dir = run_dir / "model"
-    stopped_early, ips, t_start = False, 0.0, time.perf_counter()
+    stopped_early, ips = False, 0.0
     train_model, wrapped_frozen = model, None
     try:
         for epoch in range(state["epoch"] + 1, config.epochs + 1):
@@ -365,7 +367,7 @@ def _fit(config, data, device, run_dir, start_state, balanced, console, world) -
                 set_backbone_trainable(model, not frozen)
                 train_model, wrapped_frozen = _wrap(model, config, world, device), frozen
             train_stats = train_one_epoch(
-                train_model, train_batches, optimizer, scheduler, loss_fn, state, console,
+                train_model, train_batches, optimizer, scheduler, budget, loss_fn, state, console,
                 epoch=epoch, epochs=config.epochs, grad_clip=config.grad_clip, amp_dtype=amp_dtype,
                 scaler=scaler, ema=ema, mixup=mixup, world=world, device=device,
             )
@@ -383,7 +385,8 @@ def _fit(config, data, device, run_dir, start_state, balanced, console, world) -
                 state["bad_epochs"] += 1
             state["epoch"] = epoch
             # Rank 0's clock decides a time limit, so every rank stops after the same epoch.
-            stopped_early = ddp.from_main(world, _should_stop(config, state, t_start))
+            state["train_seconds"] = budget.elapsed()
+            stopped_early = ddp.from_main(world, _should_stop(config, state, budget))
             if world.is_main:
                 logger.log_epoch(record)
                 if improved or not val_stats:
@@ -470,7 +473,7 @@ def _open_caches(data, preprocess, console, world):
 
 
 def train_one_epoch(
-    model, batches, optimizer, scheduler, loss_fn, state, console, *, epoch, epochs,
+    model, batches, optimizer, scheduler, budget, loss_fn, state, console, *, epoch, epochs,
     grad_clip, amp_dtype, scaler, ema, mixup, world, device,
 ) -> dict:
     model.train()
@@ -502,7 +505,7 @@ def train_one_epoch(
             else:
                 optimizer.step()
             state["global_step"] += 1
-            scheduler.step_update(state["global_step"])
+            scheduler.step_update(budget.position(state["global_step"]))
             if ema is not None:
                 ema.update(_unwrap(model), step=state["global_step"])
             n = images.shape[0]
@@ -514,6 +517,8 @@ def train_one_epoch(
                 progress.update(images=n, loss=total_loss.item() / seen, acc=correct.item() / seen)
             else:
                 progress.advance(images=n)
+            if budget.spent:
+                break  # the time limit is reached mid-epoch: validate and save now
     _check_finite(total_loss, epoch)
     elapsed = time.perf_counter() - start
     loss_sum, correct_sum, seen_sum = ddp.sum_across(
@@ -605,12 +610,40 @@ def _is_improvement(val: dict, best: dict | None) -> bool:
     return val["val_loss"] < best["val_loss"]
 
 
-def _should_stop(config: TrainConfig, state: dict, t_start: float) -> bool:
+def _should_stop(config: TrainConfig, state: dict, budget: TimeBudget) -> bool:
     if config.patience and state["bad_epochs"] >= config.patience:
         return True
-    if config.time_limit and (time.perf_counter() - t_start) / 60 >= config.time_limit:
-        return True
-    return False
+    return budget.spent
+
+
+class TimeBudget:
+    """With --time-limit, wall time drives the schedule: the lr follows the cosine as if the
+    run's fraction of the budget were its fraction of the steps (whichever is further), so it
+    has annealed when the time is up, and training stops right there, mid-epoch if need be. A
+    run cut off with a half-finished schedule is worse than a shorter schedule completed."""
+
+    SYNC_EVERY = 16  # steps between DDP ranks agreeing on rank 0's clock (same lr everywhere)
+
+    def __init__(self, limit_minutes: float | None, total_steps: int, world, spent_s: float = 0.0):
+        self.limit_s = limit_minutes * 60 if limit_minutes else None
+        self.total_steps, self.world = total_steps, world
+        self.start = time.perf_counter() - spent_s  # a resumed run keeps the time already spent
+        self.fraction = spent_s / self.limit_s if self.limit_s else 0.0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def position(self, step: int) -> int:
+        """The schedule step for optimizer step `step`."""
+        if self.limit_s is None:
+            return step
+        if not self.world.distributed or step % self.SYNC_EVERY == 0:
+            self.fraction = ddp.from_main(self.world, self.elapsed() / self.limit_s)
+        return max(step, int(self.fraction * self.total_steps))
+
+    @property
+    def spent(self) -> bool:
+        return self.limit_s is not None and self.fraction >= 1.0
 
 
 def _training_summary(config, data, state, epoch, world) -> dict:
@@ -655,5 +688,5 @@ def _restore(ckpt, model, optimizer, ema, scaler) -> dict:
     if scaler is not None and ckpt.get("scaler") is not None:
         scaler.load_state_dict(ckpt["scaler"])
     keys = ("epoch", "global_step", "best", "bad_epochs", "history")
-    return {k: ckpt[k] for k in keys}
+    return {**{k: ckpt[k] for k in keys}, "train_seconds": ckpt.get("train_seconds", 0.0)}
 
