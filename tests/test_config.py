@@ -33,3 +33,18 @@ def test_model_kwargs_parse_typed_values():
         "patch_size": 8, "drop_path_rate": 0.1, "global_pool": "avg"}
     with pytest.raises(ConfigError, match="key=value"):
         parse_kwargs("patch_size")
+
+
+def test_recipe_sets_defaults_below_yaml_and_flags(tmp_path):
+    fast = build_config(data="d", recipe="fast")
+    assert fast.optimizer == "sgd" and fast.patience is None and fast.batch_size is None
+    (tmp_path / "c.yaml").write_text("recipe: fast\nepochs: 3\n")
+    assert build_config(tmp_path / "c.yaml", data="d", label_smoothing=0.0).epochs == 3
+    assert build_config(tmp_path / "c.yaml", data="d", label_smoothing=0.0).label_smoothing == 0.0
+    with pytest.raises(ConfigError, match="unknown recipe 'turbo'"):
+        build_config(data="d", recipe="turbo")
+
+
+def test_model_kwargs_may_not_repeat_a_setting():
+    with pytest.raises(ConfigError, match="model_kwargs may not set img_size; it comes from --img-size"):
+        build_config(data="d", model_kwargs={"img_size": 32, "patch_size": 4})

@@ -19,7 +19,11 @@ def test_model_and_batch_size_fit_the_device_and_data():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert pick_model(cpu, 32) == "resnet18" and pick_model(gpu, 32) == "resnet18"
     assert pick_model(cpu, 224) == "mobilenetv3_large_100" and pick_model(gpu, 224) == "resnet50"
-    assert pick_batch_size(45_000) == 64
+    assert pick_batch_size(45_000) == 64  # large images: fits every default model
+    assert pick_batch_size(45_000, img_size=32) == 256  # small images: per-layer overheads
+    assert pick_batch_size(45_000, img_size=32, recipe="fast") == 512
+    assert pick_batch_size(600, img_size=32, recipe="fast") == 32  # no 1-step epochs
+    assert pick_lr("sgd", 512, fine_tune=False) == 0.4  # linear scaling, capped
     assert pick_batch_size(300) == 16  # tiny data: enough steps per epoch
     assert pick_lr("adamw", 64, fine_tune=False) == 2e-3
     assert pick_lr("adamw", 64, fine_tune=True) == 2e-4

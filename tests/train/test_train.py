@@ -69,8 +69,8 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_folder, tmp_path, monkeypat
     torch.save(ckpt, tmp_path / "part" / "last.ckpt")
     resumed = clarivis.train(tiny_folder, resume=tmp_path / "part")
     assert resumed.epochs_run == 3
-    a = torch.load(tmp_path / "full" / "last.ckpt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "part" / "last.ckpt", weights_only=True)["model"]
+    a = torch.load(tmp_path / "full" / "last.ckpt", weights_only=True, map_location="cpu")["model"]
+    b = torch.load(tmp_path / "part" / "last.ckpt", weights_only=True, map_location="cpu")["model"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
     losses_full = [h["train_loss"] for h in full.history]
@@ -180,7 +180,7 @@ def test_frozen_backbone_warmup_changes_only_the_head(tiny_folder, tmp_path, mon
     result = clarivis.train(tiny_folder, out=tmp_path / "run", model=CNN, freeze_epochs=1,
                             **FAST)  # stopped after the frozen epoch
     assert [h["frozen_backbone"] for h in result.history] == [True]
-    after = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["model"]
+    after = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True, map_location="cpu")["model"]
     assert torch.equal(after["conv1.0.weight"], initial["conv1.0.weight"])
     assert not torch.equal(after["fc.weight"], initial["fc.weight"])
 

@@ -5,15 +5,16 @@ so a second run over unchanged files skips the decode."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from clarivis.data.cache import load_scan_record, save_scan_record
-from clarivis.data.dataset import pil_to_uint8
 from clarivis.data.io import load_image
 from clarivis.data.sources import Sample
 from clarivis.errors import ImageDecodeError
@@ -38,22 +39,27 @@ def scan_images(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     workers: int | None = None,
 ) -> ScanResult:
-    """Decode all samples in parallel threads (Pillow releases the GIL while decoding)."""
+    """Decode all samples in parallel: threads on small machines (Pillow releases the GIL while
+    decoding) for small jobs, forked processes for larger ones on Linux: the Python around each
+    decode (EXIF, mode checks) holds the GIL, so threads do not scale (6k CIFAR JPEGs on 2
+    cores: 3.2 s with threads, 1.3 s with processes; 50k on 16 cores: 29 s with 8 threads)."""
     record = load_scan_record(samples) if samples else None
     if record is not None and len(record["readable"]) == len(samples):
         good = [s for s, ok in zip(samples, record["readable"], strict=True) if ok]
         return ScanResult(good, [tuple(x) for x in record["skipped"]],
                           [tuple(x) for x in record["sizes"]], None, from_record=True)
-    workers = workers or min(8, os.cpu_count() or 1)
+    cores = os.cpu_count() or 1
+    workers = workers or min(16, cores)
     used = 0
     keep = memory_budget > 0
     good, skipped, sizes, images, readable = [], [], [], [], []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with _pool(workers, len(samples)) as pool:
         for sample, result in zip(samples, pool.map(_decode, samples, chunksize=64), strict=False):
             readable.append(not isinstance(result, str))
             if isinstance(result, str):
                 skipped.append((sample.path, result))
                 continue
+            result = torch.from_numpy(result).permute(2, 0, 1).contiguous()  # (3, H, W)
             good.append(sample)
             sizes.append((result.shape[2], result.shape[1]))
             if keep:
@@ -67,10 +73,17 @@ def scan_images(
     return ScanResult(good, skipped, sizes, images if keep else None)
 
 
-def _decode(sample: Sample) -> torch.Tensor | str:
-    """uint8 (3, H, W) pixels, or the reason the file is unreadable."""
+def _pool(workers: int, n: int):
+    if workers > 1 and n >= 2000 and "fork" in multiprocessing.get_all_start_methods():
+        # fork: workers start in milliseconds and decode with Pillow alone (no torch, no CUDA).
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    return ThreadPoolExecutor(max_workers=workers)
+
+
+def _decode(sample: Sample) -> np.ndarray | str:
+    """uint8 (H, W, 3) pixels, or the reason the file is unreadable."""
     try:
-        return pil_to_uint8(load_image(sample.path))
+        return np.array(load_image(sample.path), dtype=np.uint8)
     except ImageDecodeError as err:
         return str(err).removeprefix(f"{sample.path}: ")
 

@@ -238,7 +238,8 @@ def _resolve_defaults(config: TrainConfig, data: PreparedData, device, world_siz
     if values["model"] is None:
         values["model"] = defaults.pick_model(device, values["img_size"])
     if values["batch_size"] is None:  # per process; the global batch is world_size times it
-        values["batch_size"] = defaults.pick_batch_size(len(data.train) // world_size, values["img_size"])
+        values["batch_size"] = defaults.pick_batch_size(
+            len(data.train) // world_size, values["img_size"], config.recipe)
     if values["lr"] is None:
         values["lr"] = defaults.pick_lr(config.optimizer, values["batch_size"] * world_size, fine_tune)
     if values["cache"] is None:
