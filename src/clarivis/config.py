@@ -70,8 +70,9 @@ class TrainConfig(BaseModel):
     # Runtime.
     device: str | None = None  # None: cuda, then mps, then cpu
     seed: int = 0
-    # Minutes of training (data preparation not counted); the lr schedule follows the clock so it
-    # has annealed when the time is up, and training stops then, mid-epoch if need be.
+    # Minutes for the whole run, data preparation and the last validation included; the lr
+    # schedule follows the clock so it has annealed when the time is up, and training stops
+    # then, mid-epoch if need be.
     time_limit: float | None = Field(None, gt=0.0)
 
     @model_validator(mode="after")

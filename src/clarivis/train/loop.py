@@ -90,6 +90,7 @@ def run_training(
 ) -> TrainResult:
     """Train a model as `config` says, or continue the run in folder `resume`. Under torchrun
     every rank calls this; rank 0 alone prints and writes files."""
+    started = time.perf_counter()  # a --time-limit counts from here: data preparation included
     device = defaults.resolve_device(config.device)  # fail fast on settings, before the images
     world = ddp.init_world(device)
     try:
@@ -97,12 +98,12 @@ def run_training(
         console = console or Console(stderr=True, soft_wrap=True)
         if not world.is_main:
             console = Console(quiet=True)
-        return _run(config, resume, console, device, world)
+        return _run(config, resume, console, device, world, started)
     finally:
         ddp.close_world(world)
 
 
-def _run(config, resume, console, device, world) -> TrainResult:
+def _run(config, resume, console, device, world, started) -> TrainResult:
     start_state = None
     if resume is not None:
         run_dir = Path(resume)
@@ -135,7 +136,7 @@ def _run(config, resume, console, device, world) -> TrainResult:
         _write_split(run_dir, data)
         report = _write_data_report(run_dir, config, data, balanced)
         _print_data_summary(console, config, data, report, device, world)
-    return _fit(config, data, device, run_dir, start_state, balanced, console, world)
+    return _fit(config, data, device, run_dir, start_state, balanced, console, world, started)
 
 
 def _prepare_in_turn(config: TrainConfig, console: Console, world) -> PreparedData:
@@ -307,7 +308,7 @@ def _print_data_summary(console, config, data, report, device, world) -> None:
 # ----------------------------------------------------------------------------- training
 
 
-def _fit(config, data, device, run_dir, start_state, balanced, console, world) -> TrainResult:
+def _fit(config, data, device, run_dir, start_state, balanced, console, world, started) -> TrainResult:
     seed_everything(config.seed)  # same initial weights on every rank (DDP also broadcasts them)
     fresh = start_state is None  # on resume the checkpoint supplies every weight
     model = create_model(
@@ -353,7 +354,8 @@ def _fit(config, data, device, run_dir, start_state, balanced, console, world) -
             logger.truncate_after(state["epoch"])
         console.print(f"resuming {run_dir} after epoch {state['epoch']}")
     budget = TimeBudget(config.time_limit, config.epochs * steps_per_epoch, world,
-                        spent_s=state.get("train_seconds", 0.0))
+                        spent_s=state.get("train_seconds", 0.0),
+                        setup_s=time.perf_counter() - started)
     scheduler.step_update(budget.position(state["global_step"]))
     bundle_dir = run_dir / "model"
     stopped_early, ips = False, 0.0
@@ -374,7 +376,9 @@ def _fit(config, data, device, run_dir, start_state, balanced, console, world) -
             )
             ips = train_stats["images_per_second"]
             eval_model = ema.module if ema is not None else model
+            t_val = time.perf_counter()
             val_stats = validate(eval_model, val_batches, device, amp_dtype, world) if data.val else {}
+            budget.reserve_for_validation(time.perf_counter() - t_val)
             record = {"epoch": epoch, **train_stats, **val_stats,
                       "lr": optimizer.param_groups[0]["lr"], "frozen_backbone": frozen}
             state["history"].append(record)
@@ -619,19 +623,34 @@ def _should_stop(config: TrainConfig, state: dict, budget: TimeBudget) -> bool:
 
 class TimeBudget:
     """With --time-limit, wall time drives the schedule: the lr follows the cosine as if the
-    run's fraction of the budget were its fraction of the steps (whichever is further), so it
-    has annealed when the time is up, and training stops right there, mid-epoch if need be. A
-    run cut off with a half-finished schedule is worse than a shorter schedule completed."""
+    run's fraction of its training time were its fraction of the steps (whichever is further),
+    so it has annealed when the time is up, and training stops right there, mid-epoch if need
+    be. A run cut off with a half-finished schedule is worse than a shorter schedule completed.
+    The limit covers the whole run: data preparation (`setup_s`) and the final validation (as
+    long as the last one took) are taken off the training time."""
 
     SYNC_EVERY = 16  # steps between DDP ranks agreeing on rank 0's clock (same lr everywhere)
 
-    def __init__(self, limit_minutes: float | None, total_steps: int, world, spent_s: float = 0.0):
-        self.limit_s = limit_minutes * 60 if limit_minutes else None
+    def __init__(self, limit_minutes: float | None, total_steps: int, world, *,
+                 spent_s: float = 0.0, setup_s: float = 0.0):
+        self.total_s = limit_minutes * 60 if limit_minutes else None
+        self.setup_s, self.validation_s = setup_s, 0.0
         self.total_steps, self.world = total_steps, world
         self.start = time.perf_counter() - spent_s  # a resumed run keeps the time already spent
         self.fraction = spent_s / self.limit_s if self.limit_s else 0.0
 
+    @property
+    def limit_s(self) -> float | None:
+        """Seconds of training steps the limit leaves (at least one)."""
+        if self.total_s is None:
+            return None
+        return max(1.0, self.total_s - self.setup_s - self.validation_s)
+
+    def reserve_for_validation(self, seconds: float) -> None:
+        self.validation_s = seconds
+
     def elapsed(self) -> float:
+        """Wall seconds since training started (validations between epochs included)."""
         return time.perf_counter() - self.start
 
     def position(self, step: int) -> int:
