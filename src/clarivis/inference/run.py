@@ -9,15 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clarivis.api import Classifier
-from clarivis.errors import ClarivisError
-from clarivis.inference.distributed import (
+from clarivis.distributed import (
     World,
     barrier,
     process_group,
     rank_device,
-    sum_over_ranks,
+    sum_across,
     world_from_env,
 )
+from clarivis.errors import ClarivisError
 from clarivis.inference.outputs import (
     done_paths,
     finalize,
@@ -96,7 +96,7 @@ def predict_to_file(
             finalize(target, fmt)
         # Also keeps the other ranks alive until rank 0 has merged (torchrun stops all
         # processes once one of them exits with an error).
-        counts = sum_over_ranks([summary.predicted, summary.errors, summary.skipped], world)
+        counts = [int(c) for c in sum_across(world, [summary.predicted, summary.errors, summary.skipped])]
     summary.predicted, summary.errors, summary.skipped = counts
     return summary
 

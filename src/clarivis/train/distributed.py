@@ -1,39 +1,29 @@
-"""DistributedDataParallel plumbing, launched by torchrun (which sets RANK, LOCAL_RANK,
-WORLD_SIZE and the rendezvous). A single process is the world of size 1: every helper here is
-then a no-op, so the training loop has one code path."""
+"""DistributedDataParallel for training, launched by torchrun: joining with the right backend,
+one GPU per process, the DDP wrapper, SyncBatchNorm, and `--nproc`. The generic helpers (World,
+barrier, sums over ranks) live in clarivis/distributed.py; a single process is the world of
+size 1, so the training loop has one code path."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from clarivis.distributed import (  # noqa: F401  (barrier, from_main, sum_across: for the loop)
+    World,
+    barrier,
+    from_main,
+    join,
+    launched_by_torchrun,
+    leave,
+    sum_across,
+    world_from_env,
+)
 from clarivis.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class World:
-    rank: int = 0
-    local_rank: int = 0
-    size: int = 1
-
-    @property
-    def distributed(self) -> bool:
-        return self.size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
@@ -59,16 +49,13 @@ def _without_option(argv: list[str], name: str) -> list[str]:
 
 def init_world(device: torch.device) -> World:
     """Join the process group torchrun set up: NCCL between GPUs, gloo on CPU."""
-    if not launched_by_torchrun():
-        return World()
-    world = World(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)),
-                  int(os.environ["WORLD_SIZE"]))
+    world = world_from_env()
+    if not world.distributed:
+        return world
     if device.type == "mps":
         raise ConfigError("distributed training runs on CUDA or CPU; pass --device cuda or cpu")
-    if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        # Long timeout: rank 0 decodes and caches the dataset while the others wait.
-        dist.init_process_group(backend, timeout=timedelta(minutes=60))
+    # Long timeout: rank 0 decodes and caches the dataset while the others wait.
+    join(world, "nccl" if device.type == "cuda" else "gloo", timedelta(minutes=60))
     if device.type == "cpu":
         # Share the cores: N processes with all threads each would oversubscribe the CPU.
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
@@ -85,31 +72,7 @@ def device_for(world: World, device: torch.device) -> torch.device:
 
 
 def close_world(world: World) -> None:
-    if world.distributed and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def barrier(world: World) -> None:
-    if world.distributed:
-        dist.barrier()
-
-
-def sum_across(world: World, values: list[float], device: torch.device) -> list[float]:
-    """Element-wise sum of `values` over all ranks (loss sums, correct counts, image counts)."""
-    if not world.distributed:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def from_main(world: World, value):
-    """Rank 0's `value` on every rank (a run folder name, a stop decision)."""
-    if not world.distributed:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    leave(world)
 
 
 def wrap_model(model: nn.Module, world: World, device: torch.device) -> nn.Module:
