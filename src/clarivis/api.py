@@ -6,7 +6,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,17 +122,30 @@ class Classifier:
         _check_batch_size(batch_size)
         k = min(top_k, len(self.class_names))
         pending: list[tuple[str, torch.Tensor]] = []
-        for source, item in _expand_inputs(images):
+        # Decoding and resizing run in threads, a few batches ahead of the model, in input order.
+        prepared = _ordered_map(self._prepare, _expand_inputs(images), window=2 * batch_size)
+        for source, item in prepared:
             if isinstance(item, str):  # an error message
                 yield from self._flush(pending, k)
                 pending = []
                 yield Prediction(source=source, error=item)
                 continue
-            pending.append((source, self.transform(item)))
+            pending.append((source, item))
             if len(pending) >= batch_size:
                 yield from self._flush(pending, k)
                 pending = []
         yield from self._flush(pending, k)
+
+    def _prepare(self, entry: tuple[str, Any]) -> tuple[str, torch.Tensor | str]:
+        """(source, path or PIL image or error) -> (source, model input or error message)."""
+        source, item = entry
+        if isinstance(item, str) and not item.startswith(_PATH_MARK):
+            return source, item
+        try:
+            pixels = pil_to_uint8(load_image(source) if isinstance(item, str) else to_rgb(item))
+        except ImageDecodeError as err:
+            return source, str(err).removeprefix(f"{source}: ")
+        return source, self.transform(pixels)
 
     def _flush(self, pending: list[tuple[str, torch.Tensor]], k: int) -> Iterator[Prediction]:
         if not pending:
@@ -186,22 +201,37 @@ def save_evaluation(result: EvaluationResult, json_path: str | Path) -> tuple[Pa
     return json_path, png
 
 
+_PATH_MARK = "\0path"  # marks "decode this file" apart from an error message
+
+
 def _expand_inputs(images: ImageInput | Iterable[ImageInput]) -> Iterator[tuple[str, Any]]:
-    """Yield (source, uint8 tensor) or (source, error message) for every input image."""
+    """Yield (source, PIL image), (path, _PATH_MARK) or (source, error message) for every input,
+    lazily: nothing is decoded here."""
     if isinstance(images, (str, Path, Image.Image)):
         images = [images]
     for n, item in enumerate(images):
         if isinstance(item, Image.Image):
-            yield f"<image {n}>", pil_to_uint8(to_rgb(item))
+            yield f"<image {n}>", item
             continue
         for path in _expand_path(str(item)):
-            if isinstance(path, tuple):
-                yield path
-                continue
-            try:
-                yield path, pil_to_uint8(load_image(path))
-            except ImageDecodeError as err:
-                yield path, str(err).removeprefix(f"{path}: ")
+            yield path if isinstance(path, tuple) else (path, _PATH_MARK)
+
+
+def _ordered_map(fn, items: Iterator, *, window: int, workers: int | None = None) -> Iterator:
+    """fn over items in threads, results in input order, at most `window` items in flight
+    (Executor.map would submit the whole iterator at once: unbounded memory)."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        in_flight: deque = deque()
+        for item in items:
+            in_flight.append(pool.submit(fn, item))
+            if len(in_flight) >= window:
+                yield in_flight.popleft().result()
+        while in_flight:
+            yield in_flight.popleft().result()
 
 
 def _expand_path(item: str) -> Iterator[str | tuple[str, str]]:
