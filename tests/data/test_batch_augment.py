@@ -69,3 +69,23 @@ def test_presets_keep_shape_and_range(augment, size):
     assert out.min() >= lo - 1e-4 and out.max() <= hi + 1e-4
     if augment == "none":
         assert torch.allclose(out, Normalize(pp, torch.device("cpu"))(x))
+
+
+def test_resized_crop_of_the_whole_image_is_the_image_or_its_mirror():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 96, 96)
+    out = random_resized_crop(x, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=True)
+    same = torch.isclose(out, x, atol=1e-5).flatten(1).all(1)
+    mirrored = torch.isclose(out, x.flip(3), atol=1e-5).flatten(1).all(1)
+    assert bool((same | mirrored).all())
+    assert 16 < int(mirrored.sum()) < 48  # about half are flipped
+
+
+def test_resized_crop_takes_the_box_it_draws():
+    """A box of a quarter of the area is half the side, shown 2x enlarged: a ramp of 1/127 per
+    pixel becomes a ramp of half that slope."""
+    torch.manual_seed(0)
+    ramp = torch.linspace(0, 1, 128).view(1, 1, 1, 128).repeat(8, 1, 128, 1)
+    out = random_resized_crop(ramp, scale=(0.25, 0.25), ratio=(1.0, 1.0))
+    slope = (out[:, 0, 64, 100] - out[:, 0, 64, 20]) / 80
+    assert torch.allclose(slope, torch.full_like(slope, 0.5 / 127), rtol=0.02)

@@ -2,7 +2,8 @@
 gather of uint8 pixels, then a few tensor ops per batch instead of a Python transform call per
 image (the CIFAR-10 speed-record recipe). Same augmentations as `transforms.train_transform`:
   - small images (<= 64 px): reflect-pad and random translate by up to img_size/8 px;
-  - larger images: random-resized crop (area 35-100%, aspect 3/4-4/3) via roi_align;
+  - larger images: random-resized crop (area 35-100%, aspect 3/4-4/3), with the flip, as one
+    affine grid sample;
   - horizontal flip with probability 1/2;
   - RandAugment / TrivialAugment presets: torchvision v2 applied per chunk of 8 images, so each
     chunk draws its own ops (v2 ops on a batch share one draw per call).
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
 from clarivis.data.transforms import Preprocess
@@ -47,8 +47,10 @@ class BatchAugment:
         if self.preset is not None:
             images = torch.cat([self.preset(chunk) for chunk in images.split(PRESET_CHUNK)])
         x = self.normalize(images)
+        if self.geometry and self.size > 64:
+            return random_resized_crop(x, flip=self.hflip).contiguous(memory_format=torch.channels_last)
         if self.geometry:
-            x = random_translate(x, self.translate) if self.size <= 64 else random_resized_crop(x)
+            x = random_translate(x, self.translate)
         if self.hflip:
             x = random_hflip(x)
         return x.contiguous(memory_format=torch.channels_last)
@@ -66,20 +68,31 @@ def random_translate(x: torch.Tensor, pad: int) -> torch.Tensor:
     return padded[batch, rows, cols].permute(0, 3, 1, 2)  # (N, C, H, W), channels_last strides
 
 
-def random_resized_crop(x: torch.Tensor, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+def random_resized_crop(x: torch.Tensor, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3), *,
+                        flip: bool = False) -> torch.Tensor:
     """Each image: a random box of `scale` of its area and `ratio` aspect, resized back to full
-    size (bilinear). One roi_align call for the whole batch."""
+    size (bilinear), mirrored with probability 1/2 when `flip`. One affine_grid + grid_sample for
+    the whole batch: 10x faster on CPU than roi_align with 2x2 samples per pixel (128 px, batch
+    64: 5 ms against 46 ms, a third of mobilenetv3_small_050's step), and a box never shrinks the
+    image, so bilinear needs no antialiasing."""
     n, _, h, w = x.shape
     area = torch.empty(n, device=x.device).uniform_(*scale) * h * w
     log_ratio = torch.empty(n, device=x.device).uniform_(*torch.tensor(ratio).log().tolist())
     aspect = log_ratio.exp()
-    bw = (area * aspect).sqrt().clamp(max=w)
+    bw = (area * aspect).sqrt().clamp(max=w)  # box size, px
     bh = (area / aspect).sqrt().clamp(max=h)
-    x0 = torch.rand(n, device=x.device) * (w - bw)
+    x0 = torch.rand(n, device=x.device) * (w - bw)  # box corner, px
     y0 = torch.rand(n, device=x.device) * (h - bh)
-    boxes = torch.stack([torch.arange(n, device=x.device, dtype=x.dtype), x0, y0, x0 + bw, y0 + bh], 1)
-    return roi_align(x.contiguous(), boxes.to(x.dtype), output_size=(h, w), spatial_scale=1.0,
-                     sampling_ratio=2, aligned=True)
+    # affine_grid maps output coordinates in [-1, 1] to input ones: scale by the box's share of
+    # the side, shift to the box centre (align_corners=False: -1 and 1 are the outer pixel edges).
+    sx = bw / w
+    if flip:
+        sx = torch.where(torch.rand(n, device=x.device) < 0.5, -sx, sx)
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 0, 2] = sx, (x0 + bw / 2) / w * 2 - 1
+    theta[:, 1, 1], theta[:, 1, 2] = bh / h, (y0 + bh / 2) / h * 2 - 1
+    grid = F.affine_grid(theta, [n, x.shape[1], h, w], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def random_hflip(x: torch.Tensor) -> torch.Tensor:
