@@ -134,14 +134,21 @@ def measure_clarivis(args: argparse.Namespace, recipe: str, device: str, manifes
     env = common.child_env(args.threads, cache)
     run = common.run_child(command, env=env, timeout_s=timeout_s, on_poll=watch, label=f"clarivis-{recipe}")
     config = common.read_yaml(run_dir / "config.yaml")
+    return pipeline_result(timeline, run, args.budget_s, {
+        k: config.get(k) for k in ("model", "img_size", "epochs", "batch_size", "lr", "augment",
+                                   "workers", "time_limit")})
+
+
+def pipeline_result(timeline: list[dict[str, Any]], run: Any, budget_s: float,
+                    config: dict[str, Any]) -> dict[str, Any]:
+    """What is reported of one pipeline: only epochs finished within the budget count."""
     return {
-        "best_val_accuracy": best_within(timeline, args.budget_s),
-        "epochs_within_budget": sum(1 for e in timeline if e["elapsed_s"] <= args.budget_s),
+        "best_val_accuracy": best_within(timeline, budget_s),
+        "epochs_within_budget": sum(1 for e in timeline if e["elapsed_s"] <= budget_s),
         "timeline": timeline,
         "wall_s": run.wall_s,
         "peak_rss_mib": run.peak_rss_mib,
-        "config": {k: config.get(k) for k in ("model", "img_size", "epochs", "batch_size", "lr",
-                                               "augment", "workers", "time_limit")},
+        "config": config,
         "process": run.to_dict(),
     }
 
@@ -163,16 +170,8 @@ def measure_baseline(args: argparse.Namespace, device: str, tree: Path, first_im
     }
     result, run = common.run_worker(SCRIPT, "baseline", spec, tmp, threads=args.threads,
                                     timeout_s=timeout_s)
-    timeline = result.get("timeline", [])
-    return {
-        "best_val_accuracy": best_within(timeline, args.budget_s),
-        "epochs_within_budget": sum(1 for e in timeline if e["elapsed_s"] <= args.budget_s),
-        "timeline": timeline,
-        "wall_s": run.wall_s,
-        "peak_rss_mib": run.peak_rss_mib,
-        "config": {k: spec[k] for k in ("model", "img_size", "lr", "batch_size", "workers")},
-        "process": run.to_dict(),
-    }
+    return pipeline_result(result.get("timeline", []), run, args.budget_s,
+                           {k: spec[k] for k in ("model", "img_size", "lr", "batch_size", "workers")})
 
 
 def baseline_worker(spec: dict[str, Any]) -> dict[str, Any]:
