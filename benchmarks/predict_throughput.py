@@ -158,7 +158,9 @@ def forward_worker(spec: dict[str, Any]) -> dict[str, Any]:
     clf = load_predictor(spec["backend"], spec["model_dir"], spec["device"])
     images = decode(Path(spec["images"]).read_text().splitlines())
     pixels = [torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1) for img in images]
+    # In the layout the Classifier gives its model (channels_last), so the ratio is the pipeline's.
     tensor = torch.stack([clf.transform(p) for p in pixels]).to(spec["device"])
+    tensor = tensor.contiguous(memory_format=torch.channels_last)
     batch = spec["batch_size"]
     with torch.inference_mode():
         clf.model(tensor[:batch])  # warm-up

@@ -49,3 +49,23 @@ def test_evaluate_returns_typed_result(trained):
     assert isinstance(metrics, clarivis.EvaluationResult)
     assert metrics.num_samples == 16 and 0 <= metrics.accuracy <= 1
     assert sum(map(sum, metrics.confusion_matrix)) == 16
+
+
+def test_predict_equals_the_model_on_the_eval_transform(trained):
+    """Predict's split preprocessing (resize per image, normalise per batch) and its memory
+    layout change nothing: same probabilities as the plain per-image transform in NCHW."""
+    import torch
+
+    from clarivis.data.dataset import pil_to_uint8
+    from clarivis.data.io import load_image
+
+    data, result = trained
+    clf = clarivis.Classifier.load(result.bundle_dir)
+    files = sorted(str(p) for p in (data / "blue").iterdir())
+    batch = torch.stack([clf.transform(pil_to_uint8(load_image(f))) for f in files])
+    with torch.no_grad():
+        expected = torch.softmax(clf.model(batch.contiguous()).float() / clf.config.temperature, 1)
+    got = clf.predict(files, top_k=2, batch_size=3)  # several batches, one of them partial
+    for row, probs in zip(got, expected, strict=True):
+        assert row.confidence == pytest.approx(float(probs.max()), abs=1e-5)
+        assert row.label == clf.class_names[int(probs.argmax())]
