@@ -101,9 +101,9 @@ def evaluate(
 
     clf = Classifier.load(model, device=device)
     result = clf.evaluate(data, batch_size=batch_size)
-    _print_evaluation(result)
-    if json_path:
-        written = save_evaluation(result, json_path)
+    written = save_evaluation(result, json_path) if json_path else None  # before printing: a
+    _print_evaluation(result)  # closed pipe (`| head`) must not cost the file
+    if written:
         err.print(f"wrote {written[0]} and {written[1]}")
 
 
