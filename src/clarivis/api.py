@@ -19,8 +19,8 @@ from rich.console import Console
 
 from clarivis.config import build_config
 from clarivis.data.batch_augment import Normalize
-from clarivis.data.dataset import ImageDataset, pil_to_uint8
-from clarivis.data.io import is_image_path, load_image, to_rgb
+from clarivis.data.dataset import ImageDataset, model_pixels, pil_to_uint8
+from clarivis.data.io import is_image_path, to_rgb
 from clarivis.data.scan import scan_images
 from clarivis.data.sources import Sample, evaluation_samples, index_dataset
 from clarivis.data.transforms import eval_transform, resize_transform
@@ -148,7 +148,10 @@ class Classifier:
         if isinstance(item, str) and not item.startswith(_PATH_MARK):
             return source, item
         try:
-            pixels = pil_to_uint8(load_image(source) if isinstance(item, str) else to_rgb(item))
+            if isinstance(item, str):
+                pixels = model_pixels(source, self.config.preprocess.img_size)
+            else:
+                pixels = pil_to_uint8(to_rgb(item))
         except ImageDecodeError as err:
             return source, str(err).removeprefix(f"{source}: ")
         return source, self._resize(pixels)
@@ -182,7 +185,8 @@ class Classifier:
         if not scan.samples:
             raise DataError(f"none of the {len(samples)} images could be read; check the files")
         class_to_idx = {name: i for i, name in enumerate(self.class_names)}
-        dataset = ImageDataset(scan.samples, class_to_idx, self.transform, scan.images)
+        dataset = ImageDataset(scan.samples, class_to_idx, self.transform, scan.images,
+                               img_size=self.config.preprocess.img_size)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
         probs, targets = [], []
         for batch, target in loader:

@@ -79,3 +79,28 @@ def test_scan_record_skips_decoding_on_the_second_run(samples, tmp_path):
     assert second.skipped == first.skipped and second.sizes == first.sizes
     os.utime(samples[0].path, ns=(1, 1))  # touched: the record no longer applies
     assert not scan_images(all_samples).from_record
+
+
+def test_large_jpegs_are_cached_as_predict_sees_them(tmp_path, monkeypatch):
+    """Training (the tensor cache, built from the scan's full-size decodes) and predict (files)
+    decode large JPEGs the same reduced way: the model sees the same pixels."""
+    from PIL import Image
+
+    from clarivis.data.dataset import model_pixels
+
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"{i}.jpg"
+        small = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((640, 480), Image.Resampling.BICUBIC).save(path, quality=90)
+        paths.append(path)
+    found = [Sample(str(p), "a") for p in paths]
+    scan = scan_images(found)
+    assert scan.images is not None and scan.images[0].shape == (3, 480, 640)  # full-size preload
+    pixels, _ = cache.open_pixel_cache(found, PP, decoded=scan.images)
+    for row, path in zip(pixels, paths, strict=True):
+        reduced = model_pixels(str(path), PP.img_size)
+        assert reduced.shape == (3, 60, 80)  # 1/8, libjpeg's smallest scale (still >= 2 x 16 px)
+        assert torch.equal(row, resize_transform(PP)(reduced))

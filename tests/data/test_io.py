@@ -300,3 +300,31 @@ def test_pillow_bomb_guard_becomes_decode_error(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     message = _decode_error(buffer.getvalue(), max_pixels=10_000)
     assert "decompression bomb" in message
+
+
+@pytest.mark.parametrize(("size", "reduce_to", "expected"), [
+    ((640, 480), 32, (160, 120)),  # 1/4: the largest scale keeping both sides >= 64 px
+    ((640, 480), 100, (320, 240)),  # 1/2
+    ((640, 480), 160, (640, 480)),  # under 4x: full size
+    ((640, 480), None, (640, 480)),
+])
+def test_large_jpeg_decodes_reduced_but_at_least_twice_the_model_input(
+    tmp_path: Path, size: tuple[int, int], reduce_to: int | None, expected: tuple[int, int]
+) -> None:
+    path = tmp_path / "big.jpg"
+    _gradient_rgb(*size).save(path, quality=95)
+    loaded = load_image(path, reduce_to=reduce_to)
+    assert loaded.size == expected and loaded.mode == "RGB"
+    # The reduced decode is a faithful small version of the image, not a crop.
+    full = np.asarray(load_image(path).resize(expected, Image.Resampling.BOX)).astype(int)
+    assert np.abs(np.asarray(loaded).astype(int) - full).mean() < 3
+
+
+def test_reduced_jpeg_keeps_exif_orientation_and_png_is_never_reduced(tmp_path: Path) -> None:
+    image = _gradient_rgb(640, 480)
+    exif = image.getexif()
+    exif[ExifTags.Base.Orientation] = 6
+    image.save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    assert load_image(tmp_path / "rotated.jpg", reduce_to=32).size == (120, 160)
+    image.save(tmp_path / "big.png")
+    assert load_image(tmp_path / "big.png", reduce_to=32).size == (640, 480)

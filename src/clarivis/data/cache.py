@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clarivis.data.io import load_image
 from clarivis.data.sources import Sample
 from clarivis.data.transforms import Preprocess, resize_transform
 from clarivis.errors import ImageDecodeError
@@ -59,7 +58,7 @@ def files_key(samples: list[Sample], extra: str = "") -> str:
 def preprocess_key(pp: Preprocess) -> str:
     """Only what changes the cached pixels: size, resize mode, interpolation, padding colour."""
     return json.dumps([pp.img_size, pp.resize_mode, pp.interpolation,
-                       [round(m * 255) for m in pp.mean]])
+                       [round(m * 255) for m in pp.mean], "jpeg-reduce-2x"])  # decoding rule
 
 
 def cache_bytes(n_images: int, img_size: int) -> int:
@@ -128,12 +127,10 @@ def _build(path, samples, preprocess, decoded, workers, on_progress) -> None:
     resize = resize_transform(preprocess)
 
     def fill(i: int) -> None:
-        pixels = decoded[i] if decoded is not None else None
-        if pixels is None:
-            pixels = _decode(samples[i].path)
-        else:
+        preloaded = decoded[i] if decoded is not None else None
+        if decoded is not None:
             decoded[i] = None  # free the full-size copy as soon as its row is written
-        out[i] = resize(pixels).numpy()
+        out[i] = resize(_decode(samples[i].path, size, preloaded)).numpy()
 
     try:
         with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
@@ -147,11 +144,11 @@ def _build(path, samples, preprocess, decoded, workers, on_progress) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _decode(path: str) -> torch.Tensor:
-    from clarivis.data.dataset import pil_to_uint8
+def _decode(path: str, img_size: int, preloaded: torch.Tensor | None) -> torch.Tensor:
+    from clarivis.data.dataset import model_pixels
 
     try:
-        return pil_to_uint8(load_image(path))
+        return model_pixels(path, img_size, preloaded)
     except ImageDecodeError:
         # Readable at the check, unreadable now: the file changed under us. A black row keeps the
         # cache aligned; the next run's key differs (mtime changed) and rebuilds it.

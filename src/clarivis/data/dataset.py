@@ -26,8 +26,10 @@ class ImageDataset(Dataset):
         class_to_idx: dict[str, int],
         transform,
         images: list[torch.Tensor] | None = None,
+        img_size: int | None = None,
     ):
         self.samples = samples
+        self.img_size = img_size  # model input side: JPEGs decode reduced towards it
         self.targets = [class_to_idx[s.label] for s in samples]
         self.transform = transform
         self.images = images  # decoded uint8 tensors, aligned with samples, or None
@@ -41,11 +43,18 @@ class ImageDataset(Dataset):
         i, seed = key if isinstance(key, tuple) else (key, None)
         if seed is not None:
             torch.manual_seed(seed)
-        if self.images is not None:
-            pixels = self.images[i]
-        else:
-            pixels = pil_to_uint8(load_image(self.samples[i].path))
+        preloaded = self.images[i] if self.images is not None else None
+        pixels = model_pixels(self.samples[i].path, self.img_size, preloaded)
         return self.transform(pixels), self.targets[i]
+
+
+def model_pixels(path: str, img_size: int | None, preloaded: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (3, H, W) pixels of `path` as every stage feeds them to a model of input `img_size`
+    (reduced JPEG decoding, see load_image). A full-size `preloaded` decode is used when the
+    reduction cannot apply to it (a side under 4x img_size); else the file is decoded again."""
+    if preloaded is not None and (img_size is None or min(preloaded.shape[1:]) < 4 * img_size):
+        return preloaded
+    return pil_to_uint8(load_image(path, reduce_to=img_size))
 
 
 def class_counts(samples: list[Sample], class_names: list[str]) -> dict[str, int]:

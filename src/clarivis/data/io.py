@@ -48,14 +48,23 @@ def is_image_path(path: str | Path) -> bool:
 
 
 def load_image(
-    source: str | Path | bytes | BinaryIO, *, max_pixels: int = MAX_IMAGE_PIXELS
+    source: str | Path | bytes | BinaryIO, *, max_pixels: int = MAX_IMAGE_PIXELS,
+    reduce_to: int | None = None,
 ) -> Image.Image:
-    """Decode an image fully into an upright RGB image, or raise ImageDecodeError."""
+    """Decode an image fully into an upright RGB image, or raise ImageDecodeError.
+
+    `reduce_to` (px, the model input side): a JPEG at least 4x that size on both sides is decoded
+    at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling, never below 2x `reduce_to` on either side,
+    so the resize to the model input that follows still has twice the pixels it needs. A 3 MP
+    photo for a 224 px model decodes 3x faster. Training, evaluation and predict all pass the
+    model's input size, so they see the same pixels."""
     if max_pixels <= 0:
         raise ValueError(f"max_pixels must be positive, got {max_pixels}")
     label = _label(source)
     with _decoding(label), Image.open(_open_source(source, label), formats=_ALLOWED_FORMATS) as img:
         _check_pixels(img.size, max_pixels, label)
+        if reduce_to is not None and img.format == "JPEG":
+            img.draft(img.mode, (2 * reduce_to, 2 * reduce_to))  # no-op when smaller than 4x
         # Animated GIF/WebP (and multi-page TIFF) open on their first frame; load() decodes
         # only that one, and a truncated file fails here rather than later in a DataLoader.
         img.load()
