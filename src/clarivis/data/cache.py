@@ -127,9 +127,9 @@ def _build(path, samples, preprocess, decoded, workers, on_progress) -> None:
     resize = resize_transform(preprocess)
 
     def fill(i: int) -> None:
-        preloaded = decoded[i] if decoded is not None else None
-        if decoded is not None:
-            decoded[i] = None  # free the full-size copy as soon as its row is written
+        preloaded = None
+        if decoded is not None:  # take it, freeing the full-size copy once its row is written
+            preloaded, decoded[i] = decoded[i], None
         out[i] = resize(_decode(samples[i].path, size, preloaded)).numpy()
 
     try:
