@@ -92,7 +92,7 @@ class Classifier:
         self.config = config
         self.device = device
         self.transform = eval_transform(config.preprocess)  # uint8 (3, H, W) -> float (3, S, S)
-        # Predict splits it: the resize per image (in threads), the normalisation per batch.
+        # Predict and evaluate split it: the resize per image, the normalisation per batch.
         self._resize = resize_transform(config.preprocess)
         self._normalize = Normalize(config.preprocess, device)
 
@@ -143,12 +143,13 @@ class Classifier:
         yield from self._flush(pending, k)
 
     def _prepare(self, entry: tuple[str, Any]) -> tuple[str, torch.Tensor | str]:
-        """(source, path or PIL image or error) -> (source, resized uint8 image or error message)."""
+        """(source, None: decode the file | PIL image | error message) -> (source, resized uint8
+        image or error message)."""
         source, item = entry
-        if isinstance(item, str) and not item.startswith(_PATH_MARK):
+        if isinstance(item, str):
             return source, item
         try:
-            if isinstance(item, str):
+            if item is None:
                 pixels = model_pixels(source, self.config.preprocess.img_size)
             else:
                 pixels = pil_to_uint8(to_rgb(item))
@@ -185,12 +186,12 @@ class Classifier:
         if not scan.samples:
             raise DataError(f"none of the {len(samples)} images could be read; check the files")
         class_to_idx = {name: i for i, name in enumerate(self.class_names)}
-        dataset = ImageDataset(scan.samples, class_to_idx, self.transform, scan.images,
+        dataset = ImageDataset(scan.samples, class_to_idx, self._resize, scan.images,
                                img_size=self.config.preprocess.img_size)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
         probs, targets = [], []
-        for batch, target in loader:
-            probs.append(self.predict_proba(batch))
+        for pixels, target in loader:  # uint8 (N, 3, S, S), normalised per batch as in predict
+            probs.append(self.predict_proba(self._normalize(pixels.to(self.device))))
             targets.append(target)
         result = compute_metrics(torch.cat(probs), torch.cat(targets), self.class_names)
         result.skipped = [{"path": p, "reason": r} for p, r in scan.skipped]
@@ -212,11 +213,8 @@ def save_evaluation(result: EvaluationResult, json_path: str | Path) -> tuple[Pa
     return json_path, png
 
 
-_PATH_MARK = "\0path"  # marks "decode this file" apart from an error message
-
-
 def _expand_inputs(images: ImageInput | Iterable[ImageInput]) -> Iterator[tuple[str, Any]]:
-    """Yield (source, PIL image), (path, _PATH_MARK) or (source, error message) for every input,
+    """Yield (source, PIL image), (path, None) or (source, error message) for every input,
     lazily: nothing is decoded here."""
     if isinstance(images, (str, Path, Image.Image)):
         images = [images]
@@ -225,7 +223,7 @@ def _expand_inputs(images: ImageInput | Iterable[ImageInput]) -> Iterator[tuple[
             yield f"<image {n}>", item
             continue
         for path in _expand_path(str(item)):
-            yield path if isinstance(path, tuple) else (path, _PATH_MARK)
+            yield path if isinstance(path, tuple) else (path, None)
 
 
 def _ordered_map(fn, items: Iterator, *, window: int, workers: int | None = None) -> Iterator:
