@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_DATA ?= data/digits
 DEMO_RUN ?= runs/demo
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install browser demo test test-fast lint clean
 
 # Installs from the package registries only; the stamp re-installs when pyproject changes.
 $(VENV)/.installed: pyproject.toml
@@ -28,7 +28,15 @@ demo: install
 	@echo "Results: model bundle in $(DEMO_RUN)/model, test metrics in $(DEMO_RUN)/test_metrics.json,"
 	@echo "confusion matrix in $(DEMO_RUN)/test_metrics_confusion.png, training log in $(DEMO_RUN)/metrics.jsonl"
 
-test: install
+# The report and web-page tests drive Debian's Chromium through Playwright (never its own
+# browser download). Installed here when this machine lets us (root + apt); else they skip.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "chromium not installed: the browser tests will skip"
+
+test: install browser
 	$(BIN)/python -m pytest -n 2 --durations=15
 
 test-fast: install
