@@ -1,0 +1,59 @@
+"""Labeled images as the audit stages need them: decoded once, resized to the model input and
+kept as uint8, so calibration, subgroups, corruptions and attacks all see the same pixels that
+predict would feed (reduced JPEG decode, per-image resize; normalisation happens per batch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from clarivis.data.dataset import model_pixels
+from clarivis.data.scan import scan_images
+from clarivis.data.sources import Sample
+from clarivis.errors import DataError
+
+UNKNOWN_TARGET = -1  # target of an image whose class the model was not trained on
+
+
+@dataclass
+class LabeledPixels:
+    pixels: torch.Tensor  # uint8 (N, 3, S, S): resized to the model input, not normalised
+    targets: torch.Tensor  # int64 (N,): class index, UNKNOWN_TARGET for classes the model lacks
+    samples: list[Sample]  # aligned with pixels (path, label, group attributes)
+    skipped: list[dict] = field(default_factory=list)  # {path, reason} of unreadable files
+
+    @property
+    def known(self) -> torch.Tensor:
+        """bool (N,): the image's class is one of the model's classes."""
+        return self.targets != UNKNOWN_TARGET
+
+    def subset(self, index: torch.Tensor | list[int]) -> LabeledPixels:
+        index = torch.as_tensor(index, dtype=torch.long)
+        return LabeledPixels(self.pixels[index], self.targets[index],
+                             [self.samples[i] for i in index.tolist()], self.skipped)
+
+
+def load_labeled_pixels(clf, samples: list[Sample]) -> LabeledPixels:
+    """Decode and resize `samples` for the Classifier `clf`; unreadable files are skipped."""
+    scan = scan_images(samples)
+    if not scan.samples:
+        raise DataError(f"none of the {len(samples)} images could be read; check the files")
+    img_size = clf.config.preprocess.img_size
+    images = scan.images if scan.images is not None else [None] * len(scan.samples)
+    pixels = torch.stack([clf._resize(model_pixels(s.path, img_size, im))
+                          for s, im in zip(scan.samples, images, strict=True)])
+    class_to_idx = {name: i for i, name in enumerate(clf.class_names)}
+    targets = torch.tensor([class_to_idx.get(s.label, UNKNOWN_TARGET) for s in scan.samples])
+    return LabeledPixels(pixels, targets, list(scan.samples),
+                         [{"path": p, "reason": r} for p, r in scan.skipped])
+
+
+@torch.no_grad()
+def model_logits(clf, pixels: torch.Tensor, *, batch_size: int = 128) -> torch.Tensor:
+    """uint8 (N, 3, S, S) -> float32 (N, C) raw logits (before the temperature), on the CPU."""
+    out = []
+    for start in range(0, len(pixels), batch_size):
+        batch = clf._normalize(pixels[start:start + batch_size].to(clf.device))  # channels_last
+        out.append(clf.model(batch).float().cpu())
+    return torch.cat(out) if out else torch.empty(0, len(clf.class_names))
