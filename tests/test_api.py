@@ -69,3 +69,20 @@ def test_predict_equals_the_model_on_the_eval_transform(trained):
     for row, probs in zip(got, expected, strict=True):
         assert row.confidence == pytest.approx(float(probs.max()), abs=1e-5)
         assert row.label == clf.class_names[int(probs.argmax())]
+
+
+def test_open_set_rejection_answers_unknown_and_can_be_turned_off(trained, tmp_path):
+    import shutil
+
+    from clarivis.models.bundle import update_bundle_config
+
+    data, result = trained
+    bundle = shutil.copytree(result.bundle_dir, tmp_path / "model")
+    # A threshold above every score: each image counts as unlike the training classes.
+    update_bundle_config(bundle, ood={"score": "energy", "threshold": 1e9, "accept_rate": 0.95})
+    rejected = clarivis.Classifier.load(bundle).predict(data / "red", top_k=2)
+    assert {p.label for p in rejected} == {"unknown"}
+    assert all(p.ood_score < 1e9 and p.top_k[0][0] in ("red", "blue") for p in rejected)
+    kept = clarivis.Classifier.load(bundle, reject=False).predict(data / "red", top_k=2)
+    assert [p.label for p in kept] == [p.top_k[0][0] for p in rejected]
+    assert [p.ood_score for p in kept] == pytest.approx([p.ood_score for p in rejected])

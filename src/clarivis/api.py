@@ -25,7 +25,10 @@ from clarivis.data.scan import scan_images
 from clarivis.data.sources import Sample, evaluation_samples, index_dataset
 from clarivis.data.transforms import eval_transform, resize_transform
 from clarivis.errors import ClarivisError, DataError, ImageDecodeError
+from clarivis.evaluate.calibration import calibrate_bundle
+from clarivis.evaluate.inputs import load_labeled_pixels, model_logits
 from clarivis.evaluate.metrics import EvaluationResult, compute_metrics
+from clarivis.evaluate.ood import UNKNOWN_LABEL, ood_score
 from clarivis.models.bundle import BundleConfig, load_bundle
 from clarivis.report.plots import save_confusion_matrix
 from clarivis.train.defaults import resolve_device
@@ -39,10 +42,11 @@ class Prediction:
     """Top-k labels for one image; `error` is set (and the rest empty) when it was unreadable."""
 
     source: str  # file path, or "<image N>" for in-memory images
-    label: str | None = None
-    confidence: float | None = None  # calibrated probability of `label`
+    label: str | None = None  # "unknown" when the open-set check rejects the image
+    confidence: float | None = None  # calibrated probability of the top class
     top_k: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+    ood_score: float | None = None  # in-distribution score (higher: more like the training data)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -75,18 +79,27 @@ def _evaluate_run(result: TrainResult, console: Console) -> None:
     if not split["val"] or not (result.bundle_dir / "config.json").exists():
         return
     clf = Classifier.load(result.bundle_dir)
-    evaluation = clf.evaluate_samples([Sample(v["path"], v["label"]) for v in split["val"]])
+    val = load_labeled_pixels(clf, [Sample(v["path"], v["label"]) for v in split["val"]])
+    logits = model_logits(clf, val.pixels)
+    clf.config = calibrate_bundle(result.bundle_dir, logits, val.targets)
+    probs = torch.softmax(logits / clf.config.temperature, dim=1)
+    evaluation = compute_metrics(probs, val.targets, clf.class_names)
+    evaluation.skipped = val.skipped
     save_evaluation(evaluation, result.run_dir / "val_metrics.json")
+    cal = clf.config.calibration
+    ece = (f"ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f} (temperature "
+           f"{cal['temperature']:.2f})" if "ece_after" in cal else f"ECE {evaluation.ece:.3f}")
     console.print(
         f"best model (epoch {result.best_epoch}): val accuracy {evaluation.accuracy:.3f}, "
-        f"balanced {evaluation.balanced_accuracy:.3f}, ECE {evaluation.ece:.3f}"
+        f"balanced {evaluation.balanced_accuracy:.3f}, {ece}"
     )
 
 
 class Classifier:
     """A trained model with its preprocessing and class names, restored from a ModelBundle."""
 
-    def __init__(self, model: torch.nn.Module, config: BundleConfig, device: torch.device):
+    def __init__(self, model: torch.nn.Module, config: BundleConfig, device: torch.device, *,
+                 reject: bool = True):
         # channels_last, as in training: oneDNN and cuDNN run convolutions fastest in it.
         self.model = model.eval().to(memory_format=torch.channels_last)
         self.config = config
@@ -95,23 +108,28 @@ class Classifier:
         # Predict and evaluate split it: the resize per image, the normalisation per batch.
         self._resize = resize_transform(config.preprocess)
         self._normalize = Normalize(config.preprocess, device)
+        # Answer "unknown" below the bundle's open-set threshold (when training fitted one).
+        self.reject = reject
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None) -> Classifier:
+    def load(cls, path: str | Path, device: str | None = None, *, reject: bool = True) -> Classifier:
         dev = resolve_device(device)
         model, config = load_bundle(path, device=dev)
-        return cls(model, config, dev)
+        return cls(model, config, dev, reject=reject)
 
     @property
     def class_names(self) -> list[str]:
         return self.config.class_names
 
     @torch.no_grad()
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) preprocessed batch -> (N, C) raw logits on the CPU."""
+        batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+        return self.model(batch).float().cpu()
+
     def predict_proba(self, batch: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) preprocessed batch -> (N, C) calibrated probabilities."""
-        batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
-        logits = self.model(batch).float()
-        return torch.softmax(logits / self.config.temperature, dim=1).cpu()
+        return torch.softmax(self.logits(batch) / self.config.temperature, dim=1)
 
     def predict(
         self, images: ImageInput | Iterable[ImageInput], *, top_k: int = 5, batch_size: int = 64
@@ -161,11 +179,17 @@ class Classifier:
         if not pending:
             return
         pixels = torch.stack([t for _, t in pending]).to(self.device)  # uint8 (N, 3, S, S)
-        probs = self.predict_proba(self._normalize(pixels))
-        values, indices = probs.topk(k, dim=1)
-        for (source, _), vals, idxs in zip(pending, values.tolist(), indices.tolist(), strict=False):
-            top = [(self.class_names[i], float(v)) for v, i in zip(vals, idxs, strict=False)]
-            yield Prediction(source=source, label=top[0][0], confidence=top[0][1], top_k=top)
+        logits = self.logits(self._normalize(pixels))
+        values, indices = torch.softmax(logits / self.config.temperature, dim=1).topk(k, dim=1)
+        ood = self.config.ood
+        scores = ood_score(logits, self.config.temperature, ood["score"]).tolist() if ood else None
+        for n, ((source, _), vals, idxs) in enumerate(zip(pending, values.tolist(), indices.tolist(),
+                                                          strict=True)):
+            top = [(self.class_names[i], float(v)) for v, i in zip(vals, idxs, strict=True)]
+            score = scores[n] if scores else None
+            rejected = self.reject and score is not None and score < ood["threshold"]
+            yield Prediction(source=source, label=UNKNOWN_LABEL if rejected else top[0][0],
+                             confidence=top[0][1], top_k=top, ood_score=score)
 
     def evaluate(self, data: str | Path, *, batch_size: int = 64) -> EvaluationResult:
         """Metrics on a labeled dataset (its test split when it has one, else all images)."""

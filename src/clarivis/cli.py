@@ -117,19 +117,22 @@ def predict(
     device: Annotated[Optional[str], Opt()] = None,
     out_file: Annotated[Optional[str], Opt("--out", help="stream into .csv/.jsonl/.parquet")] = None,
     resume: Annotated[bool, Opt("--resume", help="with --out: skip images already in it")] = False,
+    reject: Annotated[bool, Opt("--reject/--no-reject",
+                                help="answer 'unknown' for images unlike any class [on]")] = True,
 ) -> None:
-    """Top-k labels with calibrated probabilities; unreadable files become error rows."""
+    """Top-k labels with calibrated probabilities; unreadable files become error rows; images
+    unlike the training classes are answered 'unknown' (open-set threshold fitted on val)."""
     from clarivis.api import Classifier
 
     if fmt not in ("table", "json", "csv"):
         raise ClarivisError(f"--format {fmt} is not supported; use table, json or csv")
     if out_file is not None:
         _predict_to_file(model, images, out_file, resume=resume, fmt=fmt, top_k=top_k,
-                         batch_size=batch_size, device=device)
+                         batch_size=batch_size, device=device, reject=reject)
         return
     if resume:
         raise ClarivisError("--resume continues an --out file; add --out FILE")
-    clf = Classifier.load(model, device=device)
+    clf = Classifier.load(model, device=device, reject=reject)
     rows = clf.iter_predict(images, top_k=top_k, batch_size=batch_size)
     failed = {"table": _print_table, "json": _print_json, "csv": _print_csv}[fmt](rows)
     if failed:
@@ -138,7 +141,7 @@ def predict(
 
 
 def _predict_to_file(model: str, images: list[str], out_file: str, *, resume: bool, fmt: str,
-                     top_k: int, batch_size: int, device: Optional[str]) -> None:
+                     top_k: int, batch_size: int, device: Optional[str], reject: bool) -> None:
     """`predict --out`: streaming into a file (under torchrun, split over the processes)."""
     from clarivis.inference import PredictProgress, predict_to_file
 
@@ -147,7 +150,8 @@ def _predict_to_file(model: str, images: list[str], out_file: str, *, resume: bo
                             "(.csv, .jsonl, .parquet) picks the format")
     with PredictProgress(err) as progress:
         summary = predict_to_file(model, images, out_file, resume=resume, top_k=top_k,
-                                  batch_size=batch_size, device=device, on_progress=progress)
+                                  batch_size=batch_size, device=device, reject=reject,
+                                  on_progress=progress)
     if not summary.is_main:  # rank 0 reports for all processes
         return
     out.print(summary.line(), markup=False, highlight=False, soft_wrap=True)

@@ -49,11 +49,9 @@ def load_labeled_pixels(clf, samples: list[Sample]) -> LabeledPixels:
                          [{"path": p, "reason": r} for p, r in scan.skipped])
 
 
-@torch.no_grad()
 def model_logits(clf, pixels: torch.Tensor, *, batch_size: int = 128) -> torch.Tensor:
     """uint8 (N, 3, S, S) -> float32 (N, C) raw logits (before the temperature), on the CPU."""
     out = []
     for start in range(0, len(pixels), batch_size):
-        batch = clf._normalize(pixels[start:start + batch_size].to(clf.device))  # channels_last
-        out.append(clf.model(batch).float().cpu())
+        out.append(clf.logits(clf._normalize(pixels[start:start + batch_size].to(clf.device))))
     return torch.cat(out) if out else torch.empty(0, len(clf.class_names))

@@ -63,6 +63,7 @@ def predict_to_file(
     top_k: int = 5,
     batch_size: int = 64,
     device: str | None = None,
+    reject: bool = True,
     on_progress: ProgressCallback | None = None,
 ) -> PredictSummary:
     """Predict every image under `inputs` (files, folders, globs) into `out`, whose suffix
@@ -85,7 +86,7 @@ def predict_to_file(
         refuse_existing(target, fmt)
     done = done_paths(target, fmt) if resume else set()
     clf = model if isinstance(model, Classifier) else Classifier.load(
-        model, device=rank_device(device, world))
+        model, device=rank_device(device, world), reject=reject)
     summary = PredictSummary(out=target, processes=world.size, is_main=world.is_main)
     with process_group(world):
         barrier(world)

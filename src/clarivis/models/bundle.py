@@ -39,6 +39,9 @@ class BundleConfig(BaseModel):
     interpolation: str = "bilinear"
     resize_mode: str = "pad"  # pad | crop | squash, see data/transforms.py
     temperature: float = 1.0  # softmax temperature; 1.0 until calibration fits it
+    calibration: dict[str, Any] = Field(default_factory=dict)  # how T was fitted: ECE before/after
+    # Open-set rejection fitted on val: {score, threshold, accept_rate}; None: never rejects.
+    ood: dict[str, Any] | None = None
     model_kwargs: dict[str, Any] = Field(default_factory=dict)  # extra timm kwargs (img_size)
     training: dict[str, Any] = Field(default_factory=dict)  # fingerprint, epochs, best metric
 
@@ -78,6 +81,15 @@ def save_bundle(folder: str | Path, model: nn.Module, config: BundleConfig) -> P
     text = json.dumps(config.model_dump(mode="json"), indent=2)
     atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
     return folder
+
+
+def update_bundle_config(folder: str | Path, **changes: Any) -> BundleConfig:
+    """Rewrite config.json with `changes` applied (atomically; the weights are untouched)."""
+    folder = resolve_bundle_path(folder)
+    config = load_bundle_config(folder).model_copy(update=changes)
+    text = json.dumps(config.model_dump(mode="json"), indent=2)
+    atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+    return config
 
 
 def resolve_bundle_path(path: str | Path) -> Path:
