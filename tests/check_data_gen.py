@@ -1,0 +1,45 @@
+"""Generated data with planted quality problems for the `clarivis check` tests (no downloads)."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# Classes a tiny CNN learns in a few epochs at 32 px: the colour of a rectangle placed at random
+# on a noisy grey background (random placement keeps perceptual hashes of distinct images apart).
+COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
+SPLIT_SHARES = (("train", 0.7), ("val", 0.15), ("test", 0.15))
+
+
+def make_colors(root: Path, per_class: int = 40, size: int = 32, seed: int = 0) -> Path:
+    """root/{train,val,test}/<colour>/*.png."""
+    rng = np.random.default_rng(seed)
+    for name, color in COLORS.items():
+        for i in range(per_class):
+            share = i / per_class
+            split = "train" if share < 0.7 else "val" if share < 0.85 else "test"
+            arr = rng.integers(90, 170, (size, size, 3)).astype(np.int64)
+            w, h = rng.integers(size // 3, size * 2 // 3, 2)
+            x, y = rng.integers(0, size - w), rng.integers(0, size - h)
+            arr[y:y + h, x:x + w] = np.array(color) + rng.integers(-25, 25, (h, w, 3))
+            path = root / split / name / f"{name}_{i:03d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path)
+    return root
+
+
+def flip_labels(root: Path, n: int, seed: int = 0, split: str = "train") -> list[str]:
+    """Move n random files of `split` into another class folder; return their new paths."""
+    rng = random.Random(seed)
+    classes = sorted(p.name for p in (root / split).iterdir() if p.is_dir())
+    moved = []
+    for file in rng.sample(sorted((root / split).glob("*/*.png")), n):
+        other = rng.choice([c for c in classes if c != file.parent.name])
+        target = root / split / other / f"flipped_{file.name}"
+        shutil.move(file, target)
+        moved.append(str(target))
+    return moved
