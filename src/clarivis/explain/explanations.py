@@ -1,0 +1,120 @@
+"""`explain(...)`: heat maps and PNG overlays for image files, folders, globs or PIL images,
+with the prediction they explain. Unreadable inputs become error entries, never a failure."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clarivis.api import Classifier, ImageInput, _expand_inputs
+from clarivis.errors import ClarivisError
+from clarivis.explain.maps import check_method, heatmaps
+from clarivis.explain.overlay import overlay_png
+
+BATCH = 16  # images per forward/backward: bounds the memory autograd keeps
+
+
+@dataclass
+class Explanation:
+    """One image's heat map and the prediction it explains; `error` is set (the rest empty) when
+    the image was unreadable."""
+
+    source: str  # file path, or "<image N>" for in-memory images
+    method: str
+    label: str | None = None  # predicted class
+    confidence: float | None = None  # calibrated probability of `label`, as predict reports it
+    target: str | None = None  # class the map is for: `label` unless explain(target=...) said
+    heatmap: np.ndarray | None = field(default=None, repr=False)  # float32 (S, S) in [0, 1]
+    png: str | None = None  # overlay written under `out`
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, without the heat map array."""
+        return {k: v for k, v in asdict(self).items() if k != "heatmap"}
+
+
+def explain(
+    model: str | Path | Classifier, images: ImageInput | list[ImageInput], *, method: str = "gradcam",
+    out: str | Path | None = None, target: str | int | None = None, device: str | None = None,
+) -> list[Explanation]:
+    """Heat maps (and, with `out`, `<out>/<stem>_<method>.png` overlays) for `images`: files,
+    folders, globs or PIL images, as Classifier.predict takes. `model` is a bundle path (loaded
+    on `device`) or a Classifier; `target` is a class name or index to explain instead of the
+    predicted class."""
+    check_method(method)
+    clf = model if isinstance(model, Classifier) else Classifier.load(model, device=device)
+    target_index = _target_index(clf, target)
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    results: list[Explanation] = []
+    pending: list[tuple[Explanation, torch.Tensor]] = []  # entry, uint8 (3, S, S) model input
+    names: set[str] = set()  # overlay names taken so far
+    for source, item in map(clf._prepare, _expand_inputs(images)):  # predict's decode and resize
+        results.append(Explanation(source=source, method=method))
+        if isinstance(item, str):
+            results[-1].error = item
+            continue
+        pending.append((results[-1], item))
+        if len(pending) == BATCH:
+            _explain_batch(clf, pending, target_index, out_dir, names)
+            pending = []
+    if pending:
+        _explain_batch(clf, pending, target_index, out_dir, names)
+    return results
+
+
+def _explain_batch(clf: Classifier, pending: list[tuple[Explanation, torch.Tensor]], target: int | None,
+                   out_dir: Path | None, names: set[str]) -> None:
+    """Fill in label, confidence, target and heat map of the pending entries; draw overlays."""
+    pixels = torch.stack([t for _, t in pending])  # uint8 (N, 3, S, S)
+    probs = clf.predict_proba(clf._normalize(pixels.to(clf.device)))  # (N, C), as predict
+    confidence, predicted = probs.max(dim=1)
+    targets = predicted if target is None else torch.full_like(predicted, target)
+    maps = heatmaps(clf, pixels, method=pending[0][0].method, targets=targets)
+    for (entry, image), p, c, t, heat in zip(pending, predicted.tolist(), confidence.tolist(),
+                                             targets.tolist(), maps, strict=True):
+        entry.label, entry.confidence = clf.class_names[p], float(c)
+        entry.target, entry.heatmap = clf.class_names[t], heat
+        if out_dir is not None:
+            path = out_dir / f"{_unique(_stem(entry.source), names)}_{entry.method}.png"
+            path.write_bytes(overlay_png(image, heat, caption(entry)))
+            entry.png = str(path)
+
+
+def caption(entry: Explanation) -> str:
+    """'cat 93% · gradcam', and the class the map is for when it is not the predicted one."""
+    text = f"{entry.label} {entry.confidence:.0%} · {entry.method}"
+    return text if entry.target == entry.label else f"{text} · map for {entry.target}"
+
+
+def _target_index(clf: Classifier, target: str | int | None) -> int | None:
+    names = clf.class_names
+    if target is None:
+        return None
+    if isinstance(target, int) and 0 <= target < len(names):
+        return target
+    if isinstance(target, str) and target in names:
+        return names.index(target)
+    raise ClarivisError(f"unknown target class {target!r}; the model's classes are {', '.join(names[:20])}")
+
+
+def _stem(source: str) -> str:
+    """A file-name-safe stem: 'photos/cat.jpg' -> 'cat', '<image 3>' -> 'image-3'."""
+    stem = Path(source).stem if not source.startswith("<") else source.strip("<>")
+    return re.sub(r"[^\w.-]+", "-", stem).strip("-") or "image"
+
+
+def _unique(name: str, used: set[str]) -> str:
+    """`name`, or `name-2`, `name-3`... when two inputs share a stem (a/cat.jpg, b/cat.jpg)."""
+    candidate, n = name, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{name}-{n}"
+    used.add(candidate)
+    return candidate
