@@ -12,23 +12,27 @@ from PIL import Image
 # Classes a tiny CNN learns in a few epochs at 32 px: the colour of a rectangle placed at random
 # on a noisy grey background (random placement keeps perceptual hashes of distinct images apart).
 COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
-SPLIT_SHARES = (("train", 0.7), ("val", 0.15), ("test", 0.15))
+
+
+def colour_image(name: str, size: int, rng: np.random.Generator) -> Image.Image:
+    """A `name`-coloured rectangle at a random place on noisy grey, size x size px."""
+    arr = rng.integers(90, 170, (size, size, 3)).astype(np.int64)
+    w, h = rng.integers(size // 3, size * 2 // 3, 2)
+    x, y = rng.integers(0, size - w), rng.integers(0, size - h)
+    arr[y:y + h, x:x + w] = np.array(COLORS[name]) + rng.integers(-25, 25, (h, w, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
 def make_colors(root: Path, per_class: int = 40, size: int = 32, seed: int = 0) -> Path:
-    """root/{train,val,test}/<colour>/*.png."""
+    """root/{train,val,test}/<colour>/<colour>_NNN.png: 70% / 15% / 15% of each class."""
     rng = np.random.default_rng(seed)
-    for name, color in COLORS.items():
+    for name in COLORS:
         for i in range(per_class):
             share = i / per_class
             split = "train" if share < 0.7 else "val" if share < 0.85 else "test"
-            arr = rng.integers(90, 170, (size, size, 3)).astype(np.int64)
-            w, h = rng.integers(size // 3, size * 2 // 3, 2)
-            x, y = rng.integers(0, size - w), rng.integers(0, size - h)
-            arr[y:y + h, x:x + w] = np.array(color) + rng.integers(-25, 25, (h, w, 3))
             path = root / split / name / f"{name}_{i:03d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path)
+            colour_image(name, size, rng).save(path)
     return root
 
 

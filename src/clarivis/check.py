@@ -1,0 +1,211 @@
+"""`clarivis check`: data quality findings and suspected label errors of a dataset, ranked.
+
+File checks (data.quality) run first and never need a model; the label check
+(evaluate.label_issues) runs on the readable images afterwards."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from clarivis.data.io import load_image
+from clarivis.data.quality import (
+    IMBALANCE_RATIO_WARNING,
+    NEAR_DUPLICATE_DISTANCE,
+    QualityReport,
+    check_quality,
+)
+from clarivis.data.sources import Sample, index_dataset
+from clarivis.errors import ImageDecodeError
+from clarivis.evaluate.label_issues import DEFAULT_FOLDS, LabelIssueResult, find_label_issues
+
+SEVERITIES = ("error", "warning", "info")
+# Within a severity: what breaks training or evaluation first, then what misleads it.
+_KIND_ORDER = ("corrupt", "leak", "conflicting_labels", "label_issue", "missing_class",
+               "duplicate", "imbalance", "odd_mode", "size_outlier", "near_duplicate")
+# Colour kinds whose conversion changes what the model sees, beyond dropping a channel.
+_LOSSY_MODE_KINDS = frozenset({"cmyk", "high-depth", "alpha"})
+THUMBNAIL_SIZE = 64  # px, longest side: enough to recognise a shape or a mislabeled photo
+_THUMBNAIL_PATHS = 4  # images shown per finding (a duplicate group can be large)
+
+
+@dataclass
+class Finding:
+    severity: str  # "error" (breaks training/evaluation), "warning" (likely harms), "info"
+    kind: str  # one of _KIND_ORDER
+    paths: list[str]
+    message: str
+
+    def to_dict(self) -> dict:
+        return {"severity": self.severity, "kind": self.kind, "paths": self.paths,
+                "message": self.message}
+
+
+@dataclass
+class DataCheckResult:
+    data: str
+    layout: str
+    class_names: list[str]
+    quality: QualityReport
+    labels: LabelIssueResult | None  # None when the label check was off or impossible
+    label_check_note: str = ""  # why there is no label check, when there is none
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
+
+    @property
+    def findings(self) -> list[Finding]:
+        return ranked_findings(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        q = self.quality
+        issues = self.labels.issues if self.labels else []
+        duplicates = [g.to_dict() for g in q.duplicates]
+        findings = self.findings
+        return {
+            "data": self.data,
+            "layout": self.layout,
+            "class_names": self.class_names,
+            "summary": {
+                "images": len(q.files),
+                "readable": len(q.readable),
+                "corrupt": len(q.corrupt),
+                "exact_duplicate_groups": sum(g["kind"] == "exact" for g in duplicates),
+                "near_duplicate_groups": sum(g["kind"] == "near" for g in duplicates),
+                "leaking_groups": sum(g["leak"] for g in duplicates),
+                "conflicting_label_groups": sum(g["conflicting_labels"] for g in duplicates),
+                "label_issues": len(issues),
+                "size_outliers": len(q.size_outliers),
+                "odd_modes": len(q.odd_modes),
+                "imbalance_ratio": q.imbalance.get("ratio"),
+                "findings": {s: sum(f.severity == s for f in findings) for s in SEVERITIES},
+            },
+            "label_issues": [{"path": i.path, "split": i.split, "given_label": i.given_label,
+                              "suggested_label": i.suggested_label, "score": i.score}
+                             for i in issues],
+            "label_check": ({k: v for k, v in self.labels.to_dict().items() if k != "issues"}
+                            if self.labels else {"skipped": self.label_check_note}),
+            "duplicates": duplicates,
+            "corrupt": q.corrupt,
+            "imbalance": q.imbalance,
+            "size_outliers": q.size_outliers,
+            "odd_modes": q.odd_modes,
+            "findings": [f.to_dict() for f in findings],
+            "seconds": self.seconds,
+        }
+
+
+def check_data(
+    data: str | Path,
+    *,
+    model: str | Path | None = None,
+    label_issues: bool = True,
+    folds: int = DEFAULT_FOLDS,
+    device: str | None = None,
+    console: Console | None = None,
+    near_distance: int = NEAR_DUPLICATE_DISTANCE,
+    train_settings: dict[str, Any] | None = None,
+    workers: int | None = None,
+) -> DataCheckResult:
+    """Check a dataset (folder, split folders or CSV): file findings, then suspected label
+    errors by `model`'s embeddings or, without one, a small model trained per fold."""
+    console = console or Console(stderr=True, quiet=True)
+    index = index_dataset(data)
+    started = time.perf_counter()
+    quality = check_quality(index, near_distance=near_distance, workers=workers)
+    seconds = {"files": round(time.perf_counter() - started, 3)}
+    console.print(f"checked {len(quality.files)} files in {seconds['files']:.1f} s")
+    result = DataCheckResult(str(data), index.layout, index.class_names, quality, None,
+                             seconds=seconds)
+    if not label_issues:
+        result.label_check_note = "turned off"
+        return result
+    readable = quality.readable
+    started = time.perf_counter()
+    result.labels = find_label_issues(
+        [Sample(f.path, f.label) for f in readable], [f.split for f in readable], model=model,
+        folds=folds, device=device, train_settings=train_settings, console=console,
+    )
+    seconds["labels"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def save_check(result: DataCheckResult, json_path: str | Path) -> Path:
+    """Write the check's JSON (see DataCheckResult.to_dict)."""
+    path = Path(json_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result.to_dict(), indent=2))
+    return path
+
+
+def ranked_findings(result: DataCheckResult) -> list[Finding]:
+    """Every finding as one row, errors first; within a severity by kind, then by strength."""
+    q = result.quality
+    found = [Finding("error", "corrupt", [c["path"]], f"unreadable: {c['reason']}")
+             for c in q.corrupt]
+    for g in q.duplicates:
+        what = "identical" if g.kind == "exact" else f"near-identical ({g.distance} bits of 64 apart)"
+        labels = ", ".join(sorted(set(g.labels)))
+        if g.leak:
+            splits = ", ".join(sorted(set(g.splits)))
+            extra = f" and labeled {labels}" if g.conflicting_labels else ""
+            found.append(Finding("error", "leak", g.paths, f"{len(g.paths)} {what} images in "
+                                 f"{splits}{extra}: evaluation sees training images"))
+        elif g.conflicting_labels:
+            found.append(Finding("error", "conflicting_labels", g.paths,
+                                 f"{len(g.paths)} {what} images labeled {labels}"))
+        else:
+            kind = "duplicate" if g.kind == "exact" else "near_duplicate"
+            found.append(Finding("warning" if g.kind == "exact" else "info", kind, g.paths,
+                                 f"{len(g.paths)} {what} images in {g.splits[0]}/{g.labels[0]}"))
+    if result.labels:
+        found += [Finding("warning", "label_issue", [i.path],
+                          f"labeled {i.given_label}, looks like {i.suggested_label} "
+                          f"(label quality {i.score:.3f})") for i in result.labels.issues]
+    found += _class_findings(q.imbalance)
+    found += [Finding("warning" if o["kind"] in _LOSSY_MODE_KINDS else "info", "odd_mode",
+                      [o["path"]], o["message"]) for o in q.odd_modes]
+    found += [Finding("info", "size_outlier", [o["path"]],
+                      f"{o['width']}x{o['height']} px, {o['area_ratio']:.3g}x the median area "
+                      f"(median side {o['median_size']:g} px)") for o in q.size_outliers]
+    # sorted() is stable: each kind keeps the order its check ranked it in.
+    return sorted(found, key=lambda f: (SEVERITIES.index(f.severity), _KIND_ORDER.index(f.kind)))
+
+
+def _class_findings(imbalance: dict) -> list[Finding]:
+    found = [Finding("warning", "missing_class", [], f"{split} has no images of {', '.join(names)}")
+             for split, names in imbalance.get("missing", {}).items()]
+    if imbalance.get("imbalanced"):
+        ratio = imbalance["ratio"]
+        counts = imbalance["counts"]
+        found.append(Finding(
+            "warning" if ratio >= IMBALANCE_RATIO_WARNING else "info", "imbalance", [],
+            f"class imbalance {ratio:.1f}:1 ({imbalance['largest']} {counts[imbalance['largest']]}"
+            f" images, {imbalance['smallest']} {counts[imbalance['smallest']]}); training "
+            "samples classes evenly, more images of the small classes help more"))
+    return found
+
+
+def finding_thumbnails(
+    result: DataCheckResult, *, top: int = 50, size: int = THUMBNAIL_SIZE
+) -> dict[str, bytes]:
+    """PNG thumbnails (longest side `size` px) of the images of the `top` ranked findings, by
+    path, for the report; unreadable files have none."""
+    thumbs: dict[str, bytes] = {}
+    for finding in result.findings[:top]:
+        for path in finding.paths[:_THUMBNAIL_PATHS]:
+            if path in thumbs:
+                continue
+            try:
+                image = load_image(path, reduce_to=size)
+            except ImageDecodeError:
+                continue
+            image.thumbnail((size, size))
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            thumbs[path] = buffer.getvalue()
+    return thumbs
