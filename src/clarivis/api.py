@@ -25,11 +25,12 @@ from clarivis.data.scan import scan_images
 from clarivis.data.sources import Sample, evaluation_samples, index_dataset
 from clarivis.data.transforms import eval_transform, resize_transform
 from clarivis.errors import ClarivisError, DataError, ImageDecodeError
-from clarivis.evaluate.calibration import calibrate_bundle
+from clarivis.evaluate.calibration import calibrate_bundle, calibration_report
 from clarivis.evaluate.inputs import load_labeled_pixels, model_logits
 from clarivis.evaluate.metrics import EvaluationResult, compute_metrics
 from clarivis.evaluate.ood import UNKNOWN_LABEL, ood_score
 from clarivis.models.bundle import BundleConfig, load_bundle
+from clarivis.report.html import VAL_CALIBRATION_NAME, write_report
 from clarivis.report.plots import save_confusion_matrix
 from clarivis.train.defaults import resolve_device
 from clarivis.train.loop import TrainResult, run_training
@@ -69,7 +70,10 @@ def train(
     resolved = build_config(config, data=str(data), **settings)
     result = run_training(resolved, resume=resume, console=console)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone writes files
-        _evaluate_run(result, console or Console(stderr=True, soft_wrap=True))
+        console = console or Console(stderr=True, soft_wrap=True)
+        _evaluate_run(result, console)
+        if resolved.report:
+            console.print(f"report: {write_report(result.run_dir, device=resolved.device)}")
     return result
 
 
@@ -86,6 +90,8 @@ def _evaluate_run(result: TrainResult, console: Console) -> None:
     evaluation = compute_metrics(probs, val.targets, clf.class_names)
     evaluation.skipped = val.skipped
     save_evaluation(evaluation, result.run_dir / "val_metrics.json")
+    reliability = calibration_report(logits, val.targets, clf.config.temperature)
+    (result.run_dir / VAL_CALIBRATION_NAME).write_text(json.dumps(reliability, indent=2))
     cal = clf.config.calibration
     ece = (f"ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f} (temperature "
            f"{cal['temperature']:.2f})" if "ece_after" in cal else f"ECE {evaluation.ece:.3f}")

@@ -66,6 +66,7 @@ def train(
     compile: Annotated[Optional[bool], Opt("--compile", help="torch.compile the model")] = None,
     sync_bn: Annotated[Optional[bool], Opt("--sync-bn", help="SyncBatchNorm under DDP (GPU)")] = None,
     nproc: Annotated[Optional[int], Opt(help="processes (DDP via torchrun on this machine)")] = None,
+    report: Annotated[Optional[bool], Opt("--report/--no-report", help="write report.html [on]")] = None,
 ) -> None:
     """Train a classifier; the best model is saved as a ModelBundle in <out>/model."""
     from clarivis.api import train as train_api
@@ -159,6 +160,53 @@ def _predict_to_file(model: str, images: list[str], out_file: str, *, resume: bo
         raise typer.Exit(1)
 
 
+@app.command()
+def audit(
+    model: Annotated[str, typer.Argument(help="ModelBundle folder (runs/NAME/model)")],
+    data: Annotated[str, typer.Argument(help="labeled test images: folder, split folder or CSV "
+                                             "(extra CSV columns are group attributes)")],
+    groups: Annotated[Optional[str], Opt(help="group columns to audit, e.g. lighting,site [all]")] = None,
+    adversarial: Annotated[bool, Opt("--adversarial", help="FGSM/PGD attacks (slow on CPU)")] = False,
+    adversarial_images: Annotated[int, Opt(min=1, help="images attacked")] = 256,
+    robustness: Annotated[bool, Opt("--robustness/--no-robustness", help="corruption sweep")] = True,
+    robustness_images: Annotated[Optional[int], Opt(min=1, help="images corrupted [1000]")] = None,
+    json_path: Annotated[Optional[str], Opt("--json", help="also write the audit JSON here")] = None,
+    device: Annotated[Optional[str], Opt()] = None,
+) -> None:
+    """Calibration, subgroups, unknown-class rejection, corruptions and attacks on a test set;
+    saved as audit.json in the run folder (the report reads it) and printed as tables."""
+    from clarivis.evaluate.audit import AUDIT_NAME, run_folder_of, save_audit
+    from clarivis.evaluate.audit import audit as audit_api
+
+    columns = [c.strip() for c in groups.split(",") if c.strip()] if groups else None
+    with err.status("auditing") as status:
+        result = audit_api(model, data, groups=columns, adversarial=adversarial,
+                           adversarial_images=adversarial_images, robustness=robustness,
+                           robustness_images=robustness_images, device=device,
+                           on_stage=lambda name: status.update(f"audit: {name}"))
+    written = [save_audit(result, json_path)] if json_path else []
+    run = run_folder_of(_bundle_folder(model))
+    if run is not None:
+        written.append(save_audit(result, run / AUDIT_NAME))
+    _print_audit(result.to_dict())
+    if written:
+        err.print("wrote " + " and ".join(map(str, written)) +
+                  (f"; `clarivis report {run}` adds it to the report" if run else ""))
+
+
+@app.command()
+def report(
+    run: Annotated[str, typer.Argument(help="run folder (runs/NAME)")],
+    out_file: Annotated[Optional[str], Opt("--out", help="HTML file [RUN/report.html]")] = None,
+    gallery: Annotated[int, Opt(min=0, help="top-loss images with Grad-CAM")] = 8,
+    device: Annotated[Optional[str], Opt()] = None,
+) -> None:
+    """One self-contained HTML report (opens offline) from what the run folder holds."""
+    from clarivis.report.html import write_report
+
+    out.print(f"wrote {write_report(run, out=out_file, gallery=gallery, device=device)}")
+
+
 @datasets_app.command("make")
 def datasets_make(
     name: Annotated[str, typer.Argument(help="shapes | digits")],
@@ -208,6 +256,46 @@ def _print_evaluation(result) -> None:
     out.print(per_class)
     if result.skipped:
         err.print(f"[yellow]skipped {len(result.skipped)} unreadable file(s)")
+
+
+def _bundle_folder(model: str):
+    from clarivis.models.bundle import resolve_bundle_path
+
+    return resolve_bundle_path(model)
+
+
+def _print_audit(a: dict) -> None:
+    m, cal = a["metrics"], a["calibration"]
+    summary = Table(title=f"audit on {a['num_images']} images", show_header=False)
+    summary.add_row("accuracy (known classes)", f"{m['accuracy']:.4f}")
+    summary.add_row("ECE before / after temperature",
+                    f"{cal['ece_before']:.4f} / {cal['ece_after']:.4f} (T = {cal['temperature']:.2f})")
+    if a["open_set"]:
+        o = a["open_set"]
+        rate = o["rejection_rate_unknown"]
+        summary.add_row("known images rejected", f"{o['false_rejection_rate']:.3f}")
+        if rate is not None:
+            summary.add_row("unknown-class images rejected", f"{rate:.3f}")
+        for name, auc in o["auroc"].items():
+            summary.add_row(f"open-set AUROC ({name})", f"{auc:.4f}")
+    if a["robustness"]:
+        r = a["robustness"]
+        summary.add_row("mean corruption accuracy",
+                        f"{r['mean_corruption_accuracy']:.4f} (clean {r['clean_accuracy']:.4f}, "
+                        f"drop {100 * r['relative_drop']:.1f}%)")
+    if a["adversarial"]:
+        for attack, row in a["adversarial"]["attacks"].items():
+            summary.add_row(f"{attack.upper()} accuracy",
+                            ", ".join(f"{eps}: {acc:.3f}" for eps, acc in row.items()))
+    summary.add_row("time", f"{a['seconds'].get('total', 0):.1f} s")
+    out.print(summary)
+    for f in a["subgroups"].get("flagged", []):
+        err.print(f"[yellow]flagged[/]: {f['column']} = {f['group']}: accuracy {f['accuracy']:.3f} "
+                  f"vs {f['overall_accuracy']:.3f} overall ({f['count']} images)")
+    for note in a["notes"]:
+        err.print(f"note: {note}", highlight=False)
+    if a["skipped"]:
+        err.print(f"[yellow]skipped {len(a['skipped'])} unreadable file(s)")
 
 
 def _print_table(rows) -> int:

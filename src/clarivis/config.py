@@ -74,6 +74,8 @@ class TrainConfig(BaseModel):
     # schedule follows the clock so it has annealed when the time is up, and training stops
     # then, mid-epoch if need be.
     time_limit: float | None = Field(None, gt=0.0)
+    # Write RUN/report.html at the end (about a second: plots and a Grad-CAM gallery of 8).
+    report: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -47,3 +47,15 @@ def test_tiny_groups_are_reported_but_not_flagged():
     report = subgroup_report(y, pred, {"site": ["common"] * 100 + ["rare"] * 5}, num_classes=2,
                              n_boot=50)
     assert report["site"]["rare"]["accuracy"] == 0.0 and report["flagged"] == []
+
+
+def test_recall_and_f1_match_scikit_learn():
+    from sklearn.metrics import f1_score, recall_score
+
+    y, pred, attrs = predictions_with_a_weak_group(seed=3)
+    report = subgroup_report(y, pred, attrs, num_classes=3, n_boot=20)
+    dark = np.asarray(attrs["lighting"]) == "dark"
+    expected_recall = recall_score(y[dark], pred[dark], average="macro", zero_division=0)
+    expected_f1 = f1_score(y[dark], pred[dark], average="macro", zero_division=0)
+    assert report["lighting"]["dark"]["recall"] == pytest.approx(expected_recall)
+    assert report["lighting"]["dark"]["f1"] == pytest.approx(expected_f1)

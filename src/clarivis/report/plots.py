@@ -1,7 +1,8 @@
-"""Figures written next to metrics (PNG, matplotlib without a display)."""
+"""Figures for metrics files and the HTML report (PNG, matplotlib without a display)."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -11,7 +12,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def png_bytes(fig) -> bytes:
+    """Render and close a figure: PNG bytes to embed in a self-contained HTML file."""
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 def save_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path) -> Path:
+    Path(path).write_bytes(png_bytes(confusion_figure(matrix, class_names)))
+    return path
+
+
+def confusion_figure(matrix: list[list[int]], class_names: list[str]):
     """Row-normalised confusion matrix (recall per true class) with counts annotated."""
     counts = np.asarray(matrix, dtype=float)
     rows = counts.sum(axis=1, keepdims=True)
@@ -33,7 +48,61 @@ def save_confusion_matrix(matrix: list[list[int]], class_names: list[str], path:
                             color=color)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
     ax.set_title("confusion matrix")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def training_curves_figure(history: list[dict]):
+    """Loss and accuracy per epoch, train and validation (rows of metrics.jsonl)."""
+    epochs = [row["epoch"] for row in history]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, metric in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        for split, style in (("train", "-"), ("val", "--")):
+            values = [row.get(f"{split}_{metric}") for row in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [np.nan if v is None else v for v in values], style, marker=".",
+                        label=split)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+def reliability_figure(calibration: dict):
+    """Reliability diagram: accuracy against confidence per bin, before and after scaling."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, label="perfect calibration")
+    for name, color in (("before", "tab:red"), ("after", "tab:blue")):
+        bins = calibration[f"reliability_{name}"]
+        points = [(c, a) for c, a in zip(bins["confidence"], bins["accuracy"], strict=True)
+                  if c is not None]
+        if points:
+            conf, acc = zip(*points, strict=True)
+            t = 1.0 if name == "before" else calibration["temperature"]
+            ax.plot(conf, acc, marker="o", color=color,
+                    label=f"T = {t:.2f}, ECE {calibration[f'ece_{name}']:.3f}")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title("reliability diagram")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def robustness_figure(robustness: dict):
+    """Accuracy against severity (0 = clean) for every corruption."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    clean = robustness["clean_accuracy"]
+    for name, row in robustness["corruptions"].items():
+        accuracy = row["accuracy"]
+        ax.plot(range(len(accuracy) + 1), [clean, *accuracy], marker=".", label=name)
+    ax.set_xlabel("severity (0 = clean)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"corruption robustness (mean {robustness['mean_corruption_accuracy']:.3f}, "
+                 f"clean {clean:.3f})")
+    ax.legend(fontsize=7, ncol=2, bbox_to_anchor=(1.02, 1), loc="upper left")
+    ax.grid(alpha=0.3)
+    return fig

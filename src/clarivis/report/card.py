@@ -1,0 +1,90 @@
+"""A short model card (Mitchell et al. 2019) written from the bundle and the audit: what the
+model is for, what it was trained on, how it was measured and where it falls short."""
+
+from __future__ import annotations
+
+# An audit finding becomes a listed limitation past these levels.
+ECE_LIMIT = 0.05  # calibrated confidence off by more than 5 points on average
+ROBUSTNESS_DROP_LIMIT = 0.10  # mean corruption accuracy 10% (relative) under clean
+CORRUPTION_LIMIT = 0.25  # any single corruption losing a quarter of the clean accuracy
+ADVERSARIAL_EPS = "2/255"  # an invisible perturbation: the level reported to users
+CHECK_LIMITS = (("label_issues", "suspected label errors"), ("leaks", "images shared between splits"),
+                ("duplicates", "duplicate groups"), ("corrupt", "unreadable files"))
+
+
+def model_card(bundle, inputs: dict) -> dict:
+    training, audit, check = bundle.training, inputs.get("audit"), inputs.get("check")
+    classes = ", ".join(bundle.class_names[:20]) + (" …" if bundle.num_classes > 20 else "")
+    card = {
+        "intended_use": (
+            f"Sorts images into {bundle.num_classes} classes ({classes}). Inputs are resized to "
+            f"{bundle.input_size[1]} px. Use it on images like the training data; images unlike "
+            f"every class are answered 'unknown'"
+            + ("" if bundle.ood else " only once a rejection threshold is fitted") +
+            ". Not validated for decisions without a human review."),
+        "data": (f"{training.get('train_images', '?')} training and {training.get('val_images', '?')} "
+                 f"validation images from {training.get('data', '?')} (fingerprint "
+                 f"{training.get('dataset_fingerprint', '?')})."),
+        "evaluation": _evaluation(bundle, inputs),
+        "limitations": [], "not_run": [],
+    }
+    limits, not_run = card["limitations"], card["not_run"]
+    if audit:
+        _audit_limits(audit, limits, not_run)
+    else:
+        not_run.append("no audit on a test set (clarivis audit)")
+    if check:
+        summary = check.get("summary", {})
+        for key, label in CHECK_LIMITS:
+            if summary.get(key):
+                limits.append(f"data check: {summary[key]} {label} in the data")
+    else:
+        not_run.append("no data check (clarivis check)")
+    return card
+
+
+def _evaluation(bundle, inputs: dict) -> str:
+    audit, val = inputs.get("audit"), inputs.get("val")
+    parts = []
+    if val:
+        parts.append(f"validation accuracy {val['accuracy']:.3f}")
+    if audit:
+        parts.append(f"test accuracy {audit['metrics']['accuracy']:.3f} on {audit['data']}")
+    cal = bundle.calibration
+    if "ece_after" in cal:
+        parts.append(f"temperature {cal['temperature']:.2f} lowers validation ECE from "
+                     f"{cal['ece_before']:.3f} to {cal['ece_after']:.3f}")
+    return "; ".join(parts) + "." if parts else "Not evaluated."
+
+
+def _audit_limits(audit: dict, limits: list[str], not_run: list[str]) -> None:
+    if audit["calibration"]["ece_after"] > ECE_LIMIT:
+        limits.append(f"confidence is off by {audit['calibration']['ece_after']:.3f} on average "
+                      "(test ECE after temperature scaling)")
+    for f in audit["subgroups"].get("flagged", []):
+        limits.append(f"{f['column']} = {f['group']}: accuracy {f['accuracy']:.3f} against "
+                      f"{f['overall_accuracy']:.3f} overall ({f['count']} images)")
+    rob = audit.get("robustness")
+    if rob:
+        if rob["relative_drop"] > ROBUSTNESS_DROP_LIMIT:
+            limits.append(f"corruptions cut accuracy by {100 * rob['relative_drop']:.0f}% on average "
+                          f"(mean corruption accuracy {rob['mean_corruption_accuracy']:.3f})")
+        weak = [n for n, r in rob["corruptions"].items()
+                if r["mean"] < (1 - CORRUPTION_LIMIT) * rob["clean_accuracy"]]
+        if weak:
+            limits.append("weakest under: " + ", ".join(weak))
+    else:
+        not_run.append("corruption robustness")
+    adv = audit.get("adversarial")
+    if adv:
+        pgd = adv["attacks"].get("pgd", {}).get(ADVERSARIAL_EPS)
+        if pgd is not None:
+            limits.append(f"a {ADVERSARIAL_EPS} pixel perturbation (PGD) leaves accuracy {pgd:.3f}")
+    else:
+        not_run.append("adversarial attacks (clarivis audit --adversarial)")
+    open_set = audit.get("open_set")
+    if open_set and open_set.get("rejection_rate_unknown") is not None:
+        limits.append(f"{100 * (1 - open_set['rejection_rate_unknown']):.0f}% of images from unknown "
+                      "classes still get a class label")
+    elif open_set is not None:
+        not_run.append("rejection of unknown classes (test data held no other classes)")

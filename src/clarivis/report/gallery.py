@@ -1,0 +1,51 @@
+"""The report's top-losses gallery: the validation images the model got most wrong, each with
+the Grad-CAM of its prediction, so a reviewer sees what it looked at."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import torch
+
+from clarivis.data.sources import Sample
+from clarivis.errors import ClarivisError
+
+
+def top_losses(bundle_dir: str | Path, split: dict | None, *, count: int = 8,
+               device: str | None = None) -> list[dict]:
+    """[{path, name, true, predicted, confidence, loss, png (data URI)}] for the `count`
+    validation images with the highest loss; [] when the run has no validation split."""
+    from clarivis.api import Classifier
+    from clarivis.evaluate.inputs import load_labeled_pixels, model_logits
+    from clarivis.explain.maps import heatmaps
+    from clarivis.explain.overlay import overlay_png
+
+    if not split or not split.get("val"):
+        return []
+    clf = Classifier.load(bundle_dir, device=device)
+    samples = [Sample(v["path"], v["label"]) for v in split["val"] if Path(v["path"]).is_file()]
+    samples = [s for s in samples if s.label in clf.class_names]
+    if not samples:
+        return []
+    val = load_labeled_pixels(clf, samples)
+    logits = model_logits(clf, val.pixels) / clf.config.temperature
+    losses = torch.nn.functional.cross_entropy(logits, val.targets, reduction="none")
+    worst = losses.argsort(descending=True)[:count]
+    probs = torch.softmax(logits[worst], dim=1)
+    confidence, predicted = probs.max(dim=1)
+    try:
+        maps = heatmaps(clf, val.pixels[worst], method="gradcam", targets=predicted)
+    except ClarivisError:  # an architecture Grad-CAM cannot hook: show the images alone
+        maps = None
+    items = []
+    for n, i in enumerate(worst.tolist()):
+        name = clf.class_names[int(predicted[n])]
+        caption = f"{name} {100 * float(confidence[n]):.0f}% (true {val.samples[i].label})"
+        heat = maps[n] if maps is not None else torch.zeros(val.pixels.shape[2:]).numpy()
+        png = overlay_png(val.pixels[i], heat, caption)
+        items.append({"path": val.samples[i].path, "name": Path(val.samples[i].path).name,
+                      "true": val.samples[i].label, "predicted": name,
+                      "confidence": float(confidence[n]), "loss": float(losses[i]),
+                      "png": "data:image/png;base64," + base64.b64encode(png).decode("ascii")})
+    return items
