@@ -49,3 +49,21 @@ def tiny_folder(tmp_path) -> Path:
         write_image(root / "red" / f"r{i}.png", (220, 20, 20))
         write_image(root / "blue" / f"b{i}.png", (20, 20, 220))
     return root
+
+
+@pytest.fixture(scope="session")
+def lighting_run(tmp_path_factory):
+    """A model trained on shapes lit almost only brightly, and a test set with every lighting
+    (manifest columns lighting, background, color, size): the audit's subgroup case."""
+    import clarivis
+    from clarivis.data.builtin import make_shapes
+
+    root = tmp_path_factory.mktemp("lighting")
+    train = make_shapes(root / "train", per_class=100, img_size=32, seed=1,
+                        lighting_weights={"bright": 0.95, "normal": 0.05, "dark": 0.0},
+                        split_fractions=(0.85, 0.15, 0.0))
+    test = make_shapes(root / "test", per_class=60, img_size=32, seed=2,
+                       split_fractions=(0.01, 0.01, 0.98))
+    result = clarivis.train(train, out=root / "run", model=CNN, epochs=15, lr=0.01, workers=0,
+                            img_size=32, device="cpu")
+    return result, test / "manifest.csv"
