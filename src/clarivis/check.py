@@ -195,17 +195,18 @@ def finding_thumbnails(
 ) -> dict[str, bytes]:
     """PNG thumbnails (longest side `size` px) of the images of the `top` ranked findings, by
     path, for the report; unreadable files have none."""
-    thumbs: dict[str, bytes] = {}
-    for finding in result.findings[:top]:
-        for path in finding.paths[:_THUMBNAIL_PATHS]:
-            if path in thumbs:
-                continue
-            try:
-                image = load_image(path, reduce_to=size)
-            except ImageDecodeError:
-                continue
-            image.thumbnail((size, size))
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            thumbs[path] = buffer.getvalue()
-    return thumbs
+    paths = dict.fromkeys(p for f in result.findings[:top] for p in f.paths[:_THUMBNAIL_PATHS])
+    thumbs = {path: thumbnail_png(path, size) for path in paths}
+    return {path: png for path, png in thumbs.items() if png is not None}
+
+
+def thumbnail_png(path: str, size: int = THUMBNAIL_SIZE) -> bytes | None:
+    """A PNG of the image at `path`, longest side `size` px; None when it cannot be read."""
+    try:
+        image = load_image(path, reduce_to=size)
+    except ImageDecodeError:
+        return None
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

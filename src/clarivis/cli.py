@@ -161,6 +161,70 @@ def _predict_to_file(model: str, images: list[str], out_file: str, *, resume: bo
 
 
 @app.command()
+def check(
+    data: Annotated[str, typer.Argument(help="labeled images: folder, split folder or CSV")],
+    model: Annotated[Optional[str], Opt(help="ModelBundle whose embeddings score the labels "
+                                             "[train a small model per fold]")] = None,
+    json_path: Annotated[Optional[str], Opt("--json", help="write all findings as JSON")] = None,
+    labels: Annotated[bool, Opt("--labels/--no-labels", help="look for label errors [on]")] = True,
+    folds: Annotated[int, Opt(min=2, help="cross-validation folds for the label check")] = 5,
+    top: Annotated[int, Opt(min=1, help="findings shown in the table (all go to --json)")] = 50,
+    device: Annotated[Optional[str], Opt()] = None,
+) -> None:
+    """Corrupt files, duplicates and train/test leaks, imbalance, odd sizes and modes, and
+    suspected label errors (cleanlab). Exit code 1 when there are errors (corrupt, leaks, one
+    image under two labels)."""
+    from clarivis.check import check_data, save_check
+
+    result = check_data(data, model=model, label_issues=labels, folds=folds, device=device,
+                        console=err)
+    written = save_check(result, json_path) if json_path else None  # before printing (| head)
+    findings = result.findings
+    colours = {"error": "red", "warning": "yellow", "info": "dim"}
+    table = Table("severity", "kind", "message", title=f"{len(findings)} findings in {data}")
+    table.add_column("path(s)", overflow="fold")
+    for f in findings[:top]:
+        more = f" (+{len(f.paths) - 3})" if len(f.paths) > 3 else ""
+        table.add_row(f"[{colours[f.severity]}]{f.severity}[/]", f.kind, f.message,
+                      "\n".join(f.paths[:3]) + more)
+    out.print(table)
+    if len(findings) > top:
+        err.print(f"{len(findings) - top} more findings; --json writes them all")
+    if written:
+        err.print(f"wrote {written}")
+    if any(f.severity == "error" for f in findings):
+        raise typer.Exit(1)
+
+
+@app.command()
+def explain(
+    model: Annotated[str, typer.Argument(help="ModelBundle folder (runs/NAME/model)")],
+    images: Annotated[list[str], typer.Argument(help="image files, folders or globs")],
+    method: Annotated[str, Opt(help="gradcam | gradcam++ | ig")] = "gradcam",
+    out_dir: Annotated[str, Opt("--out", help="folder for the PNG overlays")] = "explanations",
+    target: Annotated[Optional[str], Opt(help="class to explain [the predicted one]")] = None,
+    device: Annotated[Optional[str], Opt()] = None,
+) -> None:
+    """Heat maps of what the model looked at (Grad-CAM, Grad-CAM++, Integrated Gradients), as PNG
+    overlays next to the original with the predicted label and confidence."""
+    from clarivis.explain import explain as explain_api
+
+    table = Table("label", "confidence", "overlay")
+    table.add_column("image", overflow="fold")
+    failed = 0
+    for e in explain_api(model, images, method=method, out=out_dir, target=target, device=device):
+        if e.error:
+            failed += 1
+            table.add_row("[red]error[/]", "", e.error, e.source)
+        else:
+            table.add_row(e.label, f"{e.confidence:.3f}", e.png, e.source)
+    out.print(table)
+    if failed:
+        err.print(f"[yellow]{failed} input(s) could not be read (see the error rows)")
+        raise typer.Exit(1)
+
+
+@app.command()
 def audit(
     model: Annotated[str, typer.Argument(help="ModelBundle folder (runs/NAME/model)")],
     data: Annotated[str, typer.Argument(help="labeled test images: folder, split folder or CSV "

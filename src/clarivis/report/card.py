@@ -8,8 +8,10 @@ ECE_LIMIT = 0.05  # calibrated confidence off by more than 5 points on average
 ROBUSTNESS_DROP_LIMIT = 0.10  # mean corruption accuracy 10% (relative) under clean
 CORRUPTION_LIMIT = 0.25  # any single corruption losing a quarter of the clean accuracy
 ADVERSARIAL_EPS = "2/255"  # an invisible perturbation: the level reported to users
-CHECK_LIMITS = (("label_issues", "suspected label errors"), ("leaks", "images shared between splits"),
-                ("duplicates", "duplicate groups"), ("corrupt", "unreadable files"))
+CHECK_LIMITS = (("label_issues", "suspected label errors"),
+                ("leaking_groups", "groups of (near) copies shared between splits"),
+                ("conflicting_label_groups", "images under two different labels"),
+                ("exact_duplicate_groups", "groups of exact duplicates"), ("corrupt", "unreadable files"))
 
 
 def model_card(bundle, inputs: dict) -> dict:

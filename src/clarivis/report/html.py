@@ -14,6 +14,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from clarivis import __version__
+from clarivis.check import thumbnail_png
 from clarivis.errors import ClarivisError
 from clarivis.evaluate.audit import AUDIT_NAME
 from clarivis.models.bundle import load_bundle_config, resolve_bundle_path
@@ -217,9 +218,11 @@ def _subgroups(subgroups: dict) -> dict:
 
 def _data_check(check: dict, file: Path) -> dict:
     findings = check.get("findings", [])
-    counts = [(k.replace("_", " "), v) for k, v in check.get("summary", {}).items()
-              if isinstance(v, int | float)]
-    rows = [{**f, "thumb": data_uri(base64.b64decode(f["thumbnail"])) if f.get("thumbnail") else None}
-            for f in findings[:MAX_FINDINGS]]
+    counts = [(k.replace("_", " "), round(v, 2)) for k, v in check.get("summary", {}).items()
+              if isinstance(v, int | float) and v]
+    rows = []
+    for f in findings[:MAX_FINDINGS]:
+        png = thumbnail_png(f["paths"][0]) if f["paths"] else None
+        rows.append({**f, "thumb": data_uri(png) if png else None})
     return {"counts": counts, "findings": rows, "more": max(0, len(findings) - MAX_FINDINGS),
             "file": file.name}
