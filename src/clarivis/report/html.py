@@ -150,7 +150,7 @@ def _sections(run_dir, bundle_dir, bundle, inputs, m, gallery, device) -> list[S
         s.html = Markup(m.open_set({**bundle.ood, "report": report, "hint": hint}))
     sections.append(s)
 
-    s = Section("top-losses", "Top losses with Grad-CAM", missing="no validation images to rank")
+    s = Section("top-losses", "Top losses with heat maps", missing="no validation images to rank")
     items = top_losses(bundle_dir, inputs["split"], count=gallery, device=device) if gallery else []
     if items:
         s.html = Markup(m.top_losses({"images": items, "split": "validation"}))
