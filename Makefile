@@ -17,16 +17,19 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # Generate the built-in digits dataset, train with default settings (no flips: a mirrored digit
-# is not a digit), evaluate on its test split, predict a folder.
+# is not a digit), evaluate on its test split, predict a folder, audit it and write the report.
 demo: install
 	@if [ ! -d $(DEMO_DATA) ]; then $(BIN)/clarivis datasets make digits $(DEMO_DATA); fi
 	rm -rf $(DEMO_RUN)
 	$(BIN)/clarivis train $(DEMO_DATA) --out $(DEMO_RUN) --epochs 15 --no-hflip
 	$(BIN)/clarivis evaluate $(DEMO_RUN)/model $(DEMO_DATA)/test --json $(DEMO_RUN)/test_metrics.json
 	$(BIN)/clarivis predict $(DEMO_RUN)/model $(DEMO_DATA)/test/7 --top-k 3 | head -n 12
+	$(BIN)/clarivis audit $(DEMO_RUN)/model $(DEMO_DATA)/test
+	$(BIN)/clarivis report $(DEMO_RUN)
 	@echo
 	@echo "Results: model bundle in $(DEMO_RUN)/model, test metrics in $(DEMO_RUN)/test_metrics.json,"
-	@echo "confusion matrix in $(DEMO_RUN)/test_metrics_confusion.png, training log in $(DEMO_RUN)/metrics.jsonl"
+	@echo "confusion matrix in $(DEMO_RUN)/test_metrics_confusion.png, training log in $(DEMO_RUN)/metrics.jsonl,"
+	@echo "audit in $(DEMO_RUN)/audit.json, the report in $(DEMO_RUN)/report.html (open it in a browser)"
 
 # The report and web-page tests drive Debian's Chromium through Playwright (never its own
 # browser download). Installed here when this machine lets us (root + apt); else they skip.

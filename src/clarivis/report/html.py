@@ -169,7 +169,8 @@ def _sections(run_dir, bundle_dir, bundle, inputs, m, gallery, device) -> list[S
         s.missing = "the test data has no group attributes: audit a CSV manifest with extra columns"
     sections.append(s)
 
-    s = Section("robustness", "Robustness to corruptions", missing=audit_hint)
+    s = Section("robustness", "Robustness to corruptions", missing=audit_hint if not audit else
+                "the audit ran with --no-robustness; audit again without it to fill this section")
     if audit and audit.get("robustness"):
         rob = audit["robustness"]
         s.html = Markup(m.robustness({**rob, "png": data_uri(plots.png_bytes(plots.robustness_figure(rob)))}))
