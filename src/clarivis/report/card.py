@@ -10,7 +10,7 @@ CORRUPTION_LIMIT = 0.25  # any single corruption losing a quarter of the clean a
 ADVERSARIAL_EPS = "2/255"  # an invisible perturbation: the level reported to users
 CHECK_LIMITS = (("label_issues", "suspected label errors"),
                 ("leaking_groups", "groups of (near) copies shared between splits"),
-                ("conflicting_label_groups", "images under two different labels"),
+                ("conflicting_label_groups", "groups of (near) identical images under different labels"),
                 ("exact_duplicate_groups", "groups of exact duplicates"), ("corrupt", "unreadable files"))
 
 
