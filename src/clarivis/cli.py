@@ -268,7 +268,8 @@ def report(
     """One self-contained HTML report (opens offline) from what the run folder holds."""
     from clarivis.report.html import write_report
 
-    out.print(f"wrote {write_report(run, out=out_file, gallery=gallery, device=device)}")
+    path = write_report(run, out=out_file, gallery=gallery, device=device)
+    out.print(f"wrote {path}", soft_wrap=True, highlight=False)
 
 
 @datasets_app.command("make")

@@ -64,7 +64,7 @@ def training_curves_figure(history: list[dict]):
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(loc="upper right" if metric == "loss" else "lower right")  # "best" is slow
     return fig
 
 
