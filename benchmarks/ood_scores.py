@@ -47,7 +47,7 @@ def embeddings(clf, pixels: torch.Tensor, batch_size: int = 256) -> torch.Tensor
     """uint8 (N, 3, S, S) -> L2-normalised penultimate features (N, D)."""
     out = []
     for start in range(0, len(pixels), batch_size):
-        x = clf._normalize(pixels[start:start + batch_size].to(clf.device))
+        x = clf.normalize(pixels[start:start + batch_size].to(clf.device))
         features = clf.model.forward_head(clf.model.forward_features(x), pre_logits=True)
         out.append(torch.nn.functional.normalize(features.float(), dim=1).cpu())
     return torch.cat(out)

@@ -112,8 +112,9 @@ class Classifier:
         self.device = device
         self.transform = eval_transform(config.preprocess)  # uint8 (3, H, W) -> float (3, S, S)
         # Predict and evaluate split it: the resize per image, the normalisation per batch.
-        self._resize = resize_transform(config.preprocess)
-        self._normalize = Normalize(config.preprocess, device)
+        # Public: every stage that feeds the model (audit, explain, attacks) uses these two.
+        self.resize = resize_transform(config.preprocess)  # uint8 (3, H, W) -> uint8 (3, S, S)
+        self.normalize = Normalize(config.preprocess, device)  # uint8 (N, 3, S, S) -> float
         # Answer "unknown" below the bundle's open-set threshold (when training fitted one).
         self.reject = reject
 
@@ -153,7 +154,7 @@ class Classifier:
         k = min(top_k, len(self.class_names))
         pending: list[tuple[str, torch.Tensor]] = []
         # Decoding and resizing run in threads, a few batches ahead of the model, in input order.
-        prepared = _ordered_map(self._prepare, _expand_inputs(images), window=2 * batch_size)
+        prepared = _ordered_map(self.prepare, expand_inputs(images), window=2 * batch_size)
         for source, item in prepared:
             if isinstance(item, str):  # an error message
                 yield from self._flush(pending, k)
@@ -166,7 +167,7 @@ class Classifier:
                 pending = []
         yield from self._flush(pending, k)
 
-    def _prepare(self, entry: tuple[str, Any]) -> tuple[str, torch.Tensor | str]:
+    def prepare(self, entry: tuple[str, Any]) -> tuple[str, torch.Tensor | str]:
         """(source, None: decode the file | PIL image | error message) -> (source, resized uint8
         image or error message)."""
         source, item = entry
@@ -179,13 +180,13 @@ class Classifier:
                 pixels = pil_to_uint8(to_rgb(item))
         except ImageDecodeError as err:
             return source, str(err).removeprefix(f"{source}: ")
-        return source, self._resize(pixels)
+        return source, self.resize(pixels)
 
     def _flush(self, pending: list[tuple[str, torch.Tensor]], k: int) -> Iterator[Prediction]:
         if not pending:
             return
         pixels = torch.stack([t for _, t in pending]).to(self.device)  # uint8 (N, 3, S, S)
-        logits = self.logits(self._normalize(pixels))
+        logits = self.logits(self.normalize(pixels))
         values, indices = torch.softmax(logits / self.config.temperature, dim=1).topk(k, dim=1)
         ood = self.config.ood
         scores = ood_score(logits, self.config.temperature, ood["score"]).tolist() if ood else None
@@ -216,12 +217,12 @@ class Classifier:
         if not scan.samples:
             raise DataError(f"none of the {len(samples)} images could be read; check the files")
         class_to_idx = {name: i for i, name in enumerate(self.class_names)}
-        dataset = ImageDataset(scan.samples, class_to_idx, self._resize, scan.images,
+        dataset = ImageDataset(scan.samples, class_to_idx, self.resize, scan.images,
                                img_size=self.config.preprocess.img_size)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
         probs, targets = [], []
         for pixels, target in loader:  # uint8 (N, 3, S, S), normalised per batch as in predict
-            probs.append(self.predict_proba(self._normalize(pixels.to(self.device))))
+            probs.append(self.predict_proba(self.normalize(pixels.to(self.device))))
             targets.append(target)
         result = compute_metrics(torch.cat(probs), torch.cat(targets), self.class_names)
         result.skipped = [{"path": p, "reason": r} for p, r in scan.skipped]
@@ -243,7 +244,7 @@ def save_evaluation(result: EvaluationResult, json_path: str | Path) -> tuple[Pa
     return json_path, png
 
 
-def _expand_inputs(images: ImageInput | Iterable[ImageInput]) -> Iterator[tuple[str, Any]]:
+def expand_inputs(images: ImageInput | Iterable[ImageInput]) -> Iterator[tuple[str, Any]]:
     """Yield (source, PIL image), (path, None) or (source, error message) for every input,
     lazily: nothing is decoded here."""
     if isinstance(images, (str, Path, Image.Image)):

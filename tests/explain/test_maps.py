@@ -31,20 +31,20 @@ def test_maps_have_the_input_size_and_lie_in_0_1(name, method):
 def test_the_model_is_left_as_it_was(name):
     clf = tiny_classifier(name)
     pixels = _pixels(2)
-    before = clf.predict_proba(clf._normalize(pixels))
+    before = clf.predict_proba(clf.normalize(pixels))
     for method in METHODS:
         heatmaps(clf, pixels, method=method)
     hooks = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in clf.model.modules())
     assert hooks == 0
     assert all(p.requires_grad and p.grad is None for p in clf.model.parameters())
     assert not clf.model.training
-    assert torch.equal(clf.predict_proba(clf._normalize(pixels)), before)
+    assert torch.equal(clf.predict_proba(clf.normalize(pixels)), before)
 
 
 def test_targets_default_to_the_predicted_class_and_change_the_map():
     clf = tiny_classifier(CNN)
     pixels = _pixels(4)
-    predicted = clf.predict_proba(clf._normalize(pixels)).argmax(dim=1)
+    predicted = clf.predict_proba(clf.normalize(pixels)).argmax(dim=1)
     np.testing.assert_allclose(heatmaps(clf, pixels), heatmaps(clf, pixels, targets=predicted), atol=1e-6)
     other = (predicted + 1) % 3
     assert np.abs(heatmaps(clf, pixels, targets=other) - heatmaps(clf, pixels)).max() > 0.1

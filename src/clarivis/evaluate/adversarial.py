@@ -42,7 +42,7 @@ class PixelModel(nn.Module):
         self.clf = clf
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.clf.model(self.clf._normalize(x * 255))  # _normalize takes 0..255 floats
+        return self.clf.model(self.clf.normalize(x * 255))  # _normalize takes 0..255 floats
 
 
 def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,7 @@ def load_labeled_pixels(clf, samples: list[Sample]) -> LabeledPixels:
         raise DataError(f"none of the {len(samples)} images could be read; check the files")
     img_size = clf.config.preprocess.img_size
     images = scan.images if scan.images is not None else [None] * len(scan.samples)
-    pixels = torch.stack([clf._resize(model_pixels(s.path, img_size, im))
+    pixels = torch.stack([clf.resize(model_pixels(s.path, img_size, im))
                           for s, im in zip(scan.samples, images, strict=True)])
     class_to_idx = {name: i for i, name in enumerate(clf.class_names)}
     targets = torch.tensor([class_to_idx.get(s.label, UNKNOWN_TARGET) for s in scan.samples])
@@ -53,5 +53,5 @@ def model_logits(clf, pixels: torch.Tensor, *, batch_size: int = 128) -> torch.T
     """uint8 (N, 3, S, S) -> float32 (N, C) raw logits (before the temperature), on the CPU."""
     out = []
     for start in range(0, len(pixels), batch_size):
-        out.append(clf.logits(clf._normalize(pixels[start:start + batch_size].to(clf.device))))
+        out.append(clf.logits(clf.normalize(pixels[start:start + batch_size].to(clf.device))))
     return torch.cat(out) if out else torch.empty(0, len(clf.class_names))

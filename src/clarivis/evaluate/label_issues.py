@@ -201,7 +201,7 @@ def bundle_embeddings(
             bad = ", ".join(d["path"] for d in loaded.skipped[:3])
             raise DataError(f"files became unreadable during the check ({bad}); run it again")
         for b in range(0, len(chunk), batch_size):
-            batch = clf._normalize(loaded.pixels[b:b + batch_size].to(clf.device))  # channels_last
+            batch = clf.normalize(loaded.pixels[b:b + batch_size].to(clf.device))  # channels_last
             feats = net.forward_head(net.forward_features(batch), pre_logits=True)
             out.append(feats.flatten(1).float().cpu())
     return torch.cat(out).numpy()

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clarivis.api import Classifier, ImageInput, _expand_inputs
+from clarivis.api import Classifier, ImageInput, expand_inputs
 from clarivis.errors import ClarivisError
 from clarivis.explain.maps import check_method, heatmaps
 from clarivis.explain.overlay import overlay_png
@@ -55,7 +55,7 @@ def explain(
     results: list[Explanation] = []
     pending: list[tuple[Explanation, torch.Tensor]] = []  # entry, uint8 (3, S, S) model input
     names: set[str] = set()  # overlay names taken so far
-    for source, item in map(clf._prepare, _expand_inputs(images)):  # predict's decode and resize
+    for source, item in map(clf.prepare, expand_inputs(images)):  # predict's decode and resize
         results.append(Explanation(source=source, method=method))
         if isinstance(item, str):
             results[-1].error = item
@@ -73,7 +73,7 @@ def _explain_batch(clf: Classifier, pending: list[tuple[Explanation, torch.Tenso
                    out_dir: Path | None, names: set[str]) -> None:
     """Fill in label, confidence, target and heat map of the pending entries; draw overlays."""
     pixels = torch.stack([t for _, t in pending])  # uint8 (N, 3, S, S)
-    probs = clf.predict_proba(clf._normalize(pixels.to(clf.device)))  # (N, C), as predict
+    probs = clf.predict_proba(clf.normalize(pixels.to(clf.device)))  # (N, C), as predict
     confidence, predicted = probs.max(dim=1)
     targets = predicted if target is None else torch.full_like(predicted, target)
     maps = heatmaps(clf, pixels, method=pending[0][0].method, targets=targets)

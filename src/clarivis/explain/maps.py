@@ -52,7 +52,7 @@ def heatmaps(
     maps = []
     with _MODEL_LOCK, _input_gradients_only(clf.model):
         for start in range(0, len(pixels), batch_size):
-            x = clf._normalize(pixels[start:start + batch_size].to(clf.device))  # float, channels_last
+            x = clf.normalize(pixels[start:start + batch_size].to(clf.device))  # float, channels_last
             if targets is None:
                 with torch.no_grad():
                     batch_targets = clf.model(x).argmax(dim=1).tolist()
