@@ -172,5 +172,5 @@ def save_audit(result: AuditResult, json_path: str | Path) -> Path:
 
 def run_folder_of(bundle_dir: str | Path) -> Path | None:
     """The run folder holding this bundle as model/ (where the report lives), if it is one."""
-    parent = Path(bundle_dir).resolve().parent
+    parent = Path(bundle_dir).parent  # not resolved: messages keep the path the user typed
     return parent if (parent / "split.json").is_file() or (parent / "metrics.jsonl").is_file() else None
