@@ -42,15 +42,11 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-@torch.no_grad()
-def embeddings(clf, pixels: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def embeddings(clf, pixels: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 3, S, S) -> L2-normalised penultimate features (N, D)."""
-    out = []
-    for start in range(0, len(pixels), batch_size):
-        x = clf.normalize(pixels[start:start + batch_size].to(clf.device))
-        features = clf.model.forward_head(clf.model.forward_features(x), pre_logits=True)
-        out.append(torch.nn.functional.normalize(features.float(), dim=1).cpu())
-    return torch.cat(out)
+    from clarivis.evaluate.inputs import model_embeddings
+
+    return torch.nn.functional.normalize(model_embeddings(clf, pixels, batch_size=256), dim=1)
 
 
 def main() -> None:

@@ -55,3 +55,15 @@ def model_logits(clf, pixels: torch.Tensor, *, batch_size: int = 128) -> torch.T
     for start in range(0, len(pixels), batch_size):
         out.append(clf.logits(clf.normalize(pixels[start:start + batch_size].to(clf.device))))
     return torch.cat(out) if out else torch.empty(0, len(clf.class_names))
+
+
+@torch.no_grad()
+def model_embeddings(clf, pixels: torch.Tensor, *, batch_size: int = 128) -> torch.Tensor:
+    """uint8 (N, 3, S, S) -> float32 (N, D) pre-logits features on the CPU (timm's
+    forward_features + forward_head(pre_logits=True): what the classifier head sees)."""
+    net = clf.model
+    out = []
+    for start in range(0, len(pixels), batch_size):
+        batch = clf.normalize(pixels[start:start + batch_size].to(clf.device))  # channels_last
+        out.append(net.forward_head(net.forward_features(batch), pre_logits=True).flatten(1).float().cpu())
+    return torch.cat(out) if out else torch.empty(0, 0)

@@ -186,7 +186,7 @@ def bundle_embeddings(
     """(N, D) pre-logits features of the bundle's backbone, preprocessed exactly as predict
     (evaluate.inputs); decoded in chunks so memory stays bounded on large datasets."""
     from clarivis.api import Classifier
-    from clarivis.evaluate.inputs import load_labeled_pixels
+    from clarivis.evaluate.inputs import load_labeled_pixels, model_embeddings
 
     clf = Classifier.load(model, device=device)
     net = clf.model
@@ -200,10 +200,7 @@ def bundle_embeddings(
         if len(loaded.samples) != len(chunk):
             bad = ", ".join(d["path"] for d in loaded.skipped[:3])
             raise DataError(f"files became unreadable during the check ({bad}); run it again")
-        for b in range(0, len(chunk), batch_size):
-            batch = clf.normalize(loaded.pixels[b:b + batch_size].to(clf.device))  # channels_last
-            feats = net.forward_head(net.forward_features(batch), pre_logits=True)
-            out.append(feats.flatten(1).float().cpu())
+        out.append(model_embeddings(clf, loaded.pixels, batch_size=batch_size))
     return torch.cat(out).numpy()
 
 

@@ -3,13 +3,13 @@ heat map of its prediction, so a reviewer sees what it looked at."""
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import torch
 
 from clarivis.data.sources import Sample
 from clarivis.errors import ClarivisError
+from clarivis.report.plots import data_uri
 
 
 def top_losses(bundle_dir: str | Path, split: dict | None, *, count: int = 8,
@@ -48,7 +48,7 @@ def top_losses(bundle_dir: str | Path, split: dict | None, *, count: int = 8,
         items.append({"path": val.samples[i].path, "name": Path(val.samples[i].path).name,
                       "true": val.samples[i].label, "predicted": name,
                       "confidence": float(confidence[n]), "loss": float(losses[i]), "method": method,
-                      "png": "data:image/png;base64," + base64.b64encode(png).decode("ascii")})
+                      "png": data_uri(png)})
     return items
 
 

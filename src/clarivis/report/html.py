@@ -4,7 +4,6 @@ and the data check. Sections whose input is missing say which command fills them
 
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,10 +39,6 @@ def _env() -> Environment:
     return Environment(loader=PackageLoader("clarivis.report", "templates"),
                        autoescape=select_autoescape(["html", "j2"]), trim_blocks=True,
                        lstrip_blocks=True)
-
-
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def write_report(run: str | Path, *, out: str | Path | None = None, gallery: int = 8,
@@ -113,7 +108,7 @@ def _sections(run_dir, bundle_dir, bundle, inputs, m, gallery, device) -> list[S
     s = Section("training", "Training curves", missing="no training log (metrics.jsonl) in this run")
     if inputs["history"]:
         training = bundle.training
-        s.html = Markup(m.training({"curves": data_uri(plots.png_bytes(
+        s.html = Markup(m.training({"curves": plots.data_uri(plots.png_bytes(
             plots.training_curves_figure(inputs["history"]))), "epochs": len(inputs["history"]),
             "best_val": training.get("best_val_accuracy"), "best_epoch": training.get("epoch")}))
     sections.append(s)
@@ -129,14 +124,14 @@ def _sections(run_dir, bundle_dir, bundle, inputs, m, gallery, device) -> list[S
     if main_metrics:
         png = plots.png_bytes(plots.confusion_figure(main_metrics["confusion_matrix"],
                                                      main_metrics["class_names"]))
-        s.html = Markup(m.confusion({"split": main_split, "png": data_uri(png)}))
+        s.html = Markup(m.confusion({"split": main_split, "png": plots.data_uri(png)}))
     sections.append(s)
 
     calibration, cal_split = ((audit["calibration"], "test") if audit
                               else (inputs["val_calibration"], "validation"))
     s = Section("calibration", "Calibration", missing="no calibration measured (needs a validation split)")
     if calibration:
-        png = data_uri(plots.png_bytes(plots.reliability_figure(calibration)))
+        png = plots.data_uri(plots.png_bytes(plots.reliability_figure(calibration)))
         s.html = Markup(m.calibration({**calibration, "split": cal_split, "png": png}))
     sections.append(s)
 
@@ -173,7 +168,8 @@ def _sections(run_dir, bundle_dir, bundle, inputs, m, gallery, device) -> list[S
                 "the audit ran with --no-robustness; audit again without it to fill this section")
     if audit and audit.get("robustness"):
         rob = audit["robustness"]
-        s.html = Markup(m.robustness({**rob, "png": data_uri(plots.png_bytes(plots.robustness_figure(rob)))}))
+        png = plots.png_bytes(plots.robustness_figure(rob))
+        s.html = Markup(m.robustness({**rob, "png": plots.data_uri(png)}))
     sections.append(s)
 
     s = Section("adversarial", "Adversarial robustness", missing=audit_hint.replace(
@@ -224,6 +220,6 @@ def _data_check(check: dict, file: Path) -> dict:
     rows = []
     for f in findings[:MAX_FINDINGS]:
         png = thumbnail_png(f["paths"][0]) if f["paths"] else None
-        rows.append({**f, "thumb": data_uri(png) if png else None})
+        rows.append({**f, "thumb": plots.data_uri(png) if png else None})
     return {"counts": counts, "findings": rows, "more": max(0, len(findings) - MAX_FINDINGS),
             "file": file.name}

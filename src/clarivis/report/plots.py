@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from pathlib import Path
 
@@ -19,6 +20,11 @@ def png_bytes(fig) -> bytes:
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def data_uri(png: bytes) -> str:
+    """PNG bytes as a data: URI, so an HTML file carries its images inside it."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def save_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path) -> Path:
