@@ -1,7 +1,37 @@
 """clarivis: from a folder of labeled images to a classifier you can trust and ship."""
 
+from __future__ import annotations
+
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from clarivis.api import Classifier, EvaluationResult, Prediction, TrainResult, train  # noqa: E402
-
 __all__ = ["Classifier", "EvaluationResult", "Prediction", "TrainResult", "train", "__version__"]
+
+if TYPE_CHECKING:
+    from clarivis.api import Classifier, EvaluationResult, Prediction, TrainResult, train
+
+
+class _Package(types.ModuleType):
+    """The torch-based API is imported on first use, so `import clarivis.runtime` (numpy, Pillow
+    and onnxruntime only) never imports torch. `clarivis.train` is the function, as it always
+    was: importing the subpackage clarivis.train (sys.modules) must not rebind the name."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "train" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in __all__:
+            raise AttributeError(f"module 'clarivis' has no attribute {name!r}")
+        from clarivis import api
+
+        value = getattr(api, name)
+        super().__setattr__(name, value)
+        return value
+
+
+sys.modules[__name__].__class__ = _Package
