@@ -60,6 +60,29 @@ def test_calibrate_bundle_stores_temperature_and_threshold(tmp_path):
     assert stored.temperature == config.temperature == pytest.approx(2.0, rel=0.35)
     assert stored.calibration["ece_after"] <= stored.calibration["ece_before"]
     assert stored.ood["score"] == "energy" and stored.ood["accept_rate"] == 0.95
+    assert stored.baseline["num_images"] == 200 and len(stored.baseline["class_distribution"]) == 2
     # Too few images: T stays 1, no rejection, and the bundle says why.
     few = calibrate_bundle(bundle, logits[:MIN_CALIBRATION_IMAGES - 1], targets[:MIN_CALIBRATION_IMAGES - 1])
     assert few.temperature == 1.0 and few.ood is None and "not fitted" in few.calibration["note"]
+
+
+def test_prediction_baseline_shares_and_histogram():
+    from clarivis.evaluate.calibration import prediction_baseline
+
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.55, 0.45]])
+    base = prediction_baseline(probs, bins=10)
+    assert base["num_images"] == 4 and base["class_distribution"] == [0.75, 0.25]
+    counts = base["confidence_histogram"]["counts"]
+    assert counts == [0, 0, 0, 0, 0, 1, 0, 1, 1, 1]  # 0.55, 0.7, 0.8, 0.9 (right edges closed)
+
+
+def test_bundle_version_changes_with_the_weights(tmp_path):
+    from tests.inference.tiny_bundle import train_bundle
+
+    from clarivis.models.bundle import bundle_version, update_bundle_config
+
+    bundle = train_bundle(tmp_path)
+    first = bundle_version(bundle)
+    assert len(first) == 12 and bundle_version(bundle) == first
+    update_bundle_config(bundle, temperature=1.5)
+    assert bundle_version(bundle) != first

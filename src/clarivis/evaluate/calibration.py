@@ -85,4 +85,16 @@ def calibrate_bundle(bundle_dir, logits: torch.Tensor, targets: torch.Tensor):
                                           "nll_before", "nll_after")}
     calibration["fitted_on"] = "val"
     return update_bundle_config(bundle_dir, temperature=temperature, calibration=calibration,
-                                ood=fit_rejection(logits, temperature))
+                                ood=fit_rejection(logits, temperature),
+                                baseline=prediction_baseline(torch.softmax(logits / temperature, dim=1)))
+
+
+def prediction_baseline(probs: torch.Tensor, bins: int = 10) -> dict:
+    """probs: (N, C) calibrated -> the share of each predicted class and a histogram of top-1
+    confidence: what a monitor compares live predictions with (drift)."""
+    confidence, predicted = probs.max(dim=1)
+    counts = torch.bincount(predicted, minlength=probs.shape[1]).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    hist = torch.histc(confidence, bins=bins, min=0.0, max=1.0)
+    return {"num_images": len(probs), "class_distribution": (counts / counts.sum()).tolist(),
+            "confidence_histogram": {"edges": edges.tolist(), "counts": hist.int().tolist()}}

@@ -3,6 +3,7 @@ It is the contract between training and every later stage (evaluate, predict, ex
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,10 @@ class BundleConfig(BaseModel):
     calibration: dict[str, Any] = Field(default_factory=dict)  # how T was fitted: ECE before/after
     # Open-set rejection fitted on val: {score, threshold, accept_rate}; None: never rejects.
     ood: dict[str, Any] | None = None
+    # What predictions on validation look like (calibrated): the reference a monitor compares
+    # live traffic with. {num_images, class_distribution: [C floats], confidence_histogram:
+    # {edges: [11], counts: [10]}}; empty until training fits it.
+    baseline: dict[str, Any] = Field(default_factory=dict)
     model_kwargs: dict[str, Any] = Field(default_factory=dict)  # extra timm kwargs (img_size)
     training: dict[str, Any] = Field(default_factory=dict)  # fingerprint, epochs, best metric
 
@@ -90,6 +95,18 @@ def update_bundle_config(folder: str | Path, **changes: Any) -> BundleConfig:
     text = json.dumps(config.model_dump(mode="json"), indent=2)
     atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
     return config
+
+
+def bundle_version(path: str | Path) -> str:
+    """A short, stable identity of the bundle's contents (weights and config): the same files
+    give the same version on every machine; retraining gives a new one."""
+    folder = resolve_bundle_path(path)
+    digest = hashlib.sha256()
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        with open(folder / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]
 
 
 def resolve_bundle_path(path: str | Path) -> Path:
