@@ -1,0 +1,1 @@
+"""The HTTP service: API, web page, prediction log and drift monitor."""
