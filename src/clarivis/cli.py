@@ -272,6 +272,33 @@ def report(
     out.print(f"wrote {path}", soft_wrap=True, highlight=False)
 
 
+@app.command()
+def monitor(
+    model: Annotated[str, typer.Argument(help="ModelBundle folder (runs/NAME/model)")],
+    db: Annotated[Optional[str], Opt(help="prediction log URL [$CLARIVIS_DB_URL, else "
+                                         "sqlite:///RUN/predictions.db]")] = None,
+    since: Annotated[Optional[str], Opt(help="24h, 7d, 30m or ISO date/time [whole log]")] = None,
+    json_path: Annotated[Optional[str], Opt("--json", help="write the full report as JSON")] = None,
+    review_csv: Annotated[Optional[str], Opt("--review-csv",
+                                             help="lowest-confidence predictions as CSV")] = None,
+    review_limit: Annotated[int, Opt(min=1, help="rows in the review queue")] = 100,
+) -> None:
+    """Traffic, latency, confidence and class drift of a served model, from its prediction log."""
+    from pathlib import Path
+
+    from clarivis.serve.monitor import monitor_report, write_review_csv
+
+    report = monitor_report(model, db, since, review_limit=review_limit)
+    if json_path:  # files before printing: a closed pipe (`| head`) must not cost them
+        Path(json_path).write_text(json.dumps(report, indent=2))
+    if review_csv:
+        write_review_csv(report, review_csv)
+    _print_monitor(report)
+    for path in (json_path, review_csv):
+        if path:
+            err.print(f"wrote {path}")
+
+
 @datasets_app.command("make")
 def datasets_make(
     name: Annotated[str, typer.Argument(help="shapes | digits")],
@@ -361,6 +388,45 @@ def _print_audit(a: dict) -> None:
         err.print(f"note: {note}", highlight=False)
     if a["skipped"]:
         err.print(f"[yellow]skipped {len(a['skipped'])} unreadable file(s)")
+
+
+def _print_monitor(r: dict) -> None:
+    summary = Table(title=f"{r['total_predictions']} predictions, model {r['model_version']}",
+                    show_header=False)
+    start, end = (t[:16].replace("T", " ") if t else "first" for t in r["window"].values())
+    summary.add_row("window (UTC)", f"{start} to {end}")
+    summary.add_row("prediction log", r["db"])
+    if r["total_predictions"]:
+        buckets = [b["count"] for b in r["volume"]["buckets"]]
+        summary.add_row(f"predictions per {r['volume']['bucket']}",
+                        f"{sum(buckets) / len(buckets):.1f} mean, {max(buckets)} max, "
+                        f"{buckets.count(0)} empty")
+        lat = r["latency_ms"]
+        summary.add_row("latency p50 / p95 / p99",
+                        f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f} ms")
+        if r["confidence"]:
+            summary.add_row("mean confidence", f"{r['confidence']['mean']:.3f}")
+        summary.add_row("answered 'unknown'", f"{100 * r['unknown_rate']:.1f}%")
+    drift = r["drift"]
+    if drift:
+        summary.add_row("class drift PSI", f"{drift['psi']:.3f} (noise ~{drift['psi_noise_floor']:.3f})")
+        summary.add_row("chi-square p", f"{drift['chi_square']['p_value']:.3g}")
+        if drift["ks"]:
+            summary.add_row("confidence KS D / p",
+                            f"{drift['ks']['statistic']:.3f} / {drift['ks']['p_value']:.3g}")
+    summary.add_row("review queue", f"{len(r['review_queue'])} lowest-confidence predictions")
+    out.print(summary)
+    if drift:
+        shares = Table("class", "live share", "validation share")
+        for name, live, base in zip(drift["classes"], drift["live_shares"], drift["baseline_shares"],
+                                    strict=True):
+            shares.add_row(name, f"{live:.3f}", f"{base:.3f}")
+        out.print(shares)
+    for flag in r["flags"]:
+        color = "red" if flag["level"] == "significant" else "yellow"
+        err.print(f"[{color}]flagged[/]: {flag['message']}", highlight=False)
+    for note in r["notes"]:
+        err.print(f"note: {note}", highlight=False)
 
 
 def _print_table(rows) -> int:
