@@ -1,0 +1,85 @@
+"""What the service predicts with: torch (clarivis.Classifier) or ONNX (clarivis.runtime.Predictor),
+behind one small protocol. Both take decoded RGB PIL images, so the service decodes uploads once,
+safely, whatever runs the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
+
+from clarivis.errors import ClarivisError, ModelError
+
+BACKENDS = ("torch", "onnx")
+
+
+@dataclass
+class Scored:
+    """One image's answer, whichever backend gave it."""
+
+    label: str  # "unknown" when the open-set check rejects the image
+    confidence: float  # calibrated probability of the top class
+    top_k: list[tuple[str, float]]
+    ood_score: float | None = None
+
+
+class Backend(Protocol):
+    name: str
+
+    def predict(self, images: list[Image.Image], top_k: int) -> list[Scored]: ...
+
+
+class TorchBackend:
+    """clarivis.Classifier: the reference implementation (any device torch has)."""
+
+    name = "torch"
+
+    def __init__(self, model_dir: str | Path, device: str | None = None) -> None:
+        from clarivis.api import Classifier
+
+        self.classifier = Classifier.load(model_dir, device=device)
+
+    def predict(self, images: list[Image.Image], top_k: int) -> list[Scored]:
+        return [_scored(p) for p in self.classifier.predict(images, top_k=top_k, batch_size=len(images))]
+
+
+class OnnxBackend:
+    """clarivis.runtime.Predictor on the bundle's exported model.onnx (no torch in the model call)."""
+
+    name = "onnx"
+
+    def __init__(self, model_dir: str | Path) -> None:
+        try:
+            from clarivis.runtime import Predictor
+        except ImportError:
+            raise ModelError("the onnx backend needs clarivis.runtime, which this install lacks; "
+                             "use --backend torch") from None
+        folder = Path(model_dir)
+        if not (folder / "model.onnx").is_file():
+            raise ModelError(f"{folder} has no model.onnx; run clarivis export {folder} first, "
+                             "or serve with --backend torch")
+        self.predictor = Predictor(folder, int8=False)
+
+    def predict(self, images: list[Image.Image], top_k: int) -> list[Scored]:
+        return [_scored(p) for p in self.predictor.predict(images, top_k=top_k)]
+
+
+def load_backend(name: str, model_dir: str | Path, device: str | None = None) -> Backend:
+    if name == "torch":
+        return TorchBackend(model_dir, device)
+    if name == "onnx":
+        return OnnxBackend(model_dir)
+    raise ClarivisError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")
+
+
+def _scored(p: Any) -> Scored:
+    """A clarivis Prediction (or the runtime's equivalent) -> Scored. Images reach the backend
+    decoded, so an `error` here is a bug, not bad input: it fails the batch."""
+    if getattr(p, "error", None):
+        raise RuntimeError(f"the model could not score a decoded image: {p.error}")
+    top = [(t["label"], t["probability"]) if isinstance(t, dict) else (t[0], t[1]) for t in p.top_k]
+    return Scored(label=str(p.label), confidence=float(p.confidence),
+                  top_k=[(str(lbl), float(prob)) for lbl, prob in top],
+                  ood_score=None if p.ood_score is None else float(p.ood_score))

@@ -1,0 +1,138 @@
+"""Dynamic micro-batching: concurrent requests queue their images, one worker runs one model call
+per batch of up to `max_batch` images, gathered for at most `max_wait_ms` after the first one.
+
+The model call runs in one dedicated thread, so the event loop keeps accepting, decoding and
+answering while the model works, and model calls never overlap (the torch backend's intra-op
+threads are the parallelism; two calls at once would only fight over the same cores). While a
+batch runs, new images queue up, so under load the next batch is already full when the model is
+free: the wait only costs latency when traffic is light.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+# Defaults, measured with benchmarks/serve_throughput.py (test_resnet at 32 px, one CPU core):
+# a batch of 32 costs about as much per image as a batch of 256 on a CPU (the per-call overhead
+# is already spread), while it keeps one call short (milliseconds for small models, ~0.3 s for a
+# ResNet-50 at 224 px on 8 cores), so a request never waits behind a huge batch. Larger batches
+# pay off on a GPU; raise --max-batch there.
+MAX_BATCH = 32
+# 2 ms is noise next to one HTTP request (parse, decode, log: ~3-5 ms on loopback) yet long
+# enough for the requests that arrive together under load to share one model call; at
+# concurrency 1 it adds at most 2 ms to every request.
+MAX_WAIT_MS = 2.0
+
+
+@dataclass
+class _Item:
+    payload: Any
+    future: asyncio.Future
+
+
+class MicroBatcher:
+    """`await batcher.submit(payloads)` -> results in order; `run_batch(list of payloads)` is
+    called in a worker thread with up to `max_batch` payloads and returns one result each."""
+
+    def __init__(self, run_batch: Callable[[list[Any]], Sequence[Any]], *, max_batch: int = MAX_BATCH,
+                 max_wait_ms: float = MAX_WAIT_MS,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1 (got {max_batch})")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must not be negative (got {max_wait_ms})")
+        self.run_batch = run_batch
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000
+        self.on_batch = on_batch  # (batch size, model seconds): metrics
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._worker: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None and not self._worker.done()
+
+    def start(self) -> None:
+        """Start the worker on the running event loop (the app's lifespan calls it)."""
+        self._queue = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="clarivis-model")
+        self._worker = asyncio.get_running_loop().create_task(self._work(), name="clarivis-batcher")
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+        if self._queue is not None:  # nobody will answer what is still queued
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                if not item.future.done():
+                    item.future.set_exception(RuntimeError("the server is shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    async def submit(self, payloads: Sequence[Any]) -> list[Any]:
+        """Queue every payload, wait for all results. Cancelling (a request timeout) abandons
+        them: the worker skips items nobody waits for any more."""
+        if not self.running or self._queue is None:
+            raise RuntimeError("the batcher is not running")
+        loop = asyncio.get_running_loop()
+        items = [_Item(p, loop.create_future()) for p in payloads]
+        for item in items:
+            self._queue.put_nowait(item)
+        try:
+            return list(await asyncio.gather(*(i.future for i in items)))
+        except asyncio.CancelledError:
+            for item in items:
+                item.future.cancel()
+            raise
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            if not batch:
+                continue
+            start = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(self._executor, self.run_batch,
+                                                     [i.payload for i in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"the model returned {len(results)} results for {len(batch)} images")
+            except Exception as err:  # noqa: BLE001 - every waiting request gets the failure
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(err)
+                continue
+            if self.on_batch is not None:
+                self.on_batch(len(batch), time.perf_counter() - start)
+            for item, result in zip(batch, results, strict=True):
+                if not item.future.done():  # cancelled by a timeout meanwhile
+                    item.future.set_result(result)
+
+    async def _collect(self) -> list[_Item]:
+        """The first waiting item, then whatever arrives until the batch is full or max_wait
+        has passed since the first one; items nobody waits for any more are dropped."""
+        assert self._queue is not None
+        batch = [await self._queue.get()]
+        deadline = time.perf_counter() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return [i for i in batch if not i.future.done()]

@@ -1,0 +1,171 @@
+// The clarivis page: drop or pick images -> POST v1/predict (top-k bars), then v1/explain per
+// image (Grad-CAM overlay), then the recent table and the monitor summary. No libraries, no build.
+"use strict";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const keyInput = $("#api-key");
+const MAX_EXPLAIN = 8; // overlays drawn per drop: each is a Grad-CAM pass on the server
+
+keyInput.value = localStorage.getItem("clarivis-api-key") || "";
+keyInput.addEventListener("change", () => {
+  localStorage.setItem("clarivis-api-key", keyInput.value);
+  refresh();
+});
+
+function headers() {
+  return keyInput.value ? { "X-API-Key": keyInput.value } : {};
+}
+
+async function call(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
+  if (!response.ok) {
+    let detail = response.statusText;
+    try { detail = (await response.json()).detail || detail; } catch (_) { /* not JSON */ }
+    if (response.status === 401) $("#key-box").open = true;
+    throw new Error(`${response.status}: ${detail}`);
+  }
+  return response;
+}
+
+function showError(message) {
+  const box = $("#error");
+  box.textContent = message || "";
+  box.hidden = !message;
+}
+
+const pct = (p) => `${(100 * p).toFixed(1)}%`;
+
+function form(files) {
+  const data = new FormData();
+  for (const f of files) data.append("file", f, f.name);
+  return data;
+}
+
+async function predict(files) {
+  showError("");
+  if (!files.length) return;
+  let answer;
+  try {
+    answer = await (await call("v1/predict", { method: "POST", body: form(files) })).json();
+  } catch (err) {
+    showError(err.message);
+    return;
+  }
+  const results = $("#results");
+  results.replaceChildren();
+  answer.predictions.forEach((p, i) => {
+    const card = $("#result-template").content.firstElementChild.cloneNode(true);
+    $(".thumb", card).src = URL.createObjectURL(files[i]);
+    $(".name", card).textContent = `${p.filename} · ${p.width}×${p.height} · ${answer.latency_ms.toFixed(0)} ms`;
+    const bars = $(".bars", card);
+    for (const t of p.top_k) {
+      const li = document.createElement("li");
+      li.className = "bar";
+      li.innerHTML = '<span class="label"></span><span class="track"><span class="fill"></span></span>' +
+        '<span class="value"></span>';
+      $(".label", li).textContent = t.label;
+      $(".label", li).title = t.label;
+      $(".fill", li).style.width = pct(t.probability);
+      $(".value", li).textContent = pct(t.probability);
+      bars.append(li);
+    }
+    if (p.label !== p.top_k[0].label) {
+      const li = document.createElement("li");
+      li.className = "muted";
+      li.textContent = `answered "${p.label}" (open-set score below the threshold)`;
+      bars.append(li);
+    }
+    results.append(card);
+  });
+  refresh();
+  // Overlays one at a time: the server explains one image per request, under a lock.
+  const cards = results.querySelectorAll(".result");
+  for (let i = 0; i < files.length && i < MAX_EXPLAIN; i++) await explain(files[i], cards[i]);
+}
+
+async function explain(file, card) {
+  const status = $(".overlay-status", card);
+  try {
+    const blob = await (await call("v1/explain", { method: "POST", body: form([file]) })).blob();
+    const img = $(".overlay", card);
+    img.src = URL.createObjectURL(blob);
+    img.hidden = false;
+    status.textContent = "Grad-CAM: red = most evidence for the top label";
+  } catch (err) {
+    status.textContent = `no overlay (${err.message})`;
+  }
+}
+
+async function loadModel() {
+  try {
+    const m = await (await call("v1/model")).json();
+    $("#model-info").textContent = `${m.name} · ${m.architecture} · ${m.num_classes} classes · ` +
+      `version ${m.model_version} · ${m.backend}`;
+    $("#limits").textContent = `up to ${m.limits.max_files} images, ${m.limits.max_upload_mb} MB a request`;
+  } catch (err) {
+    $("#model-info").textContent = `model info unavailable (${err.message})`;
+  }
+}
+
+async function loadRecent() {
+  const body = $("#recent tbody");
+  try {
+    const { predictions } = await (await call("v1/recent?limit=20")).json();
+    body.replaceChildren(...predictions.map((p) => {
+      const tr = document.createElement("tr");
+      const cells = [p.time.slice(0, 19).replace("T", " "), p.label, pct(p.confidence),
+        `${p.latency_ms.toFixed(0)} ms`, `${p.width}×${p.height}`, p.sha256];
+      for (const c of cells) {
+        const td = document.createElement("td");
+        td.textContent = c;
+        tr.append(td);
+      }
+      return tr;
+    }));
+  } catch (_) { /* the model info line already says why */ }
+}
+
+async function loadMonitor() {
+  const box = $("#monitor");
+  try {
+    const r = await (await call("v1/monitor?since=24h&review_limit=0")).json();
+    const lat = r.latency_ms;
+    const rows = [
+      ["predictions (24 h)", `${r.total_predictions}`],
+      ["latency p50 / p99", lat ? `${lat.p50.toFixed(1)} / ${lat.p99.toFixed(1)} ms` : "–"],
+      ["unknown rate", r.unknown_rate == null ? "–" : pct(r.unknown_rate)],
+      ["flags", r.flags.length ? r.flags.map((f) => f.message || f.check).join("; ") : "none"],
+    ];
+    const dl = document.createElement("dl");
+    for (const [k, v] of rows) {
+      const dt = document.createElement("dt");
+      const dd = document.createElement("dd");
+      dt.textContent = k;
+      dd.textContent = v;
+      if (k === "flags" && r.flags.length) dd.className = "flag";
+      dl.append(dt, dd);
+    }
+    box.replaceChildren(dl);
+    box.classList.remove("muted");
+  } catch (err) {
+    box.textContent = `monitor unavailable (${err.message})`;
+  }
+}
+
+function refresh() {
+  loadRecent();
+  loadMonitor();
+}
+
+const drop = $("#drop");
+$("#file-input").addEventListener("change", (e) => predict([...e.target.files]));
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  drop.classList.remove("over");
+  predict([...e.dataTransfer.files].filter((f) => f.type.startsWith("image/") || !f.type));
+});
+
+loadModel();
+refresh();

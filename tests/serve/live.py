@@ -1,0 +1,53 @@
+"""A real uvicorn server on a free loopback port, in a thread of the test process, and the tiny
+trained bundle it serves."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import uvicorn
+from PIL import Image
+
+
+@contextmanager
+def running_server(app) -> Iterator[str]:
+    """Serve `app` until the block ends; yields its base URL (http://127.0.0.1:PORT)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))  # port 0: the OS picks a free one, and we hold it: no race
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def train_tiny_bundle(root: Path) -> Path:
+    from tests.inference.tiny_bundle import train_bundle
+
+    return train_bundle(root)
+
+
+def png_bytes(color=(220, 20, 20), size=(40, 30), fmt="PNG") -> bytes:
+    rng = np.random.default_rng(sum(color) + size[0])
+    arr = np.clip(np.array(color) + rng.integers(-20, 20, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(arr).save(buffer, format=fmt)
+    return buffer.getvalue()
