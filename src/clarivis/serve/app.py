@@ -182,16 +182,18 @@ def _add_routes(app: FastAPI, service: Service) -> None:
             uploads = await _read_uploads(request, service)
             k = min(top_k, service.config.num_classes)
             scored = await service.batcher.submit([(u.image, k) for u in uploads])
-            latency_ms = (time.perf_counter() - start) * 1000
-            now = datetime.now(UTC)
-            entries = [LoggedPrediction.from_upload(
-                u.data, model_version=service.version, label=s.label, confidence=s.confidence,
-                latency_ms=latency_ms, width=u.width, height=u.height, ood_score=s.ood_score, time=now)
-                for u, s in zip(uploads, scored, strict=True)]
-            try:
-                await run_in_threadpool(service.log.record, entries)
-            except ClarivisError as err:
-                raise HTTPException(503, f"prediction not logged: {err}") from None
+        latency_ms = (time.perf_counter() - start) * 1000
+        now = datetime.now(UTC)
+        entries = [LoggedPrediction.from_upload(
+            u.data, model_version=service.version, label=s.label, confidence=s.confidence,
+            latency_ms=latency_ms, width=u.width, height=u.height, ood_score=s.ood_score, time=now)
+            for u, s in zip(uploads, scored, strict=True)]
+        # Outside the deadline: once the model has answered, the answer is logged and returned;
+        # a timeout can only strike before, so no request is logged without being answered.
+        try:
+            await run_in_threadpool(service.log.record, entries)
+        except ClarivisError as err:
+            raise HTTPException(503, f"prediction not logged: {err}") from None
         predictions = []
         for u, s in zip(uploads, scored, strict=True):
             service.metrics.predictions.labels(s.label).inc()
