@@ -1,11 +1,12 @@
 """Dynamic micro-batching: concurrent requests queue their images, one worker runs one model call
-per batch of up to `max_batch` images, gathered for at most `max_wait_ms` after the first one.
+per batch of up to `max_batch` images: whatever is queued when the model is free, plus what
+arrives within `max_wait_ms` after the first one.
 
 The model call runs in one dedicated thread, so the event loop keeps accepting, decoding and
 answering while the model works, and model calls never overlap (the torch backend's intra-op
 threads are the parallelism; two calls at once would only fight over the same cores). While a
-batch runs, new images queue up, so under load the next batch is already full when the model is
-free: the wait only costs latency when traffic is light.
+batch runs, new images queue up, so under load the next batch is already there when the model
+is free.
 """
 
 from __future__ import annotations
@@ -17,17 +18,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-# Defaults, measured with benchmarks/serve_throughput.py (test_resnet at 32 px, one CPU core):
-# a batch of 32 costs about as much per image as a batch of 256 on a CPU (the per-call overhead
-# is already spread), while it keeps one call short (milliseconds for small models, ~0.3 s for a
-# ResNet-50 at 224 px on 8 cores), so a request never waits behind a huge batch. Larger batches
-# pay off on a GPU; raise --max-batch there.
+# Defaults, measured with benchmarks/serve_throughput.py on 2 shared CPU cores, one torch thread,
+# one image a request (img/s at concurrency 16; p50 at concurrency 1):
+#   test_resnet 32 px   batch 1: 269 img/s, p50 3.9 ms | batch 32, wait 0: 443, 3.9 ms
+#                       batch 32, wait 2 ms: 468, 6.4 ms | wait 5: 429, 9.5 ms | wait 10: 439, 14.6 ms
+#   resnet18 128 px     batch 1: 69 img/s, p50 15.2 ms | batch 32, wait 0: 94, 14.8 ms
+#                       batch 32, wait 2 ms: 91, 17.4 ms
+# Batching pays (+35-65 % at concurrency 16) but waiting for it does not: requests that arrive
+# while the model runs already form the next batch, and a deliberate wait adds its full length
+# (and a timer's slack) to every request at low load. So no wait by default; on a GPU, where one
+# call of 32 costs little more than one of 1, --max-wait-ms 2-5 can fill batches further.
+# 32 caps one call at milliseconds for small models (~0.3 s for a ResNet-50 at 224 px on 8 CPU
+# cores), so no request waits behind a huge batch; raise it on a GPU.
 MAX_BATCH = 32
-# 2 ms is noise next to one HTTP request (parse, decode, log: ~3-5 ms on loopback) yet long
-# enough for the requests that arrive together under load to share one model call; at
-# concurrency 1 it adds at most 2 ms to every request.
-MAX_WAIT_MS = 2.0
-
+MAX_WAIT_MS = 0.0
 
 @dataclass
 class _Item:
