@@ -273,6 +273,34 @@ def report(
 
 
 @app.command()
+def serve(
+    model: Annotated[str, typer.Argument(help="ModelBundle folder (runs/NAME/model)")],
+    host: Annotated[str, Opt(help="address to listen on; 0.0.0.0 exposes it (set --api-key)")] = "127.0.0.1",
+    port: Annotated[int, Opt(min=0, max=65535)] = 8000,
+    api_key: Annotated[Optional[str], Opt(envvar="CLARIVIS_API_KEY",
+                                          help="require X-API-Key on /v1/* [$CLARIVIS_API_KEY]")] = None,
+    backend: Annotated[str, Opt(help="torch | onnx (needs clarivis export)")] = "torch",
+    db: Annotated[Optional[str], Opt(help="prediction log URL [$CLARIVIS_DB_URL, else "
+                                         "sqlite:///RUN/predictions.db]")] = None,
+    store_images: Annotated[bool, Opt("--store-images", help="keep uploaded images in the log")] = False,
+    max_upload_mb: Annotated[float, Opt(min=0.001, help="request body limit, MB")] = 32.0,
+    max_pixels: Annotated[int, Opt(min=1, help="image size limit, pixels")] = 64_000_000,
+    timeout: Annotated[float, Opt(min=0.001, help="request time limit, s")] = 30.0,
+    max_batch: Annotated[int, Opt(min=1, help="images per model call")] = 32,
+    max_wait_ms: Annotated[float, Opt(min=0, help="wait for a fuller batch, ms (GPU: 2-5)")] = 0.0,
+    device: Annotated[Optional[str], Opt(help="torch backend device [cuda if available]")] = None,
+) -> None:
+    """HTTP API (/v1/predict, /v1/explain, /v1/model, /v1/monitor, /metrics, /docs) and a web page
+    at /, with every prediction logged."""
+    from clarivis.serve.app import serve as serve_app
+
+    err.print(f"serving {model} on http://{host}:{port} (docs at /docs, Ctrl-C stops)")
+    serve_app(model, host=host, port=port, api_key=api_key, backend=backend, db_url=db,
+              store_images=store_images, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
+              timeout_s=timeout, max_batch=max_batch, max_wait_ms=max_wait_ms, device=device)
+
+
+@app.command()
 def monitor(
     model: Annotated[str, typer.Argument(help="ModelBundle folder (runs/NAME/model)")],
     db: Annotated[Optional[str], Opt(help="prediction log URL [$CLARIVIS_DB_URL, else "

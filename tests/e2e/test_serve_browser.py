@@ -31,6 +31,11 @@ def test_page_predicts_and_explains_an_uploaded_image(server, tmp_path):
         page.wait_for_selector(".result .bar")
         bars = page.locator(".result .bar").all_inner_texts()
         assert len(bars) == 2 and all("%" in b for b in bars)  # two classes, both shown
+        # The bar's fill is drawn as wide as its probability: the top one is not empty.
+        fill, track = page.evaluate("[document.querySelector('.result .bar .fill').offsetWidth, "
+                                    "document.querySelector('.result .bar .track').offsetWidth]")
+        top = float(bars[0].split()[-1].rstrip("%")) / 100
+        assert track > 0 and abs(fill / track - top) < 0.05
         assert "red square.png" in page.locator(".result .name").inner_text()
         overlay_shown = ("(() => { const i = document.querySelector('.result img.overlay'); "
                          "return i && !i.hidden && i.complete && i.naturalWidth > 0; })()")
