@@ -1,0 +1,160 @@
+"""`clarivis export`: a bundle's model as ONNX fp32 (and int8), checked against PyTorch on
+held-out images and timed, with the results written into the bundle's config.json."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from clarivis.errors import DataError
+from clarivis.export.check import Speed, measure_speed, top1_agreement
+from clarivis.export.images import choose_images
+from clarivis.export.onnx import OPSET, export_onnx
+from clarivis.export.quantize import quantize_int8
+from clarivis.models.bundle import WEIGHTS_NAME, load_bundle, resolve_bundle_path, update_bundle_config
+
+FP32_NAME = "model.onnx"
+INT8_NAME = "model.int8.onnx"
+# Top-1 agreement with PyTorch each file must reach on the check images. fp32 differs from
+# PyTorch only by float summation order, so more than 1 in 1,000 changed labels means a broken
+# export; int8 rounding legitimately flips near-ties, which a 2 % budget allows.
+MIN_AGREEMENT = {"fp32": 0.999, "int8": 0.98}
+_BATCH = 64  # images per model call while computing check logits
+
+
+@dataclass
+class ExportedModel:
+    file: str  # name inside the bundle folder
+    agreement: float  # top-1 agreement with PyTorch on the check images, 0..1
+    min_agreement: float  # the bar it had to reach
+    images: int  # check images it was measured on
+    max_abs_logit_diff: float  # largest |onnx - torch| over the check logits
+    ms_per_image: float  # CPU latency, batch 1, ms (median)
+    images_per_s: float  # CPU throughput at batch 32
+    size_mb: float
+
+    @property
+    def passed(self) -> bool:
+        return self.agreement >= self.min_agreement
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+@dataclass
+class ExportResult:
+    bundle_dir: Path
+    opset: int
+    fp32: ExportedModel
+    int8: ExportedModel | None
+    torch: Speed  # the PyTorch model timed the same way, for comparison
+    check_source: str  # where the check images came from
+    calibration_source: str | None
+    calibration_images: int
+    skipped: list[str] = field(default_factory=list)  # unreadable check/calibration files
+
+    @property
+    def passed(self) -> bool:
+        return self.fp32.passed and (self.int8 is None or self.int8.passed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "opset": self.opset, "passed": self.passed,
+            "fp32": self.fp32.to_dict(), "int8": self.int8.to_dict() if self.int8 else None,
+            "torch": self.torch.to_dict(), "check_source": self.check_source,
+            "calibration_source": self.calibration_source, "calibration_images": self.calibration_images,
+            "threads": torch.get_num_threads(), "skipped": len(self.skipped),
+        }
+
+    def lines(self) -> list[str]:
+        """What the CLI prints: one line per model, then the verdict."""
+        out = [f"torch: {self.torch.ms_per_image:.2f} ms/image, {self.torch.images_per_s:.0f} images/s"]
+        for name, m in (("fp32", self.fp32), ("int8", self.int8)):
+            if m is not None:
+                verdict = "ok" if m.passed else f"BELOW the {m.min_agreement:.1%} bar"
+                out.append(f"{name}: {m.file} ({m.size_mb:.1f} MB) agrees with PyTorch on "
+                           f"{m.agreement:.2%} of {m.images} images ({verdict}); "
+                           f"{m.ms_per_image:.2f} ms/image, {m.images_per_s:.0f} images/s")
+        if not self.passed:
+            out.append("EXPORT CHECK FAILED: the ONNX model does not predict like the PyTorch one; "
+                       "the files were written but do not serve them")
+        return out
+
+
+def export_bundle(model: str | Path, *, int8: bool = False, calibration_data: str | Path | None = None,
+                  check_data: str | Path | None = None, device: str | None = None) -> ExportResult:
+    """Write model.onnx (and model.int8.onnx) into the bundle, check them against PyTorch on held-out
+    images, time them on the CPU, and record it all under `export` in config.json."""
+    from clarivis.api import Classifier  # torch-heavy, and only needed here
+
+    folder = resolve_bundle_path(model)
+    images = choose_images(folder, int8=int8, calibration_data=calibration_data, check_data=check_data)
+    clf = Classifier.load(folder, device=device, reject=False)
+    check, skipped = _pixels(clf, images.check)
+    if len(check) == 0:
+        raise DataError(f"none of the {len(images.check)} check images could be read; pass --check-data DIR")
+    reference = np.concatenate([clf.logits(torch.from_numpy(check[i:i + _BATCH])).numpy()
+                                for i in range(0, len(check), _BATCH)])
+    cpu_model = clf.model if clf.device.type == "cpu" else load_bundle(folder, "cpu")[0]
+    fp32_path = export_onnx(cpu_model, folder / FP32_NAME, img_size=clf.config.preprocess.img_size)
+    fp32 = _check(fp32_path, check, reference, "fp32")
+    quantized, calibration_count = None, 0
+    if int8:
+        calibration, bad = _pixels(clf, images.calibration)
+        skipped += bad
+        if len(calibration) == 0:
+            raise DataError(f"none of the {len(images.calibration)} calibration images could be read")
+        calibration_count = len(calibration)
+        int8_path = quantize_int8(fp32_path, folder / INT8_NAME, calibration)
+        quantized = _check(int8_path, check, reference, "int8")
+    elif (folder / INT8_NAME).exists():
+        (folder / INT8_NAME).unlink()  # an int8 file from older weights would silently disagree
+    torch_speed = measure_speed(lambda x: clf.logits(torch.from_numpy(x)), check)
+    result = ExportResult(folder, OPSET, fp32, quantized, torch_speed, images.check_source,
+                          images.calibration_source, calibration_count, skipped)
+    update_bundle_config(folder, export={**result.to_dict(), "weights_sha256": _weights_digest(folder)})
+    return result
+
+
+def _pixels(clf: Any, paths: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Files -> float32 (N, 3, S, S), preprocessed exactly as Classifier.predict does; and the
+    paths it could not read."""
+    prepared = [clf.prepare((p, None)) for p in paths]
+    good = [t for _, t in prepared if not isinstance(t, str)]
+    bad = [p for p, t in prepared if isinstance(t, str)]
+    if not good:
+        return np.zeros((0, 3, 1, 1), np.float32), bad
+    batch = clf.normalize(torch.stack(good).to(clf.device)).cpu().contiguous()  # NCHW, not channels_last
+    return batch.numpy().astype(np.float32, copy=False), bad
+
+
+def _check(path: Path, pixels: np.ndarray, reference: np.ndarray, kind: str) -> ExportedModel:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: x})[0]
+
+    logits = np.concatenate([run(pixels[i:i + _BATCH]) for i in range(0, len(pixels), _BATCH)])
+    speed = measure_speed(run, pixels)
+    return ExportedModel(
+        file=path.name, agreement=top1_agreement(reference, logits), min_agreement=MIN_AGREEMENT[kind],
+        images=len(pixels), max_abs_logit_diff=float(np.abs(logits - reference).max()),
+        ms_per_image=speed.ms_per_image, images_per_s=speed.images_per_s,
+        size_mb=round(path.stat().st_size / 1e6, 2),
+    )
+
+
+def _weights_digest(folder: Path) -> str:
+    """Which weights the ONNX files were made from (a retrained bundle makes them stale)."""
+    digest = hashlib.sha256()
+    with open(folder / WEIGHTS_NAME, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]

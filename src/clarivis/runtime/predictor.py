@@ -1,0 +1,230 @@
+"""Predict from a ModelBundle's exported ONNX model with numpy, Pillow and onnxruntime only.
+Torch is never imported here (a test checks sys.modules in a fresh interpreter)."""
+
+from __future__ import annotations
+
+import glob
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from clarivis.data.io import is_image_path
+from clarivis.errors import ClarivisError, ImageDecodeError, ModelError
+from clarivis.runtime.preprocess import RuntimePreprocess, decode, normalize, resize
+
+CONFIG_NAME = "config.json"
+FP32_NAME = "model.onnx"
+INT8_NAME = "model.int8.onnx"
+UNKNOWN_LABEL = "unknown"  # as clarivis.evaluate.ood.UNKNOWN_LABEL (that module imports torch)
+# 32 images of 224 px are 19 MB of float32: large enough that onnxruntime's per-call overhead
+# vanishes, small enough for any machine.
+DEFAULT_BATCH_SIZE = 32
+
+ImageInput = str | Path | Image.Image
+
+
+@dataclass
+class RuntimePrediction:
+    """Top-k labels for one image, with the fields of clarivis.api.Prediction (same meaning)."""
+
+    source: str  # file path, or "<image N>" for in-memory images
+    label: str | None = None  # "unknown" when the open-set check rejects the image
+    confidence: float | None = None  # calibrated probability of the top class
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+    ood_score: float | None = None  # in-distribution score (higher: more like the training data)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["top_k"] = [{"label": lbl, "probability": p} for lbl, p in self.top_k]
+        return d
+
+
+class Predictor:
+    """A bundle's ONNX model with its preprocessing, temperature and open-set threshold.
+
+    Stable for callers (the service uses these): `predict(list of PIL images or paths)`,
+    `class_names` (list[str], index i is output i), `config` (config.json as a dict)."""
+
+    def __init__(self, bundle_dir: str | Path, *, int8: bool = False,
+                 providers: list[str] | None = None, reject: bool = True) -> None:
+        import onnxruntime as ort  # here, so that reading this module's docs costs nothing
+
+        self.bundle_dir = _bundle_folder(bundle_dir)
+        self.config: dict[str, Any] = _read_config(self.bundle_dir)
+        self.preprocess = RuntimePreprocess.from_config(self.config)
+        self.temperature = float(self.config.get("temperature", 1.0))
+        self.ood: dict[str, Any] | None = self.config.get("ood") or None
+        self.reject = reject  # answer "unknown" below the bundle's threshold (when it has one)
+        self.model_path = self.bundle_dir / (INT8_NAME if int8 else FP32_NAME)
+        if not self.model_path.is_file():
+            flag = " --int8" if int8 else ""
+            raise ModelError(f"{self.bundle_dir} has no {self.model_path.name}; "
+                             f"run `clarivis export {self.bundle_dir}{flag}` first")
+        # CPU by default: this runtime is for torch-free deployments, where the CPU provider is
+        # the one every onnxruntime wheel has; pass e.g. ["CUDAExecutionProvider"] for a GPU.
+        try:
+            self.session = ort.InferenceSession(str(self.model_path),
+                                                providers=providers or ["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+            raise ModelError(f"{self.model_path} cannot be loaded ({str(err).splitlines()[0][:160]}); "
+                             f"run `clarivis export {self.bundle_dir}` again") from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config["class_names"])
+
+    def predict(self, images: ImageInput | Iterable[ImageInput], top_k: int = 5,
+                batch_size: int = DEFAULT_BATCH_SIZE) -> list[RuntimePrediction]:
+        """Paths or PIL images -> one row each, in order; unreadable files become error rows."""
+        return list(self.iter_predict(images, top_k=top_k, batch_size=batch_size))
+
+    def iter_predict(self, images: ImageInput | Iterable[ImageInput], top_k: int = 5,
+                     batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[RuntimePrediction]:
+        """Like predict, yielding rows batch by batch (bounded memory for long inputs). Paths are
+        taken as files; predict_files also expands folders and globs."""
+        if isinstance(images, (str, Path, Image.Image)):
+            images = [images]
+        entries = ((f"<image {n}>", im) if isinstance(im, Image.Image) else (str(im), im)
+                   for n, im in enumerate(images))
+        yield from self._predict_entries(entries, top_k, batch_size)
+
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """float32 (N, 3, S, S), already normalised -> (N, C) raw logits."""
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        return self.session.run(None, {self.input_name: pixels})[0]
+
+    def prepare(self, source: ImageInput) -> np.ndarray:
+        """One path or PIL image -> uint8 (S, S, 3), the resized pixels predict normalises.
+        Raises ImageDecodeError when a file is unreadable."""
+        return resize(decode(source, self.preprocess), self.preprocess)
+
+    def _predict_entries(self, entries: Iterable[tuple[str, Any]], top_k: int,
+                         batch_size: int) -> Iterator[RuntimePrediction]:
+        """(source, path | PIL image | error message) -> rows, in input order."""
+        if top_k < 1:
+            raise ClarivisError(f"--top-k must be at least 1 (got {top_k})")
+        if batch_size < 1:
+            raise ClarivisError(f"--batch-size must be at least 1 (got {batch_size})")
+        k = min(top_k, len(self.class_names))
+        pending: list[tuple[str, np.ndarray]] = []
+        for source, item in entries:
+            try:
+                if isinstance(item, _Failed):
+                    raise ImageDecodeError(item.reason)
+                pending.append((source, self.prepare(item)))
+            except ImageDecodeError as err:
+                yield from self._flush(pending, k)  # earlier rows first: output keeps input order
+                pending = []
+                yield RuntimePrediction(source=source, error=str(err).removeprefix(f"{source}: "))
+                continue
+            if len(pending) >= batch_size:
+                yield from self._flush(pending, k)
+                pending = []
+        yield from self._flush(pending, k)
+
+    def _flush(self, pending: list[tuple[str, np.ndarray]], k: int) -> Iterator[RuntimePrediction]:
+        if not pending:
+            return
+        logits = self.predict_pixels(normalize(np.stack([p for _, p in pending]), self.preprocess))
+        probs = softmax(logits / np.float32(self.temperature))  # (N, C)
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # (N, k) best first
+        scores = ood_score(logits, self.temperature, self.ood["score"]) if self.ood else None
+        names = self.class_names
+        for n, (source, _) in enumerate(pending):
+            top = [(names[i], float(probs[n, i])) for i in order[n]]
+            score = float(scores[n]) if scores is not None else None
+            rejected = self.reject and score is not None and score < float(self.ood["threshold"])
+            yield RuntimePrediction(source=source, label=UNKNOWN_LABEL if rejected else top[0][0],
+                                    confidence=top[0][1], top_k=top, ood_score=score)
+
+
+def predict_files(model: str | Path, images: ImageInput | Iterable[ImageInput], *, top_k: int = 5,
+                  batch_size: int = DEFAULT_BATCH_SIZE, int8: bool = False, reject: bool = True,
+                  providers: list[str] | None = None) -> Iterator[RuntimePrediction]:
+    """`clarivis predict --backend onnx`: files, folders or globs -> rows with Prediction's fields
+    (the CLI printers take them as they are); missing files and empty folders are error rows."""
+    predictor = Predictor(model, int8=int8, providers=providers, reject=reject)
+    yield from predictor._predict_entries(expand_inputs(images), top_k, batch_size)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """(N, C) -> (N, C) probabilities along the classes, stable for large logits."""
+    z = np.exp(x - x.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def ood_score(logits: np.ndarray, temperature: float, score: str) -> np.ndarray:
+    """(N, C) raw logits -> (N,) in-distribution score, as clarivis.evaluate.ood.ood_score."""
+    logits = logits.astype(np.float32)
+    scaled = logits / np.float32(temperature)
+    if score == "energy":  # T * logsumexp(logits / T)
+        peak = scaled.max(axis=1)
+        return temperature * (peak + np.log(np.exp(scaled - peak[:, None]).sum(axis=1)))
+    if score == "max_logit":
+        return logits.max(axis=1)
+    if score == "msp":
+        return softmax(scaled).max(axis=1)
+    raise ModelError(f"the bundle's open-set score {score!r} is unknown to this runtime; upgrade clarivis")
+
+
+@dataclass(frozen=True)
+class _Failed:
+    reason: str  # why an input names no readable file
+
+
+def expand_inputs(images: ImageInput | Iterable[ImageInput]) -> Iterator[tuple[str, Any]]:
+    """(source, path | PIL image | _Failed) for every input, lazily, as api.expand_inputs."""
+    if isinstance(images, (str, Path, Image.Image)):
+        images = [images]
+    for n, item in enumerate(images):
+        if isinstance(item, Image.Image):
+            yield f"<image {n}>", item
+        else:
+            yield from _expand_path(str(item))
+
+
+def _expand_path(item: str) -> Iterator[tuple[str, Any]]:
+    path = Path(item).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_path(p))
+        if not files:
+            yield item, _Failed("folder holds no images")
+        yield from ((str(p), str(p)) for p in files)
+    elif path.exists():
+        yield str(path), str(path)
+    elif glob.has_magic(item):
+        matches = sorted(glob.glob(str(path), recursive=True))
+        if not matches:
+            yield item, _Failed("no files match this pattern")
+        for m in matches:
+            yield from _expand_path(m) if Path(m).is_dir() else [(m, m)]
+    else:
+        yield item, _Failed("file not found")
+
+
+def _bundle_folder(path: str | Path) -> Path:
+    """The bundle folder itself, or the run folder holding it as model/ (as the torch API)."""
+    path = Path(path).expanduser()
+    if (path / CONFIG_NAME).is_file():
+        return path
+    if (path / "model" / CONFIG_NAME).is_file():
+        return path / "model"
+    raise ModelError(f"{path} is not a ModelBundle (no {CONFIG_NAME}); pass the model/ folder of a run")
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text())
+        for key in ("class_names", "input_size", "mean", "std"):
+            config[key]  # noqa: B018 - fail here, not at the first prediction
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ModelError(f"{folder / CONFIG_NAME} is damaged ({err.__class__.__name__}); "
+                         "retrain or restore it") from None
+    return config

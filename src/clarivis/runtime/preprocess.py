@@ -1,0 +1,118 @@
+"""The bundle's preprocessing in numpy + Pillow: the same pixels `Classifier.predict` feeds its
+model, without torch. Decoding is shared with training (clarivis.data.io, which is torch-free);
+the resize re-implements data/transforms.py (torchvision v2) with Pillow's resampling, which is
+what torchvision's antialiased resize was modelled on (tests/runtime measure the difference)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from clarivis.data.io import load_image, to_rgb
+
+# Pillow filters for the bundle's `interpolation`. Pillow always antialiases when shrinking (its
+# filter support grows with the scale), as torchvision's Resize(antialias=True) does.
+_PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+RESIZE_MODES = ("pad", "crop", "squash")
+
+
+@dataclass(frozen=True)
+class RuntimePreprocess:
+    """How an image becomes a model input: read from the bundle's config.json (a plain dict)."""
+
+    img_size: int  # square model input side, px
+    resize_mode: str  # pad | crop | squash
+    mean: tuple[float, float, float]  # per channel, on the 0..1 scale
+    std: tuple[float, float, float]
+    interpolation: str  # bilinear | bicubic | nearest
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> RuntimePreprocess:
+        # The defaults are BundleConfig's own, for configs written before a field existed.
+        pp = cls(
+            img_size=int(config["input_size"][1]),
+            resize_mode=config.get("resize_mode", "pad"),
+            mean=tuple(float(m) for m in config["mean"]),
+            std=tuple(float(s) for s in config["std"]),
+            interpolation=config.get("interpolation", "bilinear"),
+        )
+        if pp.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"unknown resize mode {pp.resize_mode!r}")
+        if pp.interpolation not in (*_PIL_FILTERS, "nearest"):
+            raise ValueError(f"unknown interpolation {pp.interpolation!r}")
+        return pp
+
+    @property
+    def fill(self) -> tuple[int, int, int]:
+        """The letterbox colour: the mean, which normalises to zero (as Letterbox pads)."""
+        return tuple(round(m * 255) for m in self.mean)
+
+
+def decode(source: str | Path | Image.Image, pp: RuntimePreprocess) -> Image.Image:
+    """A file (upright RGB, JPEGs decoded reduced towards the model size exactly as predict does)
+    or an in-memory PIL image (converted to RGB, not rotated: predict leaves those as given).
+    Raises clarivis.errors.ImageDecodeError for unreadable files."""
+    if isinstance(source, Image.Image):
+        return to_rgb(source)
+    return load_image(source, reduce_to=pp.img_size)
+
+
+def resize(image: Image.Image, pp: RuntimePreprocess) -> np.ndarray:
+    """RGB image -> uint8 (S, S, 3), as data/transforms.py's resize_transform places pixels."""
+    w, h = image.size
+    s = pp.img_size
+    if pp.resize_mode == "squash":
+        return _array(_resize(image, s, s, pp))
+    if pp.resize_mode == "crop":
+        # torchvision's Resize(int): the shorter side becomes S, the longer int(S * long / short)
+        # (truncated); then CenterCrop, which rounds its offsets with Python's round.
+        if w <= h:
+            nw, nh = s, int(s * h / w)
+        else:
+            nw, nh = int(s * w / h), s
+        resized = _array(_resize(image, nw, nh, pp))
+        top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
+        return np.ascontiguousarray(resized[top:top + s, left:left + s])
+    # pad: the longer side fits S, the rest is the mean colour (Letterbox).
+    scale = s / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = _array(_resize(image, nw, nh, pp))
+    out = np.empty((s, s, 3), dtype=np.uint8)
+    out[:] = np.asarray(pp.fill, dtype=np.uint8)
+    left, top = (s - nw) // 2, (s - nh) // 2
+    out[top:top + nh, left:left + nw] = resized
+    return out
+
+
+def normalize(batch: np.ndarray, pp: RuntimePreprocess) -> np.ndarray:
+    """uint8 (N, S, S, 3) -> float32 (N, 3, S, S), computed as Normalize does: (x - 255 mean)
+    times 1 / (255 std), each constant rounded to float32 first, so the bits match."""
+    mean = np.asarray(pp.mean, dtype=np.float32) * np.float32(255)
+    inv_std = np.float32(1) / (np.asarray(pp.std, dtype=np.float32) * np.float32(255))
+    x = (batch.astype(np.float32) - mean) * inv_std  # (N, S, S, 3), channels broadcast last
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def _resize(image: Image.Image, width: int, height: int, pp: RuntimePreprocess) -> Image.Image | np.ndarray:
+    if image.size == (width, height):
+        return image  # torchvision returns the input unchanged too
+    if pp.interpolation == "nearest":
+        return _nearest(np.asarray(image), width, height)
+    return image.resize((width, height), _PIL_FILTERS[pp.interpolation])
+
+
+def _nearest(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """torch's "nearest": source index floor(dst * in / out) (Pillow samples pixel centres instead,
+    which picks different pixels), antialias ignored as torchvision ignores it for nearest."""
+    h, w = pixels.shape[:2]
+    rows = np.minimum((np.arange(height) * (h / height)).astype(np.int64), h - 1)
+    cols = np.minimum((np.arange(width) * (w / width)).astype(np.int64), w - 1)
+    return pixels[rows[:, None], cols[None, :]]
+
+
+def _array(image: Image.Image | np.ndarray) -> np.ndarray:
+    return image if isinstance(image, np.ndarray) else np.asarray(image, dtype=np.uint8)
