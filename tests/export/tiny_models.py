@@ -34,8 +34,9 @@ def trained_bundle(base: Path, arch: str) -> Path:
     """A bundle of `arch` at 32 px trained for 4 epochs on 4 x 30 images (a few seconds), in a
     run folder with its split.json; made once per test session."""
     if arch not in _CACHE:
-        import clarivis
         from rich.console import Console
+
+        import clarivis
 
         data = colour_images(base / "data", per_class=30, seed=0)
         with redirect_stderr(io.StringIO()):
