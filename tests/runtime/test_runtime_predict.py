@@ -146,3 +146,12 @@ def test_runtime_never_imports_torch(cnn_export, awkward_images):
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["heavy"] == [] and all(out["labels"])
+
+
+def test_onnx_from_other_weights_is_refused(cnn_export, tmp_path):
+    bundle, _ = cnn_export
+    copy = tmp_path / "model"
+    shutil.copytree(bundle, copy)
+    (copy / "model.safetensors").write_bytes(b"retrained" + (copy / "model.safetensors").read_bytes())
+    with pytest.raises(ModelError, match="exported from other weights; run `clarivis export"):
+        Predictor(copy)

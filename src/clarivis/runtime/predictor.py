@@ -4,6 +4,7 @@ Torch is never imported here (a test checks sys.modules in a fresh interpreter).
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -66,6 +67,7 @@ class Predictor:
             flag = " --int8" if int8 else ""
             raise ModelError(f"{self.bundle_dir} has no {self.model_path.name}; "
                              f"run `clarivis export {self.bundle_dir}{flag}` first")
+        _check_fresh(self.bundle_dir, self.config)
         # CPU by default: this runtime is for torch-free deployments, where the CPU provider is
         # the one every onnxruntime wheel has; pass e.g. ["CUDAExecutionProvider"] for a GPU.
         try:
@@ -108,10 +110,7 @@ class Predictor:
     def _predict_entries(self, entries: Iterable[tuple[str, Any]], top_k: int,
                          batch_size: int) -> Iterator[RuntimePrediction]:
         """(source, path | PIL image | error message) -> rows, in input order."""
-        if top_k < 1:
-            raise ClarivisError(f"--top-k must be at least 1 (got {top_k})")
-        if batch_size < 1:
-            raise ClarivisError(f"--batch-size must be at least 1 (got {batch_size})")
+        _check_counts(top_k, batch_size)
         k = min(top_k, len(self.class_names))
         pending: list[tuple[str, np.ndarray]] = []
         for source, item in entries:
@@ -150,8 +149,32 @@ def predict_files(model: str | Path, images: ImageInput | Iterable[ImageInput], 
                   providers: list[str] | None = None) -> Iterator[RuntimePrediction]:
     """`clarivis predict --backend onnx`: files, folders or globs -> rows with Prediction's fields
     (the CLI printers take them as they are); missing files and empty folders are error rows."""
+    _check_counts(top_k, batch_size)  # now, not at the first row: the CLI prints errors before rows
     predictor = Predictor(model, int8=int8, providers=providers, reject=reject)
-    yield from predictor._predict_entries(expand_inputs(images), top_k, batch_size)
+    return predictor._predict_entries(expand_inputs(images), top_k, batch_size)
+
+
+def _check_counts(top_k: int, batch_size: int) -> None:
+    if top_k < 1:
+        raise ClarivisError(f"--top-k must be at least 1 (got {top_k})")
+    if batch_size < 1:
+        raise ClarivisError(f"--batch-size must be at least 1 (got {batch_size})")
+
+
+def _check_fresh(folder: Path, config: dict[str, Any]) -> None:
+    """Refuse ONNX files exported from other weights than the bundle's (retrained since). Skipped
+    when the weights are absent (an ONNX-only deployment) or the export left no record."""
+    recorded = (config.get("export") or {}).get("weights_sha256")
+    weights = folder / "model.safetensors"
+    if not recorded or not weights.is_file():
+        return
+    digest = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest()[:len(recorded)] != recorded:
+        raise ModelError(f"the ONNX files in {folder} were exported from other weights; "
+                         f"run `clarivis export {folder}` again")
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
