@@ -120,6 +120,8 @@ def predict(
     resume: Annotated[bool, Opt("--resume", help="with --out: skip images already in it")] = False,
     reject: Annotated[bool, Opt("--reject/--no-reject",
                                 help="answer 'unknown' for images unlike any class [on]")] = True,
+    backend: Annotated[str, Opt(help="torch | onnx (needs clarivis export)")] = "torch",
+    int8: Annotated[bool, Opt("--int8", help="with --backend onnx: use model.int8.onnx")] = False,
 ) -> None:
     """Top-k labels with calibrated probabilities; unreadable files become error rows; images
     unlike the training classes are answered 'unknown' (open-set threshold fitted on val)."""
@@ -127,14 +129,23 @@ def predict(
 
     if fmt not in ("table", "json", "csv"):
         raise ClarivisError(f"--format {fmt} is not supported; use table, json or csv")
+    if backend not in ("torch", "onnx"):
+        raise ClarivisError(f"unknown backend '{backend}'; choose torch or onnx")
+    if backend == "onnx" and out_file is not None:
+        raise ClarivisError("--out streams with --backend torch only; drop --out or --backend onnx")
     if out_file is not None:
         _predict_to_file(model, images, out_file, resume=resume, fmt=fmt, top_k=top_k,
                          batch_size=batch_size, device=device, reject=reject)
         return
     if resume:
         raise ClarivisError("--resume continues an --out file; add --out FILE")
-    clf = Classifier.load(model, device=device, reject=reject)
-    rows = clf.iter_predict(images, top_k=top_k, batch_size=batch_size)
+    if backend == "onnx":
+        from clarivis.runtime import predict_files
+
+        rows = predict_files(model, images, top_k=top_k, batch_size=batch_size, int8=int8, reject=reject)
+    else:
+        clf = Classifier.load(model, device=device, reject=reject)
+        rows = clf.iter_predict(images, top_k=top_k, batch_size=batch_size)
     failed = {"table": _print_table, "json": _print_json, "csv": _print_csv}[fmt](rows)
     if failed:
         err.print(f"[yellow]{failed} input(s) could not be read (see the error column)")
@@ -270,6 +281,29 @@ def report(
 
     path = write_report(run, out=out_file, gallery=gallery, device=device)
     out.print(f"wrote {path}", soft_wrap=True, highlight=False)
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="ModelBundle folder (runs/NAME/model)")],
+    int8: Annotated[bool, Opt("--int8", help="also write model.int8.onnx (static int8, calibrated)")] = False,
+    calibration_data: Annotated[Optional[str], Opt(help="images calibrating --int8 "
+                                                     "[the run's val split]")] = None,
+    check_data: Annotated[Optional[str], Opt(help="held-out images for the PyTorch agreement check "
+                                               "[the run's test split, else val]")] = None,
+    device: Annotated[Optional[str], Opt(help="device of the PyTorch reference")] = None,
+) -> None:
+    """model.onnx (and model.int8.onnx) in the bundle, checked against PyTorch on held-out images
+    and timed on the CPU; results recorded in config.json."""
+    from clarivis.export import export_bundle
+
+    with err.status("exporting, checking and timing"):
+        result = export_bundle(model, int8=int8, calibration_data=calibration_data,
+                               check_data=check_data, device=device)
+    for line in result.lines():
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+    if not result.passed:
+        raise typer.Exit(1)
 
 
 @app.command()
