@@ -67,3 +67,25 @@ def lighting_run(tmp_path_factory):
     result = clarivis.train(train, out=root / "run", model=CNN, epochs=15, lr=0.01, workers=0,
                             img_size=32, device="cpu")
     return result, test / "manifest.csv"
+
+
+@pytest.fixture(scope="session")
+def cnn_export(export_base):
+    """A tiny CNN bundle exported to fp32 and int8 ONNX (tests/export and tests/runtime)."""
+    from tests.export.tiny_models import exported
+
+    return exported(export_base, CNN, int8=True)
+
+
+@pytest.fixture(scope="session")
+def vit_export(export_base):
+    """A tiny ViT bundle exported to fp32 ONNX."""
+    from tests.export.tiny_models import exported
+
+    return exported(export_base, VIT, int8=False)
+
+
+@pytest.fixture(scope="session")
+def export_base(tmp_path_factory):
+    """Where the exported tiny models (and their held-out images) live for the session."""
+    return tmp_path_factory.getbasetemp() / "export-models"

@@ -9,7 +9,6 @@ import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,31 +27,15 @@ from clarivis.errors import ClarivisError, DataError, ImageDecodeError
 from clarivis.evaluate.calibration import calibrate_bundle, calibration_report
 from clarivis.evaluate.inputs import load_labeled_pixels, model_logits
 from clarivis.evaluate.metrics import EvaluationResult, compute_metrics
-from clarivis.evaluate.ood import UNKNOWN_LABEL, ood_score
+from clarivis.evaluate.ood import ood_score
 from clarivis.models.bundle import BundleConfig, load_bundle
+from clarivis.prediction import UNKNOWN_LABEL, Prediction
 from clarivis.report.html import VAL_CALIBRATION_NAME, write_report
 from clarivis.report.plots import save_confusion_matrix
 from clarivis.train.defaults import resolve_device
 from clarivis.train.loop import TrainResult, run_training
 
 ImageInput = str | Path | Image.Image
-
-
-@dataclass
-class Prediction:
-    """Top-k labels for one image; `error` is set (and the rest empty) when it was unreadable."""
-
-    source: str  # file path, or "<image N>" for in-memory images
-    label: str | None = None  # "unknown" when the open-set check rejects the image
-    confidence: float | None = None  # calibrated probability of the top class
-    top_k: list[tuple[str, float]] = field(default_factory=list)
-    error: str | None = None
-    ood_score: float | None = None  # in-distribution score (higher: more like the training data)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["top_k"] = [{"label": lbl, "probability": p} for lbl, p in self.top_k]
-        return d
 
 
 def train(

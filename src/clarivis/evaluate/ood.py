@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from sklearn.metrics import roc_auc_score
 
-UNKNOWN_LABEL = "unknown"
+from clarivis.prediction import UNKNOWN_LABEL  # noqa: F401  (re-exported: the answer on rejection)
 
 # Scores from the logits alone: no extra state in the bundle and no cost at predict time.
 # All are "higher = more in-distribution". Which one is the default was chosen by measurement

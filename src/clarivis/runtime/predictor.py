@@ -7,7 +7,7 @@ import glob
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +16,12 @@ from PIL import Image
 
 from clarivis.data.io import is_image_path
 from clarivis.errors import ClarivisError, ImageDecodeError, ModelError
+from clarivis.prediction import UNKNOWN_LABEL, Prediction
 from clarivis.runtime.preprocess import RuntimePreprocess, decode, normalize, resize
 
 CONFIG_NAME = "config.json"
 FP32_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
-UNKNOWN_LABEL = "unknown"  # as clarivis.evaluate.ood.UNKNOWN_LABEL (that module imports torch)
 # 32 images of 224 px are 19 MB of float32: large enough that onnxruntime's per-call overhead
 # vanishes, small enough for any machine.
 DEFAULT_BATCH_SIZE = 32
@@ -29,21 +29,7 @@ DEFAULT_BATCH_SIZE = 32
 ImageInput = str | Path | Image.Image
 
 
-@dataclass
-class RuntimePrediction:
-    """Top-k labels for one image, with the fields of clarivis.api.Prediction (same meaning)."""
-
-    source: str  # file path, or "<image N>" for in-memory images
-    label: str | None = None  # "unknown" when the open-set check rejects the image
-    confidence: float | None = None  # calibrated probability of the top class
-    top_k: list[tuple[str, float]] = field(default_factory=list)
-    error: str | None = None
-    ood_score: float | None = None  # in-distribution score (higher: more like the training data)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["top_k"] = [{"label": lbl, "probability": p} for lbl, p in self.top_k]
-        return d
+RuntimePrediction = Prediction  # the same row as clarivis.api's predict gives
 
 
 class Predictor:

@@ -22,9 +22,8 @@ from sqlalchemy.exc import ArgumentError
 
 from clarivis.errors import ClarivisError, ModelError
 from clarivis.fileio import atomic_write
+from clarivis.prediction import UNKNOWN_LABEL
 from clarivis.serve.predlog import PredictionLog, as_utc, default_db_url, predictions, safe_url, to_naive_utc
-
-UNKNOWN_LABEL = "unknown"  # what the service answers below the open-set threshold (evaluate.ood)
 
 # Population Stability Index thresholds, the rule of thumb from credit scoring (Siddiqi, "Credit
 # Risk Scorecards", 2006; Yurdakul, "Statistical properties of the PSI", 2018): below 0.1 the

@@ -1,0 +1,26 @@
+"""What a prediction is, for every backend: torch (clarivis.api), onnxruntime (clarivis.runtime)
+and the service. Torch-free, so the runtime can share it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+UNKNOWN_LABEL = "unknown"  # the answer when the open-set check rejects an image
+
+
+@dataclass
+class Prediction:
+    """Top-k labels for one image; `error` is set (and the rest empty) when it was unreadable."""
+
+    source: str  # file path, or "<image N>" for in-memory images
+    label: str | None = None  # UNKNOWN_LABEL when the open-set check rejects the image
+    confidence: float | None = None  # calibrated probability of the top class
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+    ood_score: float | None = None  # in-distribution score (higher: more like the training data)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["top_k"] = [{"label": lbl, "probability": p} for lbl, p in self.top_k]
+        return d
