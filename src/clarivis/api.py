@@ -3,7 +3,6 @@ The CLI is a thin layer over these."""
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 from collections import deque
@@ -13,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from rich.console import Console
 
 from clarivis.config import build_config
 from clarivis.data.batch_augment import Normalize
 from clarivis.data.dataset import ImageDataset, model_pixels, pil_to_uint8
-from clarivis.data.io import is_image_path, to_rgb
+from clarivis.data.expand import ImageInput, expand_inputs
+from clarivis.data.io import to_rgb
 from clarivis.data.scan import scan_images
 from clarivis.data.sources import Sample, evaluation_samples, index_dataset
 from clarivis.data.transforms import eval_transform, resize_transform
@@ -34,8 +33,6 @@ from clarivis.report.html import VAL_CALIBRATION_NAME, write_report
 from clarivis.report.plots import save_confusion_matrix
 from clarivis.train.defaults import resolve_device
 from clarivis.train.loop import TrainResult, run_training
-
-ImageInput = str | Path | Image.Image
 
 
 def train(
@@ -227,19 +224,6 @@ def save_evaluation(result: EvaluationResult, json_path: str | Path) -> tuple[Pa
     return json_path, png
 
 
-def expand_inputs(images: ImageInput | Iterable[ImageInput]) -> Iterator[tuple[str, Any]]:
-    """Yield (source, PIL image), (path, None) or (source, error message) for every input,
-    lazily: nothing is decoded here."""
-    if isinstance(images, (str, Path, Image.Image)):
-        images = [images]
-    for n, item in enumerate(images):
-        if isinstance(item, Image.Image):
-            yield f"<image {n}>", item
-            continue
-        for path in _expand_path(str(item)):
-            yield path if isinstance(path, tuple) else (path, None)
-
-
 def _ordered_map(fn, items: Iterator, *, window: int, workers: int | None = None) -> Iterator:
     """fn over items in threads, results in input order, at most `window` items in flight
     (Executor.map would submit the whole iterator at once: unbounded memory)."""
@@ -255,25 +239,3 @@ def _ordered_map(fn, items: Iterator, *, window: int, workers: int | None = None
                 yield in_flight.popleft().result()
         while in_flight:
             yield in_flight.popleft().result()
-
-
-def _expand_path(item: str) -> Iterator[str | tuple[str, str]]:
-    path = Path(item).expanduser()
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_path(p))
-        if not files:
-            yield item, "folder holds no images"
-        yield from (str(p) for p in files)
-    elif path.exists():
-        yield str(path)
-    elif glob.has_magic(item):
-        matches = sorted(glob.glob(str(path), recursive=True))
-        if not matches:
-            yield item, "no files match this pattern"
-        for m in matches:
-            if Path(m).is_dir():
-                yield from _expand_path(m)
-            else:
-                yield m
-    else:
-        yield item, "file not found"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from tests.conftest import write_image
 
-from clarivis.api import Classifier, _expand_path
+from clarivis.api import Classifier
+from clarivis.data.expand import _expand_path
 from clarivis.inference.stream import Source, iter_sources, predict_batch, shard, skip_done, walk_images
 
 

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from clarivis.api import Classifier, ImageInput, expand_inputs
+from clarivis.api import Classifier
+from clarivis.data.expand import ImageInput, expand_inputs
 from clarivis.errors import ClarivisError
 from clarivis.explain.maps import check_method, heatmaps
 from clarivis.explain.overlay import overlay_png

@@ -3,18 +3,16 @@ Torch is never imported here (a test checks sys.modules in a fresh interpreter).
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from clarivis.data.io import is_image_path
+from clarivis.data.expand import ImageInput, expand_inputs
 from clarivis.errors import ClarivisError, ImageDecodeError, ModelError
 from clarivis.prediction import UNKNOWN_LABEL, Prediction
 from clarivis.runtime.preprocess import RuntimePreprocess, decode, normalize, resize
@@ -26,7 +24,6 @@ INT8_NAME = "model.int8.onnx"
 # vanishes, small enough for any machine.
 DEFAULT_BATCH_SIZE = 32
 
-ImageInput = str | Path | Image.Image
 
 
 RuntimePrediction = Prediction  # the same row as clarivis.api's predict gives
@@ -79,7 +76,7 @@ class Predictor:
         taken as files; predict_files also expands folders and globs."""
         if isinstance(images, (str, Path, Image.Image)):
             images = [images]
-        entries = ((f"<image {n}>", im) if isinstance(im, Image.Image) else (str(im), im)
+        entries = ((f"<image {n}>", im) if isinstance(im, Image.Image) else (str(im), None)
                    for n, im in enumerate(images))
         yield from self._predict_entries(entries, top_k, batch_size)
 
@@ -95,15 +92,15 @@ class Predictor:
 
     def _predict_entries(self, entries: Iterable[tuple[str, Any]], top_k: int,
                          batch_size: int) -> Iterator[RuntimePrediction]:
-        """(source, path | PIL image | error message) -> rows, in input order."""
+        """(source, PIL image | error message | None: decode source) -> rows, in input order."""
         _check_counts(top_k, batch_size)
         k = min(top_k, len(self.class_names))
         pending: list[tuple[str, np.ndarray]] = []
         for source, item in entries:
             try:
-                if isinstance(item, _Failed):
-                    raise ImageDecodeError(item.reason)
-                pending.append((source, self.prepare(item)))
+                if isinstance(item, str):  # why the input names no readable file
+                    raise ImageDecodeError(item)
+                pending.append((source, self.prepare(source if item is None else item)))
             except ImageDecodeError as err:
                 yield from self._flush(pending, k)  # earlier rows first: output keeps input order
                 pending = []
@@ -181,41 +178,6 @@ def ood_score(logits: np.ndarray, temperature: float, score: str) -> np.ndarray:
     if score == "msp":
         return softmax(scaled).max(axis=1)
     raise ModelError(f"the bundle's open-set score {score!r} is unknown to this runtime; upgrade clarivis")
-
-
-@dataclass(frozen=True)
-class _Failed:
-    reason: str  # why an input names no readable file
-
-
-def expand_inputs(images: ImageInput | Iterable[ImageInput]) -> Iterator[tuple[str, Any]]:
-    """(source, path | PIL image | _Failed) for every input, lazily, as api.expand_inputs."""
-    if isinstance(images, (str, Path, Image.Image)):
-        images = [images]
-    for n, item in enumerate(images):
-        if isinstance(item, Image.Image):
-            yield f"<image {n}>", item
-        else:
-            yield from _expand_path(str(item))
-
-
-def _expand_path(item: str) -> Iterator[tuple[str, Any]]:
-    path = Path(item).expanduser()
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_path(p))
-        if not files:
-            yield item, _Failed("folder holds no images")
-        yield from ((str(p), str(p)) for p in files)
-    elif path.exists():
-        yield str(path), str(path)
-    elif glob.has_magic(item):
-        matches = sorted(glob.glob(str(path), recursive=True))
-        if not matches:
-            yield item, _Failed("no files match this pattern")
-        for m in matches:
-            yield from _expand_path(m) if Path(m).is_dir() else [(m, m)]
-    else:
-        yield item, _Failed("file not found")
 
 
 def _bundle_folder(path: str | Path) -> Path:
