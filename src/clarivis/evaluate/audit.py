@@ -103,14 +103,14 @@ def audit(
     name = clf.config.architecture if isinstance(model, Classifier) else str(model)
     result = AuditResult(name, str(data), len(test.samples), metrics,
                          calibration, subgroups, open_set, None, None, test.skipped, notes, seconds)
-    known_only = test.subset(torch.nonzero(known).squeeze(1))
+    # Both stages keep the images of known classes themselves (robustness.known_images).
     if robustness:
         stage("corruption robustness")
-        result.robustness = _timed(seconds, "robustness", _robustness, clf, known_only,
+        result.robustness = _timed(seconds, "robustness", _robustness, clf, test,
                                    robustness_images)
     if adversarial:
         stage("adversarial attacks")
-        result.adversarial = _timed(seconds, "adversarial", _adversarial, clf, known_only,
+        result.adversarial = _timed(seconds, "adversarial", _adversarial, clf, test,
                                     adversarial_images)
     seconds["total"] = time.perf_counter() - started
     return result
