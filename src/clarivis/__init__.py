@@ -8,10 +8,21 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Classifier", "EvaluationResult", "Prediction", "TrainResult", "train", "__version__"]
+# Public name -> the module that defines it, imported on first use (the lazy table).
+_LAZY = {
+    "Classifier": "clarivis.api",
+    "EvaluationResult": "clarivis.api",
+    "Prediction": "clarivis.api",
+    "TrainResult": "clarivis.api",
+    "train": "clarivis.api",
+    "embed": "clarivis.embeddings",
+}
+__all__ = ["Classifier", "EvaluationResult", "Prediction", "TrainResult", "embed", "train",
+           "__version__"]  # every _LAZY name (a literal list: linters read it)
 
 if TYPE_CHECKING:
     from clarivis.api import Classifier, EvaluationResult, Prediction, TrainResult, train
+    from clarivis.embeddings import embed
 
 
 class _Package(types.ModuleType):
@@ -25,11 +36,11 @@ class _Package(types.ModuleType):
         super().__setattr__(name, value)
 
     def __getattr__(self, name: str) -> Any:
-        if name not in __all__:
+        if name not in _LAZY:
             raise AttributeError(f"module 'clarivis' has no attribute {name!r}")
-        from clarivis import api
+        import importlib
 
-        value = getattr(api, name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
         super().__setattr__(name, value)
         return value
 

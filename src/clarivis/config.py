@@ -31,6 +31,9 @@ class TrainConfig(BaseModel):
     resize_mode: ResizeMode = "pad"  # pad keeps the whole image: a defect at the edge survives
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
     model_kwargs: dict[str, int | float | bool | str] = Field(default_factory=dict)  # to timm
+    # Freeze the backbone and fit a logistic-regression head on its embeddings (no epochs): the
+    # best use of a few labels a class on pretrained, self-supervised or CLIP features.
+    linear_probe: bool = False
 
     # Data.
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # 10% is enough to rank epochs, costs little

@@ -136,6 +136,10 @@ def _run(config, resume, console, device, world, started) -> TrainResult:
         _write_split(run_dir, data)
         report = _write_data_report(run_dir, config, data, balanced)
         _print_data_summary(console, config, data, report, device, world)
+    if config.linear_probe:
+        from clarivis.train.linear_probe import fit_linear_probe
+
+        return fit_linear_probe(config, data, device, run_dir, console)
     return _fit(config, data, device, run_dir, start_state, balanced, console, world, started)
 
 
