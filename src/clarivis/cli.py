@@ -36,6 +36,8 @@ def train(
     model: Annotated[Optional[str], Opt(help="timm model name [adapts to data/device]")] = None,
     pretrained: Annotated[Optional[bool], Opt("--pretrained", help="timm hub weights")] = None,
     weights: Annotated[Optional[str], Opt(help="local .safetensors/.pt weights")] = None,
+    linear_probe: Annotated[Optional[bool], Opt(
+        "--linear-probe", help="frozen backbone + logistic-regression head (few labels)")] = None,
     model_kwargs: Annotated[Optional[str], Opt(help="timm kwargs, e.g. patch_size=8")] = None,
     img_size: Annotated[Optional[int], Opt(help="input size in px [typical data size]")] = None,
     resize_mode: Annotated[Optional[str], Opt(help="pad | crop | squash [pad]")] = None,
@@ -359,6 +361,31 @@ def monitor(
     for path in (json_path, review_csv):
         if path:
             err.print(f"wrote {path}")
+
+
+@app.command()
+def embed(
+    images: Annotated[list[str], typer.Argument(help="images, folders, globs or a labeled dataset")],
+    model: Annotated[str, Opt(help="ModelBundle folder, or a timm name (with --weights)")],
+    out_file: Annotated[str, Opt("--out", help="embeddings file: .npy (+ .rows.csv) or .parquet")],
+    weights: Annotated[Optional[str], Opt(help="local weights for a timm name")] = None,
+    img_size: Annotated[Optional[int], Opt(help="input size for a timm name [its pretrained size]")] = None,
+    batch_size: Annotated[int, Opt(help="images per forward pass")] = 64,
+    device: Annotated[Optional[str], Opt()] = None,
+) -> None:
+    """Write the embeddings a model's head sees (one row per image) for your own analysis."""
+    from clarivis.embeddings import embed as embed_api
+
+    source = images[0] if len(images) == 1 else images
+    result = embed_api(source, model=model, weights=weights, img_size=img_size,
+                       batch_size=batch_size, device=device, out=out_file)
+    labeled = " with labels" if result.labels else ""
+    out.print(f"{len(result.paths)} embeddings of {result.dim} dims{labeled}: {out_file}")
+    if result.skipped:
+        for s in result.skipped[:5]:
+            err.print(f"[yellow]skipped {s['path']}: {s['reason']}")
+        err.print(f"[yellow]{len(result.skipped)} input(s) could not be read")
+        raise typer.Exit(1)
 
 
 @datasets_app.command("make")
