@@ -62,7 +62,8 @@ def fit_logistic_head(x: np.ndarray, y: np.ndarray, num_classes: int, *, seed: i
             warnings.simplefilter("ignore", FutureWarning)
             cv.fit(z, y)
         reg_c = float(cv.C_[0])
-        cv_accuracy = float(np.mean(cv.scores_[cv.classes_[0]], axis=0).max())
+        scores = next(iter(cv.scores_.values()))  # (folds, Cs); one entry per class, all equal
+        cv_accuracy = float(scores.mean(0).max())
     reg_c = reg_c if reg_c is not None else 1.0  # one image of some class: CV impossible
     model = LogisticRegression(C=reg_c, max_iter=MAX_ITER).fit(z, y)
     weight, bias = _class_rows(model, num_classes)
@@ -104,6 +105,9 @@ def fit_linear_probe(config: TrainConfig, data, device: torch.device, run_dir, c
     from clarivis.train.loop import TrainResult, _preprocess_for
 
     t0 = time.perf_counter()
+    if not (config.weights or config.pretrained):
+        console.print("[yellow]the backbone has random weights (no --weights or --pretrained): a "
+                      "linear probe only pays off on pretrained or self-supervised features")
     class_names = data.class_names
     model = create_model(config.model, num_classes=len(class_names), img_size=config.img_size,
                          pretrained=config.pretrained, weights=config.weights, **config.model_kwargs)
