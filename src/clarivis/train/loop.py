@@ -104,6 +104,8 @@ def run_training(
 
 
 def _run(config, resume, console, device, world, started) -> TrainResult:
+    if config.linear_probe and world.distributed:  # one forward pass and a CPU fit: no sharing
+        raise ClarivisError("--linear-probe runs in one process; drop --nproc")
     start_state = None
     if resume is not None:
         run_dir = Path(resume)
