@@ -42,8 +42,16 @@ def cam_target(model: nn.Module, img_size: int) -> CamTarget:
     """The layer Grad-CAM explains in `model` for square inputs of `img_size` px."""
     per_size = _CHOSEN.setdefault(model, {})
     if img_size not in per_size:
-        per_size[img_size] = _vit_target(model) or _cnn_target(model, img_size)
+        per_size[img_size] = _declared_target(model) or _vit_target(model) or _cnn_target(model, img_size)
     return per_size[img_size]
+
+
+def _declared_target(model: nn.Module) -> CamTarget | None:
+    """A model that is no timm model names its layer itself: cam_layer() -> (name, layer,
+    reshape) or None (the CLIP classifier, models/clip.py)."""
+    declared = getattr(model, "cam_layer", None)
+    found = declared() if callable(declared) else None
+    return CamTarget(*found) if found else None
 
 
 def cam_maps(model: nn.Module, x: torch.Tensor, targets: list[int], *, method: str) -> np.ndarray:

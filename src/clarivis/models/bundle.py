@@ -81,6 +81,11 @@ def save_bundle(folder: str | Path, model: nn.Module, config: BundleConfig) -> P
     """Write weights then config, each atomically, so a reader never sees a half-written file."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    # A model that needs more than its name to be rebuilt says what (a CLIP classifier: its
+    # open_clip config); load_bundle passes config.model_kwargs back to create_model.
+    extra = getattr(model, "bundle_model_kwargs", None)
+    if extra:
+        config.model_kwargs = {**config.model_kwargs, **extra}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
     text = json.dumps(config.model_dump(mode="json"), indent=2)

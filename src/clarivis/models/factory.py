@@ -10,6 +10,8 @@ from torch import nn
 
 from clarivis.errors import ModelError
 
+CLIP_PREFIX = "open_clip:"  # the same as clarivis.zeroshot.load.CLIP_PREFIX (kept import-free)
+
 
 def create_model(
     name: str,
@@ -22,7 +24,14 @@ def create_model(
     **model_kwargs,
 ) -> nn.Module:
     """A timm model with `num_classes` outputs; weights from timm's hub or a local file.
-    `model_kwargs` go to the architecture (e.g. patch_size, drop_path_rate)."""
+    `model_kwargs` go to the architecture (e.g. patch_size, drop_path_rate).
+    "open_clip:<name or config JSON>" is a CLIP image tower + head (models/clip.py)."""
+    if name.startswith(CLIP_PREFIX):
+        from clarivis.models.clip import create_clip_classifier
+
+        return create_clip_classifier(name, num_classes=num_classes, img_size=img_size,
+                                      pretrained=pretrained, weights=weights, drop_rate=drop_rate,
+                                      **model_kwargs)
     check_model_name(name)
     kwargs: dict = {**model_kwargs, "num_classes": num_classes, "drop_rate": drop_rate}
     if img_size and _fixed_input_size(name):
@@ -55,6 +64,11 @@ def zero_head(model: nn.Module) -> None:
 
 
 def check_model_name(name: str) -> None:
+    if name.startswith(CLIP_PREFIX):
+        from clarivis.zeroshot.load import resolve_clip
+
+        resolve_clip(name)  # raises for an unknown name or a missing/invalid config file
+        return
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
         hint = f" (similar: {', '.join(close)})" if close else ""
@@ -68,6 +82,10 @@ def check_weights_file(path: str | Path) -> None:
 
 def pretrained_cfg(name: str) -> dict:
     """timm's default config for an architecture: input size, mean/std, classifier name."""
+    if name.startswith(CLIP_PREFIX):
+        from clarivis.models.clip import clip_pretrained_cfg
+
+        return clip_pretrained_cfg(name)
     cfg = timm.get_pretrained_cfg(name)
     return cfg.to_dict() if cfg is not None else {}
 

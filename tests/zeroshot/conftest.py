@@ -1,0 +1,34 @@
+"""Fixtures: the tiny CLIP checkpoint and a few labeled colour images (class folder names with
+underscores, as users name them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from tests.conftest import write_image
+from tests.zeroshot.tiny_clip import write_tiny_clip
+
+COLOURS = {"red_square": (210, 40, 40), "green_circle": (40, 190, 60), "blue_triangle": (40, 60, 210)}
+
+
+@dataclass
+class TinyClip:
+    config: Path  # open_clip model-config JSON
+    weights: Path  # safetensors checkpoint of the whole CLIP (both towers)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> TinyClip:
+    return TinyClip(*write_tiny_clip(tmp_path_factory.mktemp("clip")))
+
+
+@pytest.fixture(scope="session")
+def colour_data(tmp_path_factory) -> Path:
+    """DIR/<class>/*.png: 3 classes x 10 noisy colour fields of 24-40 px."""
+    root = tmp_path_factory.mktemp("colours") / "data"
+    for name, colour in COLOURS.items():
+        for i in range(10):
+            write_image(root / name / f"{i}.png", colour, size=(24 + i, 40 - i))
+    return root
