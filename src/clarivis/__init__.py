@@ -16,13 +16,15 @@ _LAZY = {
     "TrainResult": "clarivis.api",
     "train": "clarivis.api",
     "embed": "clarivis.embeddings",
+    "zeroshot_classify": "clarivis.zeroshot.classify",
 }
 __all__ = ["Classifier", "EvaluationResult", "Prediction", "TrainResult", "embed", "train",
-           "__version__"]  # every _LAZY name (a literal list: linters read it)
+           "zeroshot_classify", "__version__"]  # every _LAZY name (a literal list: linters read it)
 
 if TYPE_CHECKING:
     from clarivis.api import Classifier, EvaluationResult, Prediction, TrainResult, train
     from clarivis.embeddings import embed
+    from clarivis.zeroshot.classify import zeroshot_classify
 
 
 class _Package(types.ModuleType):

@@ -38,6 +38,8 @@ def train(
     weights: Annotated[Optional[str], Opt(help="local .safetensors/.pt weights")] = None,
     linear_probe: Annotated[Optional[bool], Opt(
         "--linear-probe", help="frozen backbone + logistic-regression head (few labels)")] = None,
+    init_from_text: Annotated[Optional[bool], Opt(
+        "--init-from-text", help="open_clip model: head starts as CLIP zero-shot on class names")] = None,
     model_kwargs: Annotated[Optional[str], Opt(help="timm kwargs, e.g. patch_size=8")] = None,
     img_size: Annotated[Optional[int], Opt(help="input size in px [typical data size]")] = None,
     resize_mode: Annotated[Optional[str], Opt(help="pad | crop | squash [pad]")] = None,
@@ -385,6 +387,47 @@ def embed(
         for s in result.skipped[:5]:
             err.print(f"[yellow]skipped {s['path']}: {s['reason']}")
         err.print(f"[yellow]{len(result.skipped)} input(s) could not be read")
+        raise typer.Exit(1)
+
+
+@app.command()
+def zeroshot(
+    images: Annotated[Optional[list[str]], typer.Argument(help="image files, folders or globs")] = None,
+    labels: Annotated[str, Opt(help="'a cat,a dog,a pizza' or a text file with one label a line")] = "",
+    clip: Annotated[str, Opt(help="open_clip model name or model-config JSON file")] = "ViT-B-32",
+    clip_weights: Annotated[Optional[str], Opt(help="open_clip checkpoint file [hub, online]")] = None,
+    pretrained: Annotated[Optional[str], Opt(help="open_clip hub tag, e.g. laion2b_s34b_b79k "
+                                                   "[the model's first]; with --clip-weights: "
+                                                   "the tag the file holds")] = None,
+    templates: Annotated[Optional[str], Opt(help="text file of prompt templates with {} "
+                                                 "[7 of CLIP's ImageNet prompts]")] = None,
+    top_k: Annotated[int, Opt(help="labels per image")] = 5,
+    fmt: Annotated[str, Opt("--format", help="table | json | csv")] = "table",
+    batch_size: Annotated[int, Opt(help="images per forward pass")] = 64,
+    device: Annotated[Optional[str], Opt()] = None,
+    save_bundle: Annotated[Optional[str], Opt(help="also write the classifier as a ModelBundle "
+                                                   "folder (predict, evaluate, export take it)")] = None,
+) -> None:
+    """Classify images into labels written as words, by CLIP image-text similarity: no training
+    images. Unreadable files become error rows (exit code 1)."""
+    from clarivis.models.bundle import save_bundle as write_bundle
+    from clarivis.zeroshot.classify import zeroshot_classifier
+
+    if fmt not in ("table", "json", "csv"):
+        raise ClarivisError(f"--format {fmt} is not supported; use table, json or csv")
+    if not images and not save_bundle:
+        raise ClarivisError("nothing to do: give images to classify and/or --save-bundle DIR")
+    with err.status("loading CLIP and embedding the labels"):
+        clf = zeroshot_classifier(labels, clip=clip, clip_weights=clip_weights,
+                                  pretrained=pretrained, templates=templates, device=device)
+    if save_bundle:
+        err.print(f"wrote the zero-shot model to {write_bundle(save_bundle, clf.model, clf.config)}")
+    if not images:
+        return
+    rows = clf.iter_predict(images, top_k=top_k, batch_size=batch_size)
+    failed = {"table": _print_table, "json": _print_json, "csv": _print_csv}[fmt](rows)
+    if failed:
+        err.print(f"[yellow]{failed} input(s) could not be read (see the error column)")
         raise typer.Exit(1)
 
 

@@ -34,6 +34,11 @@ class TrainConfig(BaseModel):
     # Freeze the backbone and fit a logistic-regression head on its embeddings (no epochs): the
     # best use of a few labels a class on pretrained, self-supervised or CLIP features.
     linear_probe: bool = False
+    # open_clip models (--model open_clip:ViT-B-32 --weights CLIP_CHECKPOINT): the head starts as
+    # CLIP's zero-shot classifier of the class names (folder names, '_' read as spaces), so
+    # epoch 0 is already zero-shot CLIP and training only improves on it.
+    init_from_text: bool = False
+    text_templates: list[str] | None = None  # prompts with '{}' for the label; None: the default 7
 
     # Data.
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # 10% is enough to rank epochs, costs little
@@ -90,7 +95,21 @@ class TrainConfig(BaseModel):
             raise ValueError(f"model_kwargs may not set {key}; it comes from {taken[key]}")
         if self.freeze_epochs and self.freeze_epochs >= self.epochs:
             raise ValueError("freeze_epochs must be smaller than epochs")
+        self._check_text_init()
         return self
+
+    def _check_text_init(self) -> None:
+        if self.text_templates is not None and any(t.count("{}") != 1 for t in self.text_templates):
+            raise ValueError("each of text_templates needs exactly one '{}' where the label goes")
+        if not self.init_from_text:
+            return
+        if not (self.model or "").startswith("open_clip:"):
+            raise ValueError("--init-from-text needs an open_clip model, e.g. --model open_clip:ViT-B-32")
+        if not (self.weights or self.pretrained):
+            raise ValueError("--init-from-text needs the CLIP weights: --weights CLIP_CHECKPOINT "
+                             "(or --pretrained, online)")
+        if self.linear_probe:
+            raise ValueError("use either --init-from-text or --linear-probe (the probe fits its own head)")
 
 
 # Recipes: named sets of defaults, below the YAML file and the flags.

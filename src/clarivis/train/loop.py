@@ -249,6 +249,10 @@ def _resolve_defaults(config: TrainConfig, data: PreparedData, device, world_siz
             len(data.train) // world_size, values["img_size"], config.recipe)
     if values["lr"] is None:
         values["lr"] = defaults.pick_lr(config.optimizer, values["batch_size"] * world_size, fine_tune)
+        if config.init_from_text:
+            # The head already classifies; a tenth again (AdamW 2e-5 at batch 64, as CLIP
+            # fine-tuning recipes such as WiSE-FT use) adapts the tower without unlearning it.
+            values["lr"] /= 10
     if values["cache"] is None:
         n = len(data.train) + len(data.val)
         values["cache"] = cache.cache_bytes(n, values["img_size"]) <= cache.DEFAULT_CACHE_BUDGET
@@ -317,11 +321,16 @@ def _print_data_summary(console, config, data, report, device, world) -> None:
 def _fit(config, data, device, run_dir, start_state, balanced, console, world, started) -> TrainResult:
     seed_everything(config.seed)  # same initial weights on every rank (DDP also broadcasts them)
     fresh = start_state is None  # on resume the checkpoint supplies every weight
-    model = create_model(
-        config.model, num_classes=len(data.class_names), img_size=config.img_size,
-        pretrained=config.pretrained and fresh, weights=config.weights if fresh else None,
-        drop_rate=config.drop_rate, **config.model_kwargs,
-    )
+    if config.init_from_text and fresh:  # the head starts as CLIP's zero-shot classifier
+        from clarivis.zeroshot.classify import text_initialized_model
+
+        model = text_initialized_model(config, data.class_names)
+    else:
+        model = create_model(
+            config.model, num_classes=len(data.class_names), img_size=config.img_size,
+            pretrained=config.pretrained and fresh, weights=config.weights if fresh else None,
+            drop_rate=config.drop_rate, **config.model_kwargs,
+        )
     if config.sync_bn:
         model = ddp.sync_batchnorm(model, world, device)
     cfg = pretrained_cfg(config.model)
