@@ -17,13 +17,17 @@ _LAZY = {
     "train": "clarivis.api",
     "embed": "clarivis.embeddings",
     "zeroshot_classify": "clarivis.zeroshot.classify",
+    "PretrainResult": "clarivis.ssl.run",
+    "pretrain": "clarivis.ssl.run",
 }
-__all__ = ["Classifier", "EvaluationResult", "Prediction", "TrainResult", "embed", "train",
-           "zeroshot_classify", "__version__"]  # every _LAZY name (a literal list: linters read it)
+# every _LAZY name (a literal list: linters read it)
+__all__ = ["Classifier", "EvaluationResult", "Prediction", "PretrainResult", "TrainResult", "embed",
+           "pretrain", "train", "zeroshot_classify", "__version__"]
 
 if TYPE_CHECKING:
     from clarivis.api import Classifier, EvaluationResult, Prediction, TrainResult, train
     from clarivis.embeddings import embed
+    from clarivis.ssl.run import PretrainResult, pretrain
     from clarivis.zeroshot.classify import zeroshot_classify
 
 

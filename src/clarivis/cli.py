@@ -431,6 +431,40 @@ def zeroshot(
         raise typer.Exit(1)
 
 
+@app.command()
+def pretrain(
+    data: Annotated[str, typer.Argument(help="unlabeled images: a folder (flat or subfolders) or CSV")],
+    model: Annotated[Optional[str], Opt(help="timm model name [as train picks it]")] = None,
+    method: Annotated[Optional[str], Opt(help="simclr | byol | dino [simclr]")] = None,
+    epochs: Annotated[Optional[int], Opt(help="[100]; bound the time with --time-limit")] = None,
+    batch_size: Annotated[Optional[int], Opt(help="[256 for small images; less for tiny data]")] = None,
+    lr: Annotated[Optional[float], Opt(help="peak AdamW learning rate [1e-3 at batch 256]")] = None,
+    img_size: Annotated[Optional[int], Opt(help="input size in px [typical data size]")] = None,
+    time_limit: Annotated[Optional[float], Opt(help="stop after this many minutes")] = None,
+    out_dir: Annotated[Optional[str], Opt("--out", help="run folder [runs/<data>-<method>-<time>]")] = None,
+    resume: Annotated[Optional[str], Opt(help="continue the run in this folder")] = None,
+    config: Annotated[Optional[str], Opt(help="YAML file of settings (flags override it)")] = None,
+    weights: Annotated[Optional[str], Opt(help="start from these local weights")] = None,
+    model_kwargs: Annotated[Optional[str], Opt(help="timm kwargs, e.g. patch_size=4")] = None,
+    device: Annotated[Optional[str], Opt(help="cpu | cuda | mps [best available]")] = None,
+    seed: Annotated[Optional[int], Opt(help="[0]")] = None,
+    workers: Annotated[Optional[int], Opt(help="DataLoader workers [by cores]")] = None,
+) -> None:
+    """Self-supervised pretraining (no labels) of a backbone for `train --weights`."""
+    from clarivis.config import parse_kwargs
+    from clarivis.ssl.run import pretrain as pretrain_api
+
+    given = {"model": model, "method": method, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+             "img_size": img_size, "time_limit": time_limit, "weights": weights, "device": device,
+             "seed": seed, "workers": workers, "model_kwargs": parse_kwargs(model_kwargs) or None}
+    settings = {k: v for k, v in given.items() if v is not None}  # flags not given: defaults
+    result = pretrain_api(data, out=out_dir, resume=resume, config=config, console=err, **settings)
+    why = " (time limit)" if result.stopped_early else ""
+    err.print(f"[bold green]done[/]: {result.epochs_run} epochs{why}")
+    out.print(f"backbone: {result.backbone_path}\nrun:      {result.run_dir}\n"
+              f"next:     {result.next_command}", highlight=False, soft_wrap=True)
+
+
 @datasets_app.command("make")
 def datasets_make(
     name: Annotated[str, typer.Argument(help="shapes | digits")],
