@@ -192,7 +192,7 @@ def _fit(config, data, device, run_dir, start_state, console, started) -> Pretra
     total = config.epochs * steps
     warmup = min(int(config.warmup_epochs * steps), total // 2)
     scheduler = CosineLRScheduler(
-        optimizer, t_initial=total - warmup, lr_min=config.lr * MIN_LR_RATIO, warmup_t=warmup,
+        optimizer, t_initial=max(2, total - warmup), lr_min=config.lr * MIN_LR_RATIO, warmup_t=warmup,
         warmup_lr_init=config.lr * 0.01, warmup_prefix=True, t_in_epochs=False,
     )
     state = {"epoch": 0, "global_step": 0, "history": [], "train_seconds": 0.0}
