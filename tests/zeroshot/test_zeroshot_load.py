@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from clarivis.errors import ModelError
+from clarivis.zeroshot import hub
 from clarivis.zeroshot.load import (
     build_clip,
     clip_preprocess,
@@ -82,16 +83,57 @@ def test_weights_of_another_architecture_are_refused(tmp_path, tiny_clip):
         load_clip(resolve_clip(str(tmp_path / "other.json")), weights=tmp_path / "missing.pt")
 
 
-def test_hub_offline_says_to_pass_a_weights_file(monkeypatch):
-    def offline(*_args, **_kwargs):
-        raise OSError("We couldn't connect to 'https://huggingface.co' to load this file.\nmore")
+@pytest.fixture
+def no_network(monkeypatch):
+    """No proxy, nothing cached, every connection refused; a download attempt fails the test."""
+    import huggingface_hub
 
-    monkeypatch.setattr(open_clip, "download_pretrained", offline)
-    with pytest.raises(ModelError, match="--clip-weights FILE") as info:
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+
+    def refuse(*_args, **_kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(hub.socket, "create_connection", refuse)
+    monkeypatch.setattr(open_clip, "download_pretrained", lambda *a, **k: pytest.fail("downloaded"))
+
+
+def test_hub_offline_is_one_line_at_once(no_network):
+    with pytest.raises(ModelError, match="cannot be reached.*--clip-weights FILE") as info:
         load_clip(resolve_clip("ViT-B-32", pretrained="openai"), pretrained="openai")
     assert "\n" not in str(info.value)
     with pytest.raises(ModelError, match="no weights 'nonesuch'"):
         resolve_clip("ViT-B-32", pretrained="nonesuch")
+
+
+def test_failed_download_is_one_line(monkeypatch):
+    def fail(*_args, **_kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load this file.\nmore")
+
+    monkeypatch.setattr(hub, "_cached", lambda cfg: None)
+    monkeypatch.setattr(hub, "_hub_unreachable", lambda: False)
+    monkeypatch.setattr(open_clip, "download_pretrained", fail)
+    cfg = open_clip.get_pretrained_cfg("ViT-B-32", "laion2b_s34b_b79k")
+    with pytest.raises(ModelError, match="could not download.*--clip-weights FILE") as info:
+        hub.hub_weights("ViT-B-32", "laion2b_s34b_b79k", cfg)
+    assert "\n" not in str(info.value)
+
+
+def test_cached_hub_weights_need_no_network(no_network, monkeypatch, tiny_clip):
+    import huggingface_hub
+
+    asked = []
+
+    def cache(repo, filename, **_kwargs):
+        asked.append((repo, filename))
+        return str(tiny_clip.weights) if filename.endswith(".bin") else None
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", cache)
+    cfg = open_clip.get_pretrained_cfg("ViT-B-32", "laion2b_s34b_b79k")
+    assert hub.hub_weights("ViT-B-32", "laion2b_s34b_b79k", cfg) == tiny_clip.weights
+    repo = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"  # safetensors first, as open_clip prefers
+    assert asked == [(repo, "open_clip_model.safetensors"), (repo, "open_clip_pytorch_model.bin")]
 
 
 def test_registered_name_with_a_local_weights_file(tmp_path, tiny_clip):

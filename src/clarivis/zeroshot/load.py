@@ -213,16 +213,9 @@ def _tag_config(name: str, tag: str | None, registered: bool) -> dict:
 
 
 def _download(spec: ClipSpec, tag: str) -> Path:
-    cfg = _tag_config(spec.name, tag, spec.registered)
-    try:
-        path = open_clip.download_pretrained(cfg)
-    except Exception as err:  # noqa: BLE001 - network, hub and cache errors of every kind
-        raise ModelError(f"could not download open_clip weights '{spec.name}' ({tag}): "
-                         f"{_first_line(err)[:160]}; offline, download the checkpoint once and "
-                         "pass it with --clip-weights FILE") from None
-    if not path:
-        raise ModelError(f"open_clip lists no download for '{spec.name}' ({tag}); pass --clip-weights FILE")
-    return Path(path)
+    from clarivis.zeroshot.hub import hub_weights
+
+    return hub_weights(spec.name, tag, _tag_config(spec.name, tag, spec.registered))
 
 
 def _unknown_model_message(name: str) -> str:
