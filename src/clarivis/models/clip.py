@@ -65,8 +65,9 @@ class CLIPClassifier(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """A fresh head of `num_classes` rows (0: none, forward returns the unit embeddings)."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh head of `num_classes` rows (0: none, forward returns the unit embeddings).
+        `global_pool` is timm's signature; the CLIP tower pools as it was trained to."""
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
