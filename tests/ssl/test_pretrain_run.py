@@ -15,6 +15,8 @@ from tests.conftest import CNN, VIT, write_image
 import clarivis
 from clarivis.errors import ConfigError, DataError, ResumeError
 from clarivis.ssl import run as ssl_run
+from clarivis.ssl.backbone import create_backbone
+from clarivis.ssl.config import PretrainConfig
 from clarivis.ssl.data import index_unlabeled
 from clarivis.train import loop
 
@@ -107,6 +109,10 @@ def test_resume_continues_from_the_checkpoint(flat_folder, tmp_path, monkeypatch
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
     with pytest.raises(ResumeError, match="already finished"):
         clarivis.pretrain(flat_folder, resume=tmp_path / "part")
+    # A new run may start from these weights (--weights): the backbone starts as saved.
+    config = PretrainConfig(data=str(flat_folder), model=CNN, img_size=32, weights=str(full.backbone_path))
+    start = create_backbone(config).state_dict()
+    assert all(torch.equal(start[k], v) for k, v in a.items())
 
 
 def test_time_limit_stops_and_still_writes_the_backbone(flat_folder, tmp_path, monkeypatch):
