@@ -188,13 +188,7 @@ def _fit(config, data, device, run_dir, start_state, console, started) -> Pretra
     # timm's factory leaves biases, norms and the ViT tokens undecayed (Method.no_weight_decay).
     optimizer = create_optimizer_v2(method, opt="adamw", lr=config.lr,
                                     weight_decay=config.weight_decay)
-    steps = batches.steps_per_epoch()
-    total = config.epochs * steps
-    warmup = min(int(config.warmup_epochs * steps), total // 2)
-    scheduler = CosineLRScheduler(
-        optimizer, t_initial=max(2, total - warmup), lr_min=config.lr * MIN_LR_RATIO, warmup_t=warmup,
-        warmup_lr_init=config.lr * 0.01, warmup_prefix=True, t_in_epochs=False,
-    )
+    scheduler, total, warmup = _schedule(optimizer, config, batches.steps_per_epoch())
     state = {"epoch": 0, "global_step": 0, "history": [], "train_seconds": 0.0}
     logger = RunLogger(run_dir)
     if start_state is not None:
@@ -230,6 +224,18 @@ def _fit(config, data, device, run_dir, start_state, console, started) -> Pretra
     return PretrainResult(run_dir=run_dir, backbone_path=path, config=config,
                           epochs_run=state["epoch"], stopped_early=stopped_early,
                           images_per_second=ips, history=state["history"], skipped=data.skipped)
+
+
+def _schedule(optimizer, config: PretrainConfig, steps_per_epoch: int):
+    """Linear warm-up, then cosine to MIN_LR_RATIO of the peak at the last step: (scheduler,
+    total steps, warm-up steps). With a time limit the clock moves it (TimeBudget.position)."""
+    total = config.epochs * steps_per_epoch
+    warmup = min(int(config.warmup_epochs * steps_per_epoch), total // 2)
+    scheduler = CosineLRScheduler(
+        optimizer, t_initial=max(2, total - warmup), lr_min=config.lr * MIN_LR_RATIO,
+        warmup_t=warmup, warmup_lr_init=config.lr * 0.01, warmup_prefix=True, t_in_epochs=False,
+    )
+    return scheduler, total, warmup
 
 
 def _batches(config: PretrainConfig, data: UnlabeledData, device) -> ViewBatches:
