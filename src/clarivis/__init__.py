@@ -16,15 +16,18 @@ _LAZY = {
     "TrainResult": "clarivis.api",
     "train": "clarivis.api",
     "embed": "clarivis.embeddings",
+    "SuggestResult": "clarivis.active.suggest",
+    "suggest": "clarivis.active.suggest",
     "zeroshot_classify": "clarivis.zeroshot.classify",
     "PretrainResult": "clarivis.ssl.run",
     "pretrain": "clarivis.ssl.run",
 }
 # every _LAZY name (a literal list: linters read it)
-__all__ = ["Classifier", "EvaluationResult", "Prediction", "PretrainResult", "TrainResult", "embed",
-           "pretrain", "train", "zeroshot_classify", "__version__"]
+__all__ = ["Classifier", "EvaluationResult", "Prediction", "PretrainResult", "SuggestResult", "TrainResult",
+           "embed", "pretrain", "suggest", "train", "zeroshot_classify", "__version__"]
 
 if TYPE_CHECKING:
+    from clarivis.active.suggest import SuggestResult, suggest
     from clarivis.api import Classifier, EvaluationResult, Prediction, TrainResult, train
     from clarivis.embeddings import embed
     from clarivis.ssl.run import PretrainResult, pretrain

@@ -465,6 +465,49 @@ def pretrain(
               f"next:     {result.next_command}", highlight=False, soft_wrap=True)
 
 
+@app.command()
+def suggest(
+    unlabeled: Annotated[list[str], typer.Argument(help="unlabeled images: files, folders or globs")],
+    model: Annotated[str, Opt(help="ModelBundle folder (RUN/model) or its run folder")],
+    budget: Annotated[int, Opt(help="images to put in the labeling queue")] = 100,
+    strategy: Annotated[str, Opt(help="hybrid | margin | entropy | kcenter | random [hybrid: the "
+                                      "most uncertain, spread out by k-center]")] = "hybrid",
+    labeled: Annotated[Optional[str], Opt(help="folder or CSV of images already labeled: kept out "
+                                               "of the queue, which spreads away from them")] = None,
+    out_dir: Annotated[Optional[str], Opt("--out", help="folder for queue.csv and queue.html "
+                                                        "[runs/<name>-queue-<time>]")] = None,
+    top: Annotated[int, Opt(min=0, help="queue rows shown in the table")] = 10,
+    batch_size: Annotated[int, Opt(help="images per forward pass")] = 64,
+    device: Annotated[Optional[str], Opt()] = None,
+) -> None:
+    """Which unlabeled images to label next: writes a ranked labeling queue (queue.csv with an
+    empty label column to fill in, queue.html with thumbnails). Exit code 1 when some inputs
+    could not be read (they are listed in skipped.txt; the queue is still written)."""
+    from clarivis.active.suggest import suggest as suggest_api
+
+    source = unlabeled[0] if len(unlabeled) == 1 else unlabeled
+    result = suggest_api(source, model=model, budget=budget, strategy=strategy, labeled=labeled,
+                         out=out_dir, batch_size=batch_size, device=device, console=err)
+    table = Table("rank", "predicted", "conf.", "runner-up", "margin", "entropy",
+                  title=f"labeling queue: {len(result.rows)} of {result.pool} images ({strategy})")
+    table.add_column("image", overflow="fold")
+    for r in result.rows[:top]:
+        table.add_row(str(r.rank), r.predicted, f"{r.confidence:.3f}", r.runner_up, f"{r.margin:.3f}",
+                      f"{r.entropy:.3f}", r.path)
+    if top:
+        out.print(table)
+    for note in result.notes:
+        err.print(f"note: {note}", highlight=False)
+    out.print(f"queue: {result.csv_path} (fill in the label column)\npage:  {result.html_path}",
+              highlight=False, soft_wrap=True)
+    if result.skipped:
+        for s in result.skipped[:5]:
+            err.print(f"[yellow]skipped {s['path']}: {s['reason']}", highlight=False)
+        err.print(f"[yellow]{len(result.skipped)} input(s) could not be read (listed in "
+                  f"{result.out_dir / 'skipped.txt'})")
+        raise typer.Exit(1)
+
+
 @datasets_app.command("make")
 def datasets_make(
     name: Annotated[str, typer.Argument(help="shapes | digits")],

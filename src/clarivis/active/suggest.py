@@ -1,0 +1,175 @@
+"""`clarivis suggest`: rank unlabeled images by how much labeling them should help the model
+(uncertainty and diversity, select.py) and write the labeling queue (queue.py)."""
+
+from __future__ import annotations
+
+import glob
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from clarivis.active.features import PoolFeatures, pool_features
+from clarivis.active.labeled import LabeledSet, read_labeled
+from clarivis.active.queue import CSV_NAME, HTML_NAME, QueueRow, write_csv, write_html
+from clarivis.active.scores import entropy, margin
+from clarivis.active.select import (
+    DEFAULT_STRATEGY,
+    NEEDS_EMBEDDINGS,
+    POOL_FACTOR,
+    STRATEGIES,
+    Selection,
+    select,
+)
+from clarivis.data.expand import ImageInput
+from clarivis.data.scan import write_skipped
+from clarivis.errors import ClarivisError, DataError
+
+SKIPPED_NAME = "skipped.txt"
+
+
+@dataclass
+class SuggestResult:
+    rows: list[QueueRow]  # the queue, rank 1 first
+    strategy: str
+    budget: int  # as asked; len(rows) is smaller when the pool is
+    pool: int  # readable, unlabeled images scored
+    out_dir: Path | None = None  # holds queue.csv, queue.html (and skipped.txt)
+    skipped: list[dict] = field(default_factory=list)  # {path, reason} of unreadable inputs
+    excluded: list[str] = field(default_factory=list)  # inputs already labeled
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def csv_path(self) -> Path | None:
+        return self.out_dir / CSV_NAME if self.out_dir else None
+
+    @property
+    def html_path(self) -> Path | None:
+        return self.out_dir / HTML_NAME if self.out_dir else None
+
+
+def suggest(unlabeled: ImageInput | Iterable[ImageInput], *, model: str | Path, budget: int = 100,
+            strategy: str = DEFAULT_STRATEGY, labeled: str | Path | None = None,
+            out: str | Path | None = None, batch_size: int = 64, device: str | None = None,
+            console: Console | None = None, pool_factor: int = POOL_FACTOR,
+            seed: int = 0) -> SuggestResult:
+    """Rank unlabeled files, folders or globs for labeling with a ModelBundle (or its run
+    folder) and write OUT/queue.csv and OUT/queue.html (OUT: runs/<name>-queue-<time> when
+    None). `labeled`: a folder or CSV of images already labeled, left out of the queue and
+    used to spread it away from them."""
+    from clarivis.api import Classifier
+    from clarivis.models.bundle import resolve_bundle_path
+
+    _check_arguments(budget, strategy, batch_size, pool_factor)
+    console = console or Console(stderr=True, quiet=True)
+    started = time.perf_counter()
+    clf = Classifier.load(resolve_bundle_path(model), device=device, reject=False)
+    known = read_labeled(labeled) if labeled is not None else None
+    pool = _score_pool(clf, unlabeled, known, strategy, batch_size, console)
+    seeds = _labeled_embeddings(clf, known, strategy, batch_size, console)
+    choice = select(budget, strategy=strategy, probs=pool.probs, embeddings=pool.embeddings,
+                    labeled=seeds, pool_factor=pool_factor, seed=seed)
+    result = SuggestResult(queue_rows(pool, choice, clf.class_names), strategy, budget,
+                           len(pool.paths), skipped=pool.skipped, excluded=pool.excluded,
+                           notes=_notes(budget, pool, choice, known, seeds))
+    result.seconds = round(time.perf_counter() - started, 2)
+    out_dir = Path(out) if out is not None else _default_out(unlabeled)
+    write_queue(result, out_dir, model=str(model))
+    return result
+
+
+def _check_arguments(budget: int, strategy: str, batch_size: int, pool_factor: int) -> None:
+    if budget < 1:
+        raise ClarivisError(f"--budget must be at least 1 image (got {budget})")
+    if strategy not in STRATEGIES:
+        raise ClarivisError(f"unknown --strategy {strategy}; choose one of {', '.join(STRATEGIES)}")
+    if batch_size < 1:
+        raise ClarivisError(f"--batch-size must be at least 1 (got {batch_size})")
+    if pool_factor < 1:
+        raise ClarivisError(f"pool_factor must be at least 1 (got {pool_factor})")
+
+
+def _score_pool(clf, unlabeled, known: LabeledSet | None, strategy: str, batch_size: int,
+                console: Console) -> PoolFeatures:
+    with console.status("scoring the unlabeled images...") as status:
+        pool = pool_features(clf, unlabeled, batch_size=batch_size, labeled=known,
+                             embeddings=strategy in NEEDS_EMBEDDINGS,
+                             on_batch=lambda n: status.update(f"scored {n} unlabeled images..."))
+    if not pool.paths:
+        if pool.excluded:
+            raise DataError(f"all {len(pool.excluded)} images given are already labeled "
+                            f"(in --labeled); nothing left to suggest")
+        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in pool.skipped[:3])
+        raise DataError(f"no readable images to rank ({reasons}); check the path")
+    console.print(f"scored {len(pool.paths)} unlabeled images"
+                  + (f", left out {len(pool.excluded)} already labeled" if pool.excluded else ""))
+    return pool
+
+
+def _labeled_embeddings(clf, known: LabeledSet | None, strategy: str, batch_size: int,
+                        console: Console) -> torch.Tensor | None:
+    """(M, D) embeddings of the labeled images, which seed k-center; None when not needed."""
+    if known is None or strategy not in NEEDS_EMBEDDINGS:
+        return None
+    with console.status(f"embedding {len(known.paths)} labeled images..."):
+        features = pool_features(clf, known.paths, batch_size=batch_size)
+    return features.embeddings if features.paths else None
+
+
+def queue_rows(pool: PoolFeatures, choice: Selection, class_names: list[str]) -> list[QueueRow]:
+    """The selection as queue rows, with each image's prediction and uncertainty."""
+    idx = torch.tensor(choice.indices, dtype=torch.long)
+    probs = pool.probs[idx]  # (k, C)
+    top2 = probs.topk(min(2, probs.shape[1]), dim=1)
+    margins, entropies = margin(probs).tolist(), entropy(probs).tolist()
+    rows = []
+    for n, i in enumerate(choice.indices):
+        classes = top2.indices[n].tolist()
+        rows.append(QueueRow(
+            rank=n + 1, path=pool.paths[i], predicted=class_names[classes[0]],
+            confidence=float(top2.values[n, 0]),
+            runner_up=class_names[classes[1]] if len(classes) > 1 else "",
+            margin=margins[n], entropy=entropies[n], score=choice.scores[n], reason=choice.reasons[n]))
+    return rows
+
+
+def _notes(budget: int, pool: PoolFeatures, choice: Selection, known: LabeledSet | None,
+           seeds: torch.Tensor | None) -> list[str]:
+    notes = []
+    if budget > len(pool.paths):
+        notes.append(f"the budget of {budget} is more than the {len(pool.paths)} unlabeled images: "
+                     "all of them are in the queue")
+    if known is not None:
+        spread = " and spread the queue away from them" if seeds is not None else ""
+        notes.append(f"{len(known.paths)} labeled images ({known.source}) kept out of the queue"
+                     f"{spread}")
+    if choice.candidates < len(pool.paths):
+        notes.append(f"chosen among the {choice.candidates} most uncertain images")
+    return notes
+
+
+def write_queue(result: SuggestResult, out_dir: Path, *, model: str) -> Path:
+    """OUT/queue.csv, OUT/queue.html and, when some inputs were unreadable, OUT/skipped.txt."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.out_dir = out_dir
+    write_csv(result.rows, out_dir / CSV_NAME)
+    summary = {"title": out_dir.name, "model": model, "strategy": result.strategy,
+               "pool": result.pool, "excluded": len(result.excluded),
+               "skipped": len(result.skipped), "notes": result.notes}
+    write_html(result.rows, out_dir / HTML_NAME, summary=summary)
+    if result.skipped:
+        write_skipped([(s["path"], s["reason"]) for s in result.skipped], out_dir / SKIPPED_NAME)
+    return out_dir
+
+
+def _default_out(unlabeled) -> Path:
+    name = "images"
+    if isinstance(unlabeled, (str, Path)):
+        path = Path(unlabeled).expanduser()
+        name = (path.parent if glob.has_magic(str(unlabeled)) else path).resolve().name or name
+    return Path("runs") / f"{name}-queue-{datetime.now():%Y%m%d-%H%M%S}"
