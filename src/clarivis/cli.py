@@ -438,7 +438,7 @@ def pretrain(
     method: Annotated[Optional[str], Opt(help="simclr | byol | dino [simclr]")] = None,
     epochs: Annotated[Optional[int], Opt(help="[100]; bound the time with --time-limit")] = None,
     batch_size: Annotated[Optional[int], Opt(help="[256 for small images; less for tiny data]")] = None,
-    lr: Annotated[Optional[float], Opt(help="peak AdamW learning rate [1e-3 at batch 256]")] = None,
+    lr: Annotated[Optional[float], Opt(help="peak AdamW learning rate [as train picks it]")] = None,
     img_size: Annotated[Optional[int], Opt(help="input size in px [typical data size]")] = None,
     time_limit: Annotated[Optional[float], Opt(help="stop after this many minutes")] = None,
     out_dir: Annotated[Optional[str], Opt("--out", help="run folder [runs/<data>-<method>-<time>]")] = None,

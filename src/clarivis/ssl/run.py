@@ -40,7 +40,6 @@ from clarivis.train.callbacks import LOG_EVERY_S, REFRESH_S, RunLogger
 from clarivis.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from clarivis.train.loop import TimeBudget, seed_everything
 
-BASE_LR = 1e-3  # AdamW peak lr at a batch of 256 (scaled by sqrt(batch/256))
 MIN_LR_RATIO = 0.01  # cosine floor as a fraction of the peak
 # Mean per-dimension std of the L2-normalised embeddings below this fraction of 1/sqrt(D)
 # (the value for well-spread embeddings) means they have nearly collapsed to one point.
@@ -158,7 +157,7 @@ def _resolve_defaults(config: PretrainConfig, data: UnlabeledData, device) -> Pr
         values["batch_size"] = defaults.pick_batch_size(n, values["img_size"])
     values["batch_size"] = min(values["batch_size"], n)  # one full batch at least
     if values["lr"] is None:
-        values["lr"] = BASE_LR * math.sqrt(values["batch_size"] / 256)
+        values["lr"] = defaults.pick_lr("adamw", values["batch_size"], config.weights is not None)
     if values["workers"] is None:
         values["workers"] = defaults.pick_workers(data.images is not None)
     values["device"] = str(device)
