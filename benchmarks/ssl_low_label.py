@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--label-fractions", default="0.01,0.1", help="labeled share of the images [0.01,0.1]")
     p.add_argument("--test-per-class", type=int, default=500,
                    help="held-out test images per class [500: 5,000 for CIFAR-10, about ±0.7 points]")
+    p.add_argument("--train-args", default="",
+                   help="extra flags for the fine-tune and scratch runs, e.g. '--recipe fast'")
+    p.add_argument("--finetune-args", default="",
+                   help="extra flags for the fine-tune runs only, e.g. '--lr 1e-3 --freeze-epochs 1' "
+                        "(default: train's own choice from --weights, a tenth of the scratch lr)")
     p.add_argument("--max-epochs", type=int, default=1000,
                    help="epoch cap of every time-limited run; the time limits end them [1000]")
     p.add_argument("--images", type=int, default=0,
@@ -93,6 +99,7 @@ def main() -> None:
                      "img_size": args.img_size, "model_kwargs": args.model_kwargs,
                      "method": args.method, "pretrain_min": args.pretrain_min,
                      "finetune_min": args.finetune_min, "scratch_min": scratch_minutes(args),
+                     "train_args": args.train_args, "finetune_args": args.finetune_args,
                      "device": device, "seed": args.seed, "threads": args.threads},
         "pretrain": pretraining,
         "fractions": fractions_result,
@@ -175,10 +182,12 @@ def compare_on_labels(args: argparse.Namespace, device: str, labeled: list[tuple
     labels_csv = common.write_manifest(labeled, tmp / "labels.csv")
     weights = ["--weights", str(backbone)]
     budget = ["--epochs", str(args.max_epochs), "--time-limit"]
+    train_args = shlex.split(args.train_args)
     pipelines = {
         "linear_probe": ["--linear-probe", *weights],
-        "fine_tune": [*weights, *budget, f"{args.finetune_min:.4f}"],
-        "scratch": [*budget, f"{scratch_minutes(args):.4f}"],
+        "fine_tune": [*weights, *budget, f"{args.finetune_min:.4f}", *train_args,
+                      *shlex.split(args.finetune_args)],
+        "scratch": [*budget, f"{scratch_minutes(args):.4f}", *train_args],
     }
     minutes = {"linear_probe": 10.0, "fine_tune": args.finetune_min, "scratch": scratch_minutes(args)}
     results = {}
