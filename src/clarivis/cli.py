@@ -16,9 +16,10 @@ from clarivis.errors import ClarivisError
 app = typer.Typer(
     help="From a folder of labeled images to a classifier you can trust and ship.",
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    rich_markup_mode=None,  # help is plain text: "[64; less for tiny data]" is a default, not a style
 )
 datasets_app = typer.Typer(help="Built-in datasets, generated locally (no downloads).",
-                           no_args_is_help=True)
+                           no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(datasets_app, name="datasets")
 
 out = Console()  # results (tables, JSON, CSV) go to stdout
