@@ -79,7 +79,9 @@ def test_probe_bundle_keeps_the_backbone_and_predicts_with_the_fitted_head(base_
     run = result.run_dir
     record = json.loads((run / "linear_probe.json").read_text())
     assert record["linear_probe"] and record["val_accuracy"] == result.best_val_accuracy == 1.0
-    assert (run / "metrics.jsonl").is_file() and (run / "report.html").is_file()
+    assert (run / "metrics.jsonl").is_file()
+    report = (run / "report.html").read_text()
+    assert "<h2>Linear probe</h2>" in report and "cross-validated accuracy" in report
     config = json.loads((run / "model" / "config.json").read_text())
     assert config["training"]["method"] == "linear_probe" and config["num_classes"] == 3
 

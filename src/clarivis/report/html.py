@@ -106,7 +106,11 @@ def _sections(run_dir, bundle_dir, bundle, inputs, m, gallery, device) -> list[S
     sections = [Section("summary", "Run summary", Markup(m.summary(_summary(run_dir, bundle, inputs))))]
 
     s = Section("training", "Training curves", missing="no training log (metrics.jsonl) in this run")
-    if inputs["history"]:
+    probe = inputs["history"][0] if inputs["history"] and inputs["history"][0].get("linear_probe") else None
+    if probe:  # one fit, no epochs: what was fitted instead of a one-point curve
+        s.title = "Linear probe"
+        s.html = Markup(m.linear_probe(probe))
+    elif inputs["history"]:
         training = bundle.training
         s.html = Markup(m.training({"curves": plots.data_uri(plots.png_bytes(
             plots.training_curves_figure(inputs["history"]))), "epochs": len(inputs["history"]),
@@ -196,11 +200,17 @@ def _summary(run_dir: Path, bundle, inputs: dict) -> dict:
              ("dataset fingerprint", training.get("dataset_fingerprint", "–")),
              ("classes", ", ".join(bundle.class_names)),
              ("input", f"{bundle.input_size[1]} px, resize mode {bundle.resize_mode}"),
-             ("trained", f"{training.get('epoch', '–')} epochs, at {training.get('trained_at', '–')}")]
+             ("trained", f"{_how_trained(training)}, at {training.get('trained_at', '–')}")]
     if audit:
         facts.append(("audited on", f"{audit['data']} ({audit['num_images']} images, "
                                     f"{audit['seconds'].get('total', 0):.0f} s)"))
     return {"cards": cards, "facts": facts, "config": inputs["config_text"]}
+
+
+def _how_trained(training: dict) -> str:
+    if training.get("method") == "linear_probe":
+        return f"linear probe on frozen {training.get('backbone_weights', '–')} features"
+    return f"{training.get('epoch', '–')} epochs"
 
 
 def _subgroups(subgroups: dict) -> dict:
