@@ -1,14 +1,18 @@
-"""A tiny model that tells red from blue, and unlabeled pools with planted purple images: the
-colour halfway between the two classes, so the model is unsure of exactly those."""
+"""A tiny model that tells red from blue, and unlabeled pools with planted "purple" images
+halfway between the two classes: left half red, right half blue. Global average pooling and a
+linear head make their logits the mean of a red and a blue image's, so the model is unsure of
+exactly those, whatever its random features (a purple colour maps anywhere in them)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from tests.conftest import CNN, write_image
 
-RED, BLUE, PURPLE = (220, 20, 20), (20, 20, 220), (120, 20, 120)
+RED, BLUE = (220, 20, 20), (20, 20, 220)
 SIDE = (32, 32)
 
 
@@ -19,8 +23,19 @@ def make_pool(root: Path, *, red: int = 10, blue: int = 10, purple: int = 4) -> 
     for i in range(blue):
         write_image(root / f"b{i}.png", BLUE, size=SIDE)
     for i in range(purple):
-        write_image(root / f"p{i}.png", PURPLE, size=SIDE)
+        write_half_and_half(root / f"p{i}.png", seed=i)
     return root
+
+
+def write_half_and_half(path: Path, seed: int = 0) -> Path:
+    """A SIDE image, red on the left half and blue on the right, with the same noise as
+    write_image's."""
+    w, h = SIDE
+    rng = np.random.default_rng(seed)
+    colours = np.where(np.arange(w)[None, :, None] < w // 2, RED, BLUE)  # (1, W, 3)
+    pixels = np.clip(colours + rng.integers(-20, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,9 @@ def test_suggest_prints_the_top_of_the_queue(active_run, pool, tmp_path, capsys)
     code, out, err = run_cli(["suggest", pool, "--model", run, "--budget", "5", "--labeled", train,
                               "--out", tmp_path / "q", "--top", "3"], capsys)
     assert code == 0, err
-    assert "labeling queue: 5 of 24" in out and out.count("p") >= 1
+    assert "labeling queue: 5 of 24" in out and "margin" in out
+    first = (tmp_path / "q" / "queue.csv").read_text().splitlines()[1].split(",")
+    assert first[0] == "1" and first[1].endswith(".png") and "/p" in first[1]  # a purple on top
     assert "queue.csv" in out and "queue.html" in out
     assert (tmp_path / "q" / "queue.csv").is_file() and (tmp_path / "q" / "queue.html").is_file()
     assert "labeled images" in err  # the note

@@ -20,6 +20,7 @@ from clarivis.active.scores import entropy, margin
 from clarivis.active.select import (
     DEFAULT_STRATEGY,
     NEEDS_EMBEDDINGS,
+    NEEDS_PROBS,
     POOL_FACTOR,
     STRATEGIES,
     Selection,
@@ -30,6 +31,10 @@ from clarivis.data.scan import write_skipped
 from clarivis.errors import ClarivisError, DataError
 
 SKIPPED_NAME = "skipped.txt"
+# Below this many training labels per class the model's uncertainty is a poor guide: on CIFAR-10
+# from 2 labels a class every uncertainty strategy lost to random picks in the first round, from
+# 20 a class hybrid won every round (benchmarks/README.md, active_labeling.py).
+FEW_LABELS_PER_CLASS = 10
 
 
 @dataclass
@@ -76,7 +81,7 @@ def suggest(unlabeled: ImageInput | Iterable[ImageInput], *, model: str | Path, 
                     labeled=seeds, pool_factor=pool_factor, seed=seed)
     result = SuggestResult(queue_rows(pool, choice, clf.class_names), strategy, budget,
                            len(pool.paths), skipped=pool.skipped, excluded=pool.excluded,
-                           notes=_notes(budget, pool, choice, known, seeds))
+                           notes=_notes(budget, pool, choice, known, seeds) + _cold_start(clf, strategy))
     result.seconds = round(time.perf_counter() - started, 2)
     out_dir = Path(out) if out is not None else _default_out(unlabeled)
     write_queue(result, out_dir, model=str(model))
@@ -151,6 +156,17 @@ def _notes(budget: int, pool: PoolFeatures, choice: Selection, known: LabeledSet
     if choice.candidates < len(pool.paths):
         notes.append(f"chosen among the {choice.candidates} most uncertain images")
     return notes
+
+
+def _cold_start(clf, strategy: str) -> list[str]:
+    """A note when the model learned from so few labels that uncertainty misleads."""
+    trained_on = (clf.config.training or {}).get("train_images")
+    classes = len(clf.class_names)
+    if strategy not in NEEDS_PROBS or not trained_on or trained_on >= FEW_LABELS_PER_CLASS * classes:
+        return []
+    return [f"the model was trained on {trained_on} images ({trained_on / classes:.1f} per class): "
+            f"below ~{FEW_LABELS_PER_CLASS} a class its uncertainty is a poor guide and a random "
+            "batch (--strategy random) does as well"]
 
 
 def write_queue(result: SuggestResult, out_dir: Path, *, model: str) -> Path:
