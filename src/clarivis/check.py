@@ -5,7 +5,6 @@ File checks (data.quality) run first and never need a model; the label check
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -14,7 +13,6 @@ from typing import Any
 
 from rich.console import Console
 
-from clarivis.data.io import load_image
 from clarivis.data.quality import (
     IMBALANCE_RATIO_WARNING,
     NEAR_DUPLICATE_DISTANCE,
@@ -22,8 +20,8 @@ from clarivis.data.quality import (
     check_quality,
 )
 from clarivis.data.sources import Sample, index_dataset
-from clarivis.errors import ImageDecodeError
 from clarivis.evaluate.label_issues import DEFAULT_FOLDS, LabelIssueResult, find_label_issues
+from clarivis.report.plots import thumbnail
 
 SEVERITIES = ("error", "warning", "info")
 # Within a severity: what breaks training or evaluation first, then what misleads it.
@@ -202,11 +200,4 @@ def finding_thumbnails(
 
 def thumbnail_png(path: str, size: int = THUMBNAIL_SIZE) -> bytes | None:
     """A PNG of the image at `path`, longest side `size` px; None when it cannot be read."""
-    try:
-        image = load_image(path, reduce_to=size)
-    except ImageDecodeError:
-        return None
-    image.thumbnail((size, size))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return thumbnail(path, size, "PNG")

@@ -4,9 +4,7 @@ queue.html (a self-contained thumbnail grid: images as data URIs, no script, no 
 
 from __future__ import annotations
 
-import base64
 import csv
-import io
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -14,8 +12,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from clarivis import __version__
-from clarivis.data.io import load_image
-from clarivis.errors import ImageDecodeError
+from clarivis.report.plots import data_uri, thumbnail
 
 CSV_NAME = "queue.csv"
 HTML_NAME = "queue.html"
@@ -69,11 +66,5 @@ def write_html(rows: list[QueueRow], path: Path, *, summary: dict) -> Path:
 def thumbnail_uri(path: str, size: int = THUMBNAIL_SIZE) -> str | None:
     """A JPEG data URI of the image, longest side `size` px (JPEG: a fifth of PNG's bytes for
     photos); None when the file can no longer be read."""
-    try:
-        image = load_image(path, reduce_to=size)
-    except ImageDecodeError:
-        return None
-    image.thumbnail((size, size))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    jpeg = thumbnail(path, size, "JPEG")
+    return data_uri(jpeg, "image/jpeg") if jpeg is not None else None

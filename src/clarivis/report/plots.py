@@ -22,9 +22,25 @@ def png_bytes(fig) -> bytes:
     return buffer.getvalue()
 
 
-def data_uri(png: bytes) -> str:
-    """PNG bytes as a data: URI, so an HTML file carries its images inside it."""
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    """Image bytes as a data: URI, so an HTML file carries its images inside it."""
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+
+
+def thumbnail(path: str, size: int, fmt: str = "PNG") -> bytes | None:
+    """The image at `path` as PNG or JPEG bytes, longest side `size` px (decoded reduced);
+    None when it cannot be read (any more)."""
+    from clarivis.data.io import load_image
+    from clarivis.errors import ImageDecodeError
+
+    try:
+        image = load_image(path, reduce_to=size)
+    except ImageDecodeError:
+        return None
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **({"quality": 85} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
 
 
 def save_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path) -> Path:
