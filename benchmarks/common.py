@@ -155,6 +155,14 @@ def stratified_first(by_class: dict[str, list[Path]], n: int | None) -> list[tup
     return rows
 
 
+def regroup(rows: list[tuple[Path, str]]) -> dict[str, list[Path]]:
+    """(path, label) rows back into {class: files}, in row order."""
+    by_class: dict[str, list[Path]] = {}
+    for path, label in rows:
+        by_class.setdefault(label, []).append(path)
+    return by_class
+
+
 def seeded_val_split(by_class: dict[str, list[Path]], val_fraction: float,
                      seed: int) -> list[tuple[Path, str, str]]:
     """(path, label, 'train'|'val') rows: a seeded val_fraction of every class held out."""

@@ -73,7 +73,7 @@ def main() -> None:
     root = root / "train" if (root / "train").is_dir() else root
     by_class = common.class_folder_images(root)
     if args.images:
-        by_class = regroup(common.stratified_first(by_class, args.images))
+        by_class = common.regroup(common.stratified_first(by_class, args.images))
     test, pool = split_test(by_class, args.test_per_class, args.seed)
     fractions = [float(f) for f in args.label_fractions.split(",") if f.strip()]
     n_pool = sum(len(files) for files in pool.values())
@@ -111,13 +111,6 @@ def main() -> None:
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def regroup(rows: list[tuple[Path, str]]) -> dict[str, list[Path]]:
-    by_class: dict[str, list[Path]] = {}
-    for path, label in rows:
-        by_class.setdefault(label, []).append(path)
-    return by_class
 
 
 def split_test(by_class: dict[str, list[Path]], per_class: int,

@@ -66,7 +66,7 @@ def main() -> None:
     root = root / "train" if (root / "train").is_dir() else root
     by_class = common.class_folder_images(root)
     if args.images:
-        by_class = regroup(common.stratified_first(by_class, args.images))
+        by_class = common.regroup(common.stratified_first(by_class, args.images))
     rows = common.seeded_val_split(by_class, args.val_fraction, args.seed)
     n_val = sum(1 for r in rows if r[2] == "val")
     print(f"{NAME}: {len(rows) - n_val} train / {n_val} val images, {len(by_class)} classes, "
@@ -93,13 +93,6 @@ def main() -> None:
     }
     path = common.write_result(result, args.json, NAME, device)
     print(summary_line(result, path))
-
-
-def regroup(rows: list[tuple[Path, str]]) -> dict[str, list[Path]]:
-    by_class: dict[str, list[Path]] = {}
-    for path, label in rows:
-        by_class.setdefault(label, []).append(path)
-    return by_class
 
 
 def best_within(timeline: list[dict[str, Any]], budget_s: float) -> float | None:
