@@ -136,3 +136,13 @@ def test_user_errors(tmp_path):
         clarivis.pretrain(tmp_path / "empty", method="moco")
     with pytest.raises(ConfigError, match="unknown setting"):
         clarivis.pretrain(tmp_path / "empty", label_smoothing=0.1)
+
+
+def test_resume_refuses_the_other_kind_of_run(flat_folder, tiny_folder, tmp_path):
+    # The kind is checked before "finished": the message names the right command either way.
+    pretrained = clarivis.pretrain(flat_folder, out=tmp_path / "ssl", **FAST)
+    with pytest.raises(ResumeError, match="is a pretraining run; continue it with clarivis pretrain"):
+        clarivis.train(tiny_folder, resume=pretrained.run_dir, **FAST)
+    trained = clarivis.train(tiny_folder, out=tmp_path / "sup", model=CNN, report=False, **FAST)
+    with pytest.raises(ResumeError, match="is a training run, not a pretraining run"):
+        clarivis.pretrain(flat_folder, resume=trained.run_dir, **FAST)

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
-from clarivis.config import read_yaml, write_yaml
+from clarivis.config import write_yaml
 from clarivis.data.scan import write_skipped
 from clarivis.distributed import World
 from clarivis.errors import ClarivisError, ResumeError
@@ -37,7 +37,7 @@ from clarivis.ssl.methods import Method, build_method
 from clarivis.ssl.views import view_transform
 from clarivis.train import defaults
 from clarivis.train.callbacks import LOG_EVERY_S, REFRESH_S, RunLogger
-from clarivis.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from clarivis.train.checkpoint import CHECKPOINT_NAME, load_resume, save_checkpoint
 from clarivis.train.loop import TimeBudget, seed_everything
 
 MIN_LR_RATIO = 0.01  # cosine floor as a fraction of the peak
@@ -125,24 +125,13 @@ def _new_run_dir(config: PretrainConfig) -> Path:
 
 
 def _load_resume(run_dir: Path, given: PretrainConfig, console: Console):
-    """The saved config wins (same run, same result); only the data path may have moved."""
-    if not run_dir.is_dir():
-        raise ResumeError(f"{run_dir} does not exist; pass the folder of the run to resume")
-    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    if "method" not in state:
-        raise ResumeError(f"{run_dir} is a training run, not a pretraining run; continue it with "
-                          "clarivis train --resume")
-    if state.get("finished"):
-        raise ResumeError(f"{run_dir} already finished ({state['epoch']} epochs); start a new "
-                          "run with --out")
-    saved = read_yaml(run_dir / "config.yaml")
-    saved["data"] = given.data
-    resumed = validate_pretrain_config(saved)
-    ignored = [k for k, v in given.model_dump(exclude_defaults=True).items()
-               if k not in ("data", "out") and v != saved.get(k)]
-    if ignored:
-        console.print(f"[yellow]--resume uses the run's own config.yaml; ignoring {', '.join(ignored)}")
-    return state, resumed
+    def is_pretraining_run(state: dict) -> None:
+        if "method" not in state:
+            raise ResumeError(f"{run_dir} is a training run, not a pretraining run; continue it "
+                              "with clarivis train --resume")
+
+    return load_resume(run_dir, given, validate_pretrain_config, console,
+                       check_state=is_pretraining_run)
 
 
 def _resolve_defaults(config: PretrainConfig, data: UnlabeledData, device) -> PretrainConfig:

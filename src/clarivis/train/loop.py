@@ -23,7 +23,7 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from clarivis.config import TrainConfig, read_yaml, validate_config, write_yaml
+from clarivis.config import TrainConfig, validate_config, write_yaml
 from clarivis.data import cache
 from clarivis.data.batch_augment import BatchAugment, Normalize
 from clarivis.data.dataset import ImageDataset, class_counts, imbalance_ratio
@@ -51,7 +51,7 @@ from clarivis.models.factory import (
 from clarivis.train import defaults
 from clarivis.train import distributed as ddp
 from clarivis.train.callbacks import EpochProgress, RunLogger
-from clarivis.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from clarivis.train.checkpoint import CHECKPOINT_NAME, load_resume, save_checkpoint
 
 IMBALANCE_THRESHOLD = 1.5  # largest/smallest class above this gets balanced sampling
 
@@ -170,23 +170,12 @@ def _new_run_dir(config: TrainConfig) -> Path:
 
 
 def _load_resume(run_dir: Path, given: TrainConfig, console: Console) -> tuple[dict, TrainConfig]:
-    """The saved config wins (same run, same result); the data path may have moved."""
-    if not run_dir.is_dir():
-        raise ResumeError(f"{run_dir} does not exist; pass the folder of the run to resume")
-    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    if state.get("finished"):
-        raise ResumeError(
-            f"{run_dir} already finished ({state['epoch']} epochs); start a new run with --out"
-        )
-    saved = read_yaml(run_dir / "config.yaml")
-    saved["data"] = given.data
-    resumed = validate_config(saved)
-    ignored = [k for k, v in given.model_dump(exclude_defaults=True).items()
-               if k not in ("data", "out") and v != saved.get(k)]
-    if ignored:
-        console.print(
-            f"[yellow]--resume uses the run's own config.yaml; ignoring {', '.join(ignored)}")
-    return state, resumed
+    def is_training_run(state: dict) -> None:
+        if "method" in state:  # written by clarivis pretrain
+            raise ResumeError(f"{run_dir} is a pretraining run; continue it with clarivis "
+                              "pretrain --resume")
+
+    return load_resume(run_dir, given, validate_config, console, check_state=is_training_run)
 
 
 # ----------------------------------------------------------------------------- data
