@@ -4,12 +4,12 @@ labeled too, and never asked again."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from clarivis.data.expand import expand_inputs
+from clarivis.data.sources import read_csv_rows
 from clarivis.errors import DataError
 
 _READ_BLOCK = 1 << 20  # bytes hashed per read: 1 MiB keeps memory flat for huge files
@@ -68,13 +68,7 @@ def _folder_paths(path: Path) -> list[str]:
 
 
 def _csv_paths(path: Path) -> list[str]:
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"cannot read --labeled {path}: {err}; save it as UTF-8 CSV") from None
-    if not rows or "path" not in rows[0]:
-        raise DataError(f"--labeled {path} needs a header with a 'path' column")
+    rows = read_csv_rows(path, required=("path",), what="--labeled")
     has_label = "label" in rows[0]
     picked = [r["path"].strip() for r in rows
               if (r.get("path") or "").strip() and (not has_label or (r.get("label") or "").strip())]

@@ -76,16 +76,26 @@ def index_class_folders(root: Path) -> list[Sample]:
     return samples
 
 
-def _index_manifest(csv_path: Path) -> DatasetIndex:
-    """A CSV with path,label[,split][,attributes...]; paths relative to the CSV's folder."""
+def read_csv_rows(csv_path: Path, *, required: tuple[str, ...], what: str = "manifest") -> list[dict]:
+    """Rows of a UTF-8 CSV (a BOM, as Excel writes, is fine) whose header names `required`;
+    `what` names the file in messages (manifest, --labeled)."""
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"cannot read manifest {csv_path}: {err}; save it as UTF-8 CSV") from None
+        raise DataError(f"cannot read {what} {csv_path}: {err}; save it as UTF-8 CSV") from None
     columns = list(rows[0].keys()) if rows else []
-    if "path" not in columns or "label" not in columns:
-        raise DataError(f"manifest {csv_path} needs a header with 'path' and 'label' columns")
+    if any(c not in columns for c in required):
+        names = " and ".join(f"'{c}'" for c in required)
+        raise DataError(f"{what} {csv_path} needs a header with {names} column"
+                        f"{'s' if len(required) > 1 else ''} and one row per image")
+    return rows
+
+
+def _index_manifest(csv_path: Path) -> DatasetIndex:
+    """A CSV with path,label[,split][,attributes...]; paths relative to the CSV's folder."""
+    rows = read_csv_rows(csv_path, required=("path", "label"))
+    columns = list(rows[0].keys())
     group_columns = [c for c in columns if c not in ("path", "label", "split") and c]
     splits: dict[str, list[Sample]] = {}
     for row in rows:

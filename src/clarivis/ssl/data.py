@@ -4,7 +4,6 @@ are skipped and listed, never fatal. Batches are lists of augmented views."""
 
 from __future__ import annotations
 
-import csv
 import os
 import random
 import time
@@ -21,7 +20,7 @@ from clarivis.data.dataset import model_pixels
 from clarivis.data.io import is_image_path
 from clarivis.data.loaders import epoch_order, make_batches
 from clarivis.data.scan import scan_images
-from clarivis.data.sources import SPLIT_NAMES, Sample, fingerprint
+from clarivis.data.sources import SPLIT_NAMES, Sample, fingerprint, read_csv_rows
 from clarivis.errors import DataError
 
 UNLABELED_HELP = ("pass a folder of images (flat or in subfolders) or a CSV manifest with a "
@@ -87,14 +86,7 @@ def _folder_images(root: Path):
 def _manifest_images(csv_path: Path) -> list[Sample]:
     """Rows of a CSV with a `path` column (relative to the CSV's folder); labels are ignored,
     rows of the test split left out (see _folder_images)."""
-    try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"cannot read manifest {csv_path}: {err}; save it as UTF-8 CSV") from None
-    if not rows or "path" not in rows[0]:
-        raise DataError(f"manifest {csv_path} needs a header with a 'path' column and one row "
-                        "per image")
+    rows = read_csv_rows(csv_path, required=("path",))
     samples = []
     for row in rows:
         rel = (row.get("path") or "").strip()
