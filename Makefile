@@ -17,7 +17,8 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # Generate the built-in digits dataset, train with default settings (no flips: a mirrored digit
-# is not a digit), evaluate on its test split, predict a folder, audit it and write the report.
+# is not a digit), evaluate on its test split, predict a folder, audit it, write the report and
+# rank the test images as a labeling queue (what to label next if they had no labels).
 demo: install
 	@if [ ! -d $(DEMO_DATA) ]; then $(BIN)/clarivis datasets make digits $(DEMO_DATA); fi
 	rm -rf $(DEMO_RUN)
@@ -26,10 +27,12 @@ demo: install
 	$(BIN)/clarivis predict $(DEMO_RUN)/model $(DEMO_DATA)/test/7 --top-k 3 | head -n 12
 	$(BIN)/clarivis audit $(DEMO_RUN)/model $(DEMO_DATA)/test
 	$(BIN)/clarivis report $(DEMO_RUN)
+	$(BIN)/clarivis suggest $(DEMO_DATA)/test --model $(DEMO_RUN)/model --budget 24 --top 5 --out $(DEMO_RUN)/queue
 	@echo
 	@echo "Results: model bundle in $(DEMO_RUN)/model, test metrics in $(DEMO_RUN)/test_metrics.json,"
 	@echo "confusion matrix in $(DEMO_RUN)/test_metrics_confusion.png, training log in $(DEMO_RUN)/metrics.jsonl,"
-	@echo "audit in $(DEMO_RUN)/audit.json, the report in $(DEMO_RUN)/report.html (open it in a browser)"
+	@echo "audit in $(DEMO_RUN)/audit.json, the report in $(DEMO_RUN)/report.html (open it in a browser),"
+	@echo "a labeling queue in $(DEMO_RUN)/queue/queue.html"
 
 # The report and web-page tests drive Debian's Chromium through Playwright (never its own
 # browser download). Installed here when this machine lets us (root + apt); else they skip.
