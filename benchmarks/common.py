@@ -155,6 +155,19 @@ def stratified_first(by_class: dict[str, list[Path]], n: int | None) -> list[tup
     return rows
 
 
+def dataset_root(data: str) -> Path:
+    """DIR, or DIR/train when DIR holds split folders."""
+    root = Path(data)
+    return root / "train" if (root / "train").is_dir() else root
+
+
+def dataset_by_class(root: Path, images: int = 0) -> dict[str, list[Path]]:
+    """{class: files} of root/<class>/; `images` > 0 keeps that many, stratified
+    (stratified_first), 0 keeps all."""
+    by_class = class_folder_images(root)
+    return regroup(stratified_first(by_class, images)) if images else by_class
+
+
 def regroup(rows: list[tuple[Path, str]]) -> dict[str, list[Path]]:
     """(path, label) rows back into {class: files}, in row order."""
     by_class: dict[str, list[Path]] = {}

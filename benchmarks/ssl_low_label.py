@@ -69,11 +69,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     device = args.device or common.default_device()
-    root = Path(args.data)
-    root = root / "train" if (root / "train").is_dir() else root
-    by_class = common.class_folder_images(root)
-    if args.images:
-        by_class = common.regroup(common.stratified_first(by_class, args.images))
+    root = common.dataset_root(args.data)
+    by_class = common.dataset_by_class(root, args.images)
     test, pool = split_test(by_class, args.test_per_class, args.seed)
     fractions = [float(f) for f in args.label_fractions.split(",") if f.strip()]
     n_pool = sum(len(files) for files in pool.values())

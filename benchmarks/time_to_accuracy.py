@@ -62,11 +62,8 @@ def main() -> None:
         return
     args = parse_args()
     device = args.device or common.default_device()
-    root = Path(args.data)
-    root = root / "train" if (root / "train").is_dir() else root
-    by_class = common.class_folder_images(root)
-    if args.images:
-        by_class = common.regroup(common.stratified_first(by_class, args.images))
+    root = common.dataset_root(args.data)
+    by_class = common.dataset_by_class(root, args.images)
     rows = common.seeded_val_split(by_class, args.val_fraction, args.seed)
     n_val = sum(1 for r in rows if r[2] == "val")
     print(f"{NAME}: {len(rows) - n_val} train / {n_val} val images, {len(by_class)} classes, "
