@@ -13,7 +13,7 @@ def test_yaml_overrides_defaults_and_flags_override_yaml(tmp_path):
     config = build_config(tmp_path / "c.yaml", data="d", lr=0.5, patience=None)
     assert config.epochs == 7 and config.lr == 0.5 and config.model == "resnet18"
     assert config.patience is None  # None given explicitly turns early stopping off
-    assert config.resize_mode == "pad" and config.val_fraction == 0.1  # untouched defaults
+    assert config.resize_mode is None and config.val_fraction == 0.1  # untouched defaults
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,12 @@ class TrainConfig(BaseModel):
     pretrained: bool = False  # timm hub weights; needs a network
     weights: str | None = None  # local safetensors / state-dict file; head replaced to fit
     img_size: int | None = Field(None, ge=16, le=1024)  # None: typical size of the data
-    resize_mode: ResizeMode = "pad"  # pad keeps the whole image: a defect at the edge survives
+    # None: pad from scratch (keeps the whole image: a defect at the edge survives); crop when
+    # fine-tuning pretrained weights, which were trained and evaluated on centre crops.
+    resize_mode: ResizeMode | None = None
+    # crop mode: share of the resized shorter side the centre crop keeps (timm's crop_pct).
+    # None: the weights' own (0.875 for most ImageNet models) when fine-tuning, else 1.0.
+    crop_pct: float | None = Field(None, gt=0.0, le=1.0)
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
     model_kwargs: dict[str, int | float | bool | str] = Field(default_factory=dict)  # to timm
     # Freeze the backbone and fit a logistic-regression head on its embeddings (no epochs): the
@@ -56,7 +61,11 @@ class TrainConfig(BaseModel):
     lr: float | None = Field(None, gt=0.0)  # None: 2e-3 AdamW / 0.1 SGD scratch, /10 fine-tune
     weight_decay: float = Field(0.05, ge=0.0)  # standard for AdamW on CNNs and ViTs
     momentum: float = Field(0.9, ge=0.0, lt=1.0)  # SGD only
-    warmup_epochs: float = Field(1.0, ge=0.0)  # avoids early divergence at the peak lr
+    warmup_epochs: float | None = Field(None, ge=0.0)  # None: see defaults.pick_warmup_epochs
+    # Fine-tuning: the peak lr is the head's; each layer group below gets layer_decay times the
+    # lr of the one above it (timm's layer-wise lr decay), so generic early features move least.
+    # None: chosen by defaults.pick_layer_decay (off from scratch); 1 turns it off.
+    layer_decay: float | None = Field(None, gt=0.0, le=1.0)
     min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0)  # cosine floor as a fraction of peak lr
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)  # mild regulariser, better calibration
     grad_clip: float | None = Field(5.0, gt=0.0)  # only trims rare spikes at this size

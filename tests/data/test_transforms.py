@@ -46,7 +46,19 @@ def test_train_presets_give_normalised_model_inputs(preset, size):
     assert x.min() >= -3 and x.max() <= 3
 
 
+def test_crop_pct_resizes_the_shorter_side_then_keeps_the_centre():
+    """timm's crop_pct 0.875: a 64x64 image -> shorter side floor(32 / 0.875) = 36 -> centre 32,
+    so 2 px of the resized image (3.5 px of the original) are cut off on every side."""
+    image = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    image[:, 3:61, 3:61] = 255  # white square, black frame 3 px wide (1.7 px once resized)
+    full = resize_transform(Preprocess(img_size=32, resize_mode="crop"))(image)
+    cropped = resize_transform(Preprocess(img_size=32, resize_mode="crop", crop_pct=0.875))(image)
+    assert full.shape == cropped.shape == (3, 32, 32)
+    assert full[:, 0, 16].max() < 30  # the frame is still there at crop_pct 1
+    assert cropped[:, 16, 0].min() > 200 and cropped[:, 0, 16].min() > 200  # gone at 0.875
+
+
 def test_preprocess_round_trips_through_a_dict():
     pp = Preprocess(img_size=48, resize_mode="crop", mean=(0.5,) * 3, std=(0.5,) * 3,
-                    interpolation="bicubic")
+                    interpolation="bicubic", crop_pct=0.9)
     assert Preprocess.from_dict(pp.to_dict()) == pp

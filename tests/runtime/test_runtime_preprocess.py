@@ -22,15 +22,16 @@ def _natural(h: int, w: int, rng) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
-@pytest.mark.parametrize("mode", ["pad", "crop", "squash"])
+@pytest.mark.parametrize("mode", ["pad", "crop", "crop-0.875", "squash"])
 @pytest.mark.parametrize("interp", ["bilinear", "bicubic", "nearest"])
 def test_resize_matches_torchvision_within_rounding(mode, interp):
-    """Measured: nearest is bit-exact; bilinear/bicubic differ by at most 1-4 grey levels on
+    """Measured: nearest is bit-exact; bilinear/bicubic differ by at most 1-5 grey levels on
     0.4-3.7 % of values (mean 0.004-0.04 levels), the rounding of Pillow's fixed-point filters
-    against torch's. Any geometric slip (offset, size, padding) would show as tens of levels."""
+    against torch's (5 once: bicubic, crop_pct 0.875). Any geometric slip (offset, size, padding) would show as tens of levels."""
     rng = np.random.default_rng(0)
-    pp = Preprocess(img_size=32, resize_mode=mode, interpolation=interp)
-    rp = RuntimePreprocess(32, mode, pp.mean, pp.std, interp)
+    mode, _, crop_pct = mode.partition("-")  # crop-0.875: timm's centre crop of pretrained weights
+    pp = Preprocess(img_size=32, resize_mode=mode, interpolation=interp, crop_pct=float(crop_pct or 1))
+    rp = RuntimePreprocess(32, mode, pp.mean, pp.std, interp, crop_pct=pp.crop_pct)
     reference = resize_transform(pp)
     diffs = []
     for h, w in SIZES:
@@ -43,7 +44,7 @@ def test_resize_matches_torchvision_within_rounding(mode, interp):
     if interp == "nearest":
         assert d.max() == 0
     else:
-        assert d.max() <= 4 and d.mean() < 0.05
+        assert d.max() <= 6 and d.mean() < 0.05
 
 
 def test_normalize_matches_predicts_bits():

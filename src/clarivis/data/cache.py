@@ -57,8 +57,9 @@ def files_key(samples: list[Sample], extra: str = "") -> str:
 
 def preprocess_key(pp: Preprocess) -> str:
     """Only what changes the cached pixels: size, resize mode, interpolation, padding colour."""
+    crop = [pp.crop_pct] if pp.resize_mode == "crop" and pp.crop_pct != 1.0 else []
     return json.dumps([pp.img_size, pp.resize_mode, pp.interpolation,
-                       [round(m * 255) for m in pp.mean], "jpeg-reduce-2x"])  # decoding rule
+                       [round(m * 255) for m in pp.mean], "jpeg-reduce-2x", *crop])  # decoding rule
 
 
 def cache_bytes(n_images: int, img_size: int) -> int:

@@ -3,6 +3,7 @@ predict and later export/serving. Operates on uint8 (3, H, W) tensors with torch
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -26,6 +27,14 @@ class Preprocess:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: str = "bilinear"
+    # crop mode only: the share of the resized shorter side kept by the centre crop (timm's
+    # crop_pct: 0.875 resizes to floor(S / 0.875) then crops S); 1.0 crops nothing more.
+    crop_pct: float = 1.0
+
+    @property
+    def crop_resize_size(self) -> int:
+        """Shorter side after the resize, before the centre crop (crop mode)."""
+        return max(self.img_size, math.floor(self.img_size / self.crop_pct))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -38,6 +47,7 @@ class Preprocess:
             mean=tuple(d.get("mean", cls.mean)),
             std=tuple(d.get("std", cls.std)),
             interpolation=d.get("interpolation", "bilinear"),
+            crop_pct=float(d.get("crop_pct", 1.0)),
         )
 
 
@@ -69,7 +79,7 @@ def resize_transform(pp: Preprocess) -> nn.Module:
         return v2.Resize((pp.img_size, pp.img_size), interpolation=interp, antialias=True)
     if pp.resize_mode == "crop":
         return v2.Compose([
-            v2.Resize(pp.img_size, interpolation=interp, antialias=True),
+            v2.Resize(pp.crop_resize_size, interpolation=interp, antialias=True),
             v2.CenterCrop(pp.img_size),
         ])
     if pp.resize_mode == "pad":

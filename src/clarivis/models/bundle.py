@@ -39,6 +39,7 @@ class BundleConfig(BaseModel):
     std: tuple[float, float, float]
     interpolation: str = "bilinear"
     resize_mode: str = "pad"  # pad | crop | squash, see data/transforms.py
+    crop_pct: float = 1.0  # crop mode: centre share of the resized shorter side (timm's crop_pct)
     temperature: float = 1.0  # softmax temperature; 1.0 until calibration fits it
     calibration: dict[str, Any] = Field(default_factory=dict)  # how T was fitted: ECE before/after
     # Open-set rejection fitted on val: {score, threshold, accept_rate}; None: never rejects.
@@ -58,6 +59,7 @@ class BundleConfig(BaseModel):
             mean=self.mean,
             std=self.std,
             interpolation=self.interpolation,
+            crop_pct=self.crop_pct,
         )
 
 
@@ -73,6 +75,7 @@ def make_bundle_config(
         std=preprocess.std,
         interpolation=preprocess.interpolation,
         resize_mode=preprocess.resize_mode,
+        crop_pct=preprocess.crop_pct,
         **extra,
     )
 

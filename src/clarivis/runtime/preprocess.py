@@ -5,6 +5,7 @@ what torchvision's antialiased resize was modelled on (tests/runtime measure the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ class RuntimePreprocess:
     mean: tuple[float, float, float]  # per channel, on the 0..1 scale
     std: tuple[float, float, float]
     interpolation: str  # bilinear | bicubic | nearest
+    crop_pct: float = 1.0  # crop mode: the shorter side is resized to floor(S / crop_pct)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> RuntimePreprocess:
@@ -39,6 +41,7 @@ class RuntimePreprocess:
             mean=tuple(float(m) for m in config["mean"]),
             std=tuple(float(s) for s in config["std"]),
             interpolation=config.get("interpolation", "bilinear"),
+            crop_pct=float(config.get("crop_pct", 1.0)),
         )
         if pp.resize_mode not in RESIZE_MODES:
             raise ValueError(f"unknown resize mode {pp.resize_mode!r}")
@@ -68,12 +71,14 @@ def resize(image: Image.Image, pp: RuntimePreprocess) -> np.ndarray:
     if pp.resize_mode == "squash":
         return _array(_resize(image, s, s, pp))
     if pp.resize_mode == "crop":
-        # torchvision's Resize(int): the shorter side becomes S, the longer int(S * long / short)
-        # (truncated); then CenterCrop, which rounds its offsets with Python's round.
+        # torchvision's Resize(int): the shorter side becomes R = max(S, floor(S / crop_pct)),
+        # the longer int(R * long / short) (truncated); then CenterCrop, which rounds its offsets
+        # with Python's round (as data/transforms.py's Preprocess.crop_resize_size).
+        r = max(s, math.floor(s / pp.crop_pct))
         if w <= h:
-            nw, nh = s, int(s * h / w)
+            nw, nh = r, int(r * h / w)
         else:
-            nw, nh = int(s * w / h), s
+            nw, nh = int(r * w / h), r
         resized = _array(_resize(image, nw, nh, pp))
         top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
         return np.ascontiguousarray(resized[top:top + s, left:left + s])

@@ -78,6 +78,30 @@ def pick_lr(optimizer: str, batch_size: int, fine_tune: bool) -> float:
     return lr / 10 if fine_tune else lr
 
 
+def pick_resize_mode(fine_tune: bool) -> str:
+    """pad from scratch: the whole image, a defect at the edge included. Pretrained weights
+    learned on centre crops: crop matches what they saw."""
+    return "crop" if fine_tune else "pad"
+
+
+def pick_crop_pct(resize_mode: str, weights_crop_pct: float | None) -> float:
+    """The weights' own crop_pct in crop mode (timm evaluates them so); 1.0 otherwise."""
+    if resize_mode != "crop" or not weights_crop_pct:
+        return 1.0
+    return float(weights_crop_pct)
+
+
+def pick_warmup_epochs(epochs: int, fine_tune: bool) -> float:
+    """Linear warm-up of the lr: one epoch from scratch (avoids early divergence at the peak),
+    capped at a fifth of a short run so most of it trains near the peak."""
+    return min(1.0, epochs / 5)
+
+
+def pick_layer_decay(fine_tune: bool) -> float:
+    """Layer-wise lr decay when fine-tuning (1.0 = off, from scratch every layer must learn)."""
+    return 0.8 if fine_tune else 1.0
+
+
 def pick_workers(preloaded: bool) -> int:
     """DataLoader workers. Decoded images in memory need little CPU per sample, and on a 2-core
     machine a worker would steal a core from the model: 0. Streaming from disk: cores - 1."""

@@ -236,6 +236,15 @@ def _resolve_defaults(config: TrainConfig, data: PreparedData, device, world_siz
     if values["batch_size"] is None:  # per process; the global batch is world_size times it
         values["batch_size"] = defaults.pick_batch_size(
             len(data.train) // world_size, values["img_size"], config.recipe)
+    if values["resize_mode"] is None:
+        values["resize_mode"] = defaults.pick_resize_mode(fine_tune)
+    if values["crop_pct"] is None:
+        weights_crop = pretrained_cfg(values["model"]).get("crop_pct") if fine_tune else None
+        values["crop_pct"] = defaults.pick_crop_pct(values["resize_mode"], weights_crop)
+    if values["warmup_epochs"] is None:
+        values["warmup_epochs"] = defaults.pick_warmup_epochs(config.epochs, fine_tune)
+    if values["layer_decay"] is None:
+        values["layer_decay"] = defaults.pick_layer_decay(fine_tune)
     if values["lr"] is None:
         values["lr"] = defaults.pick_lr(config.optimizer, values["batch_size"] * world_size, fine_tune)
         if config.init_from_text:
@@ -344,10 +353,15 @@ def _fit(config, data, device, run_dir, start_state, balanced, console, world, s
     order = partial(epoch_order, targets, seed=config.seed, balanced=balanced,
                     num_classes=len(data.class_names), rank=world.rank, world=world.size)
     steps_per_epoch = len(_epoch_batches(order(epoch=1), config.batch_size))
+    total_steps = config.epochs * steps_per_epoch
+    # The warm-up is part of the run, not added to it: the cosine then ends at lr_min exactly
+    # when the last epoch does (before, a 1-of-3-epoch warm-up left the run at a quarter of the
+    # peak lr).
+    warmup_steps = min(int(config.warmup_epochs * steps_per_epoch), total_steps // 2)
     scheduler = CosineLRScheduler(
-        optimizer, t_initial=config.epochs * steps_per_epoch,
+        optimizer, t_initial=max(1, total_steps - warmup_steps),
         lr_min=config.lr * config.min_lr_ratio,
-        warmup_t=int(config.warmup_epochs * steps_per_epoch), warmup_lr_init=config.lr * 0.01,
+        warmup_t=warmup_steps, warmup_lr_init=config.lr * 0.01,
         warmup_prefix=True, t_in_epochs=False,
     )
     state = {"epoch": 0, "global_step": 0, "best": None, "bad_epochs": 0, "history": []}
@@ -571,7 +585,7 @@ def _preprocess_for(config: TrainConfig, cfg: dict) -> Preprocess:
     """The model's own normalisation and interpolation (what pretrained weights expect)."""
     interpolation = cfg.get("interpolation")
     return Preprocess(
-        img_size=config.img_size, resize_mode=config.resize_mode,
+        img_size=config.img_size, resize_mode=config.resize_mode, crop_pct=config.crop_pct,
         mean=tuple(cfg.get("mean", Preprocess.mean)), std=tuple(cfg.get("std", Preprocess.std)),
         interpolation=interpolation if interpolation in INTERPOLATIONS else "bilinear",
     )
@@ -593,6 +607,9 @@ def _make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device)
     extra = {"momentum": config.momentum} if config.optimizer == "sgd" else {}
     if device.type == "cuda":
         extra["fused"] = True  # one kernel for the whole update instead of one per tensor
+    if config.layer_decay and config.layer_decay < 1 and hasattr(model, "group_matcher"):
+        # One param group per layer group, each with its lr_scale (the scheduler applies it).
+        extra["layer_decay"] = config.layer_decay
     return create_optimizer_v2(model, opt=config.optimizer, lr=config.lr,
                                weight_decay=config.weight_decay, **extra)
 
