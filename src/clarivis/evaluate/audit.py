@@ -18,7 +18,6 @@ from clarivis.evaluate.calibration import calibration_report
 from clarivis.evaluate.inputs import LabeledPixels, load_labeled_pixels, model_logits
 from clarivis.evaluate.metrics import compute_metrics
 from clarivis.evaluate.ood import rejection_report
-from clarivis.evaluate.subgroups import subgroup_report
 from clarivis.fileio import atomic_write
 
 AUDIT_NAME = "audit.json"  # in the run folder, where `clarivis report` finds it
@@ -155,6 +154,10 @@ def _subgroups(test: LabeledPixels, predicted: torch.Tensor, columns: list[str],
     if not columns:
         notes.append("subgroups: no group attributes (pass a CSV manifest with extra columns)")
         return {"flagged": [], "summary": {}}
+    # Here, not at the top: fairlearn brings scikit-learn, scipy.stats and pandas (2 s on 2 cores),
+    # which the report, reading only AUDIT_NAME, must not pay at the end of every training run.
+    from clarivis.evaluate.subgroups import subgroup_report
+
     known = [s for s, k in zip(test.samples, test.known.tolist(), strict=True) if k]
     attributes = {c: [s.groups.get(c, "") or "(blank)" for s in known] for c in columns}
     return subgroup_report(test.targets[test.known].numpy(), predicted.numpy(), attributes,

@@ -7,9 +7,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torchmetrics.functional.classification import multiclass_calibration_error
 
-from clarivis.evaluate.metrics import ECE_BINS
+from clarivis.evaluate.metrics import ECE_BINS, calibration_error
 
 # Fewer validation images than this leave T to chance (a handful of samples can drive the NLL
 # optimum to 0 or infinity); below it the bundle keeps T = 1 and says so.
@@ -38,8 +37,7 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
 
 def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor) -> float:
     """probs: (N, C) softmax; ECE over 15 equal-width confidence bins, in 0..1."""
-    return float(multiclass_calibration_error(probs.float(), targets.long(), probs.shape[1],
-                                              n_bins=ECE_BINS))
+    return calibration_error(probs, targets.long(), ECE_BINS)
 
 
 def reliability_bins(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = ECE_BINS) -> dict:

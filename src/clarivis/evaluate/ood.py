@@ -5,7 +5,6 @@ anything else, and a threshold fitted on the validation split, so predict can an
 from __future__ import annotations
 
 import torch
-from sklearn.metrics import roc_auc_score
 
 from clarivis.prediction import UNKNOWN_LABEL  # noqa: F401  (re-exported: the answer on rejection)
 
@@ -57,6 +56,8 @@ def rejection_report(logits: torch.Tensor, known: torch.Tensor, temperature: flo
         "auroc": {},
     }
     if known.any() and (~known).any():
+        from sklearn.metrics import roc_auc_score  # here: training fits a threshold without it
+
         for name in OOD_SCORES:
             s = ood_score(logits, temperature, name)
             report["auroc"][name] = float(roc_auc_score(known.numpy(), s.numpy()))
