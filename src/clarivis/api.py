@@ -29,8 +29,6 @@ from clarivis.evaluate.metrics import EvaluationResult, compute_metrics
 from clarivis.evaluate.ood import ood_score
 from clarivis.models.bundle import BundleConfig, load_bundle
 from clarivis.prediction import UNKNOWN_LABEL, Prediction
-from clarivis.report.html import VAL_CALIBRATION_NAME, write_report
-from clarivis.report.plots import save_confusion_matrix
 from clarivis.train.defaults import resolve_device
 from clarivis.train.loop import TrainResult, run_training
 
@@ -51,18 +49,26 @@ def train(
     result = run_training(resolved, resume=resume, console=console)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone writes files
         console = console or Console(stderr=True, soft_wrap=True)
-        _evaluate_run(result, console)
+        scored = _evaluate_run(result, console, resolved.device)
         if resolved.report:
-            console.print(f"report: {write_report(result.run_dir, device=resolved.device)}")
+            # Imported here: the report's modules (jinja2, matplotlib) are for runs that write one.
+            from clarivis.report.html import write_report
+
+            path = write_report(result.run_dir, device=resolved.device, scored=scored)
+            console.print(f"report: {path}")
     return result
 
 
-def _evaluate_run(result: TrainResult, console: Console) -> None:
-    """Validation metrics of the saved (best) model, written into the run folder."""
+def _evaluate_run(result: TrainResult, console: Console, device: str | None = None):
+    """Validation metrics of the saved (best) model, written into the run folder. Returns the
+    scored validation split (report.gallery.ScoredValidation) for the report, or None."""
+    from clarivis.report.gallery import ScoredValidation
+    from clarivis.report.html import VAL_CALIBRATION_NAME
+
     split = json.loads((result.run_dir / "split.json").read_text())
     if not split["val"] or not (result.bundle_dir / "config.json").exists():
-        return
-    clf = Classifier.load(result.bundle_dir)
+        return None
+    clf = Classifier.load(result.bundle_dir, device=device)
     val = load_labeled_pixels(clf, [Sample(v["path"], v["label"]) for v in split["val"]])
     logits = model_logits(clf, val.pixels)
     clf.config = calibrate_bundle(result.bundle_dir, logits, val.targets)
@@ -79,6 +85,7 @@ def _evaluate_run(result: TrainResult, console: Console) -> None:
         f"best model (epoch {result.best_epoch}): val accuracy {evaluation.accuracy:.3f}, "
         f"balanced {evaluation.balanced_accuracy:.3f}, {ece}"
     )
+    return ScoredValidation(clf, val, logits)
 
 
 class Classifier:
@@ -220,6 +227,8 @@ def save_evaluation(result: EvaluationResult, json_path: str | Path) -> tuple[Pa
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result.to_dict(), indent=2))
     png = json_path.with_name(json_path.stem + "_confusion.png")
+    from clarivis.report.plots import save_confusion_matrix  # matplotlib: only when drawing
+
     save_confusion_matrix(result.confusion_matrix, result.class_names, png)
     return json_path, png
 

@@ -3,7 +3,9 @@ heat map of its prediction, so a reviewer sees what it looked at."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -12,24 +14,31 @@ from clarivis.errors import ClarivisError
 from clarivis.report.plots import data_uri
 
 
+@dataclass
+class ScoredValidation:
+    """The validation split already through the saved model: the end of training has it (for
+    the metrics and the temperature), so the report reuses it instead of loading the bundle,
+    decoding the images and running the model a second time."""
+
+    clf: Any  # the Classifier of the run's bundle, temperature fitted
+    val: Any  # evaluate.inputs.LabeledPixels of the split's val images
+    logits: torch.Tensor  # float32 (N, C) raw logits of val.pixels
+
+
 def top_losses(bundle_dir: str | Path, split: dict | None, *, count: int = 8,
-               device: str | None = None) -> list[dict]:
+               device: str | None = None, scored: ScoredValidation | None = None) -> list[dict]:
     """[{path, name, true, predicted, confidence, loss, method, png (data URI)}] for the `count`
     validation images with the highest loss; [] when the run has no validation split."""
-    from clarivis.api import Classifier
-    from clarivis.evaluate.inputs import load_labeled_pixels, model_logits
     from clarivis.explain.maps import heatmaps
     from clarivis.explain.overlay import overlay_png
 
     if not split or not split.get("val"):
         return []
-    clf = Classifier.load(bundle_dir, device=device)
-    samples = [Sample(v["path"], v["label"]) for v in split["val"] if Path(v["path"]).is_file()]
-    samples = [s for s in samples if s.label in clf.class_names]
-    if not samples:
+    scored = scored or _score_validation(bundle_dir, split, device)
+    if scored is None:
         return []
-    val = load_labeled_pixels(clf, samples)
-    logits = model_logits(clf, val.pixels) / clf.config.temperature
+    clf, val = scored.clf, scored.val
+    logits = scored.logits / clf.config.temperature
     losses = torch.nn.functional.cross_entropy(logits, val.targets, reduction="none")
     worst = losses.argsort(descending=True)[:count]
     probs = torch.softmax(logits[worst], dim=1)
@@ -50,6 +59,19 @@ def top_losses(bundle_dir: str | Path, split: dict | None, *, count: int = 8,
                       "confidence": float(confidence[n]), "loss": float(losses[i]), "method": method,
                       "png": data_uri(png)})
     return items
+
+
+def _score_validation(bundle_dir: str | Path, split: dict, device: str | None) -> ScoredValidation | None:
+    from clarivis.api import Classifier
+    from clarivis.evaluate.inputs import load_labeled_pixels, model_logits
+
+    clf = Classifier.load(bundle_dir, device=device)
+    samples = [Sample(v["path"], v["label"]) for v in split["val"] if Path(v["path"]).is_file()]
+    samples = [s for s in samples if s.label in clf.class_names]
+    if not samples:
+        return None
+    val = load_labeled_pixels(clf, samples)
+    return ScoredValidation(clf, val, model_logits(clf, val.pixels))
 
 
 def gallery_method(clf) -> str:

@@ -13,17 +13,18 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from clarivis import __version__
-from clarivis.check import thumbnail_png
 from clarivis.errors import ClarivisError
 from clarivis.evaluate.audit import AUDIT_NAME
 from clarivis.models.bundle import load_bundle_config, resolve_bundle_path
 from clarivis.report import plots
 from clarivis.report.card import model_card
-from clarivis.report.gallery import top_losses
+from clarivis.report.gallery import ScoredValidation, top_losses
 
 REPORT_NAME = "report.html"
 CHECK_NAME = "data_check.json"  # written by `clarivis check DATA --json RUN/data_check.json`
 VAL_CALIBRATION_NAME = "val_calibration.json"  # reliability bins on val, written by training
+VAL_METRICS_NAME = "val_metrics.json"  # written by training, with its confusion PNG beside it
+VAL_CONFUSION_NAME = "val_metrics_confusion.png"  # api.save_evaluation's name for that PNG
 MAX_FINDINGS = 40  # rows of the data-check table; the JSON file has them all
 
 
@@ -42,14 +43,16 @@ def _env() -> Environment:
 
 
 def write_report(run: str | Path, *, out: str | Path | None = None, gallery: int = 8,
-                 device: str | None = None) -> Path:
-    """Write RUN/report.html (or `out`) from the run folder's files; returns its path."""
+                 device: str | None = None, scored: ScoredValidation | None = None) -> Path:
+    """Write RUN/report.html (or `out`) from the run folder's files; returns its path. `scored`:
+    the validation split already through the bundle's model (the end of training passes it), so
+    the gallery needs no second decode and forward pass."""
     run_dir = _run_dir(run)
     bundle_dir = resolve_bundle_path(run_dir / "model")
     bundle = load_bundle_config(bundle_dir)
     inputs = _read_inputs(run_dir)
     macros = _env().get_template("sections.html.j2").module
-    sections = _sections(run_dir, bundle_dir, bundle, inputs, macros, gallery, device)
+    sections = _sections(run_dir, bundle_dir, bundle, inputs, macros, gallery, device, scored)
     html = _env().get_template("report.html.j2").render(
         title=f"{run_dir.name}: {bundle.architecture} on {Path(inputs['config'].get('data', '?')).name}",
         version=__version__, written=datetime.now().strftime("%Y-%m-%d %H:%M"), bundle=bundle,
@@ -90,7 +93,7 @@ def _read_inputs(run_dir: Path) -> dict:
     return {
         "history": history, "config_text": config_text,
         "config": yaml.safe_load(config_text) or {} if config_text else {},
-        "val": _read_json(run_dir / "val_metrics.json"),
+        "val": _read_json(run_dir / VAL_METRICS_NAME),
         "val_calibration": _read_json(run_dir / VAL_CALIBRATION_NAME),
         "audit": _read_json(run_dir / AUDIT_NAME),
         "check": _read_json(run_dir / CHECK_NAME),
@@ -98,7 +101,7 @@ def _read_inputs(run_dir: Path) -> dict:
     }
 
 
-def _sections(run_dir, bundle_dir, bundle, inputs, m, gallery, device) -> list[Section]:
+def _sections(run_dir, bundle_dir, bundle, inputs, m, gallery, device, scored) -> list[Section]:
     audit, val = inputs["audit"], inputs["val"]
     audit_hint = f"run `clarivis audit {run_dir / 'model'} TEST_DATA` to fill this section"
     test_metrics = audit["metrics"] if audit else None
@@ -126,8 +129,9 @@ def _sections(run_dir, bundle_dir, bundle, inputs, m, gallery, device) -> list[S
 
     s = Section("confusion", "Confusion matrix", missing="no metrics to draw it from")
     if main_metrics:
-        png = plots.png_bytes(plots.confusion_figure(main_metrics["confusion_matrix"],
-                                                     main_metrics["class_names"]))
+        png = _saved_val_confusion(run_dir) if main_split == "validation" else None
+        png = png or plots.png_bytes(plots.confusion_figure(main_metrics["confusion_matrix"],
+                                                            main_metrics["class_names"]))
         s.html = Markup(m.confusion({"split": main_split, "png": plots.data_uri(png)}))
     sections.append(s)
 
@@ -150,7 +154,8 @@ def _sections(run_dir, bundle_dir, bundle, inputs, m, gallery, device) -> list[S
     sections.append(s)
 
     s = Section("top-losses", "Top losses with heat maps", missing="no validation images to rank")
-    items = top_losses(bundle_dir, inputs["split"], count=gallery, device=device) if gallery else []
+    items = (top_losses(bundle_dir, inputs["split"], count=gallery, device=device, scored=scored)
+             if gallery else [])
     if items:
         s.html = Markup(m.top_losses({"images": items, "split": "validation"}))
     sections.append(s)
@@ -186,6 +191,16 @@ def _sections(run_dir, bundle_dir, bundle, inputs, m, gallery, device) -> list[S
 
     sections.append(Section("model-card", "Model card", Markup(m.model_card(model_card(bundle, inputs)))))
     return sections
+
+
+def _saved_val_confusion(run_dir: Path) -> bytes | None:
+    """The confusion PNG training saved beside val_metrics.json (the same figure of the same
+    matrix: drawing it again cost 0.3 s), when it is no older than the metrics."""
+    png, metrics = run_dir / VAL_CONFUSION_NAME, run_dir / VAL_METRICS_NAME
+    try:
+        return png.read_bytes() if png.stat().st_mtime >= metrics.stat().st_mtime else None
+    except OSError:
+        return None
 
 
 def _summary(run_dir: Path, bundle, inputs: dict) -> dict:
@@ -224,6 +239,10 @@ def _subgroups(subgroups: dict) -> dict:
 
 
 def _data_check(check: dict, file: Path) -> dict:
+    # Imported here: clarivis.check brings imagehash and the label-issue folds, which a report
+    # without a data check (the one every training run writes) does not need.
+    from clarivis.check import thumbnail_png
+
     findings = check.get("findings", [])
     counts = [(k.replace("_", " "), round(v, 2)) for k, v in check.get("summary", {}).items()
               if isinstance(v, int | float) and v]

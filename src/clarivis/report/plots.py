@@ -1,16 +1,28 @@
-"""Figures for metrics files and the HTML report (PNG, matplotlib without a display)."""
+"""Figures for metrics files and the HTML report (PNG, matplotlib without a display).
+
+matplotlib is imported on the first figure, not with this module: thumbnails and data URIs
+(the data check, the labeling queue, the report's gallery) need none of it."""
 
 from __future__ import annotations
 
 import base64
 import io
+from functools import cache
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+@cache
+def _pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (no display on servers and CI), set
+    once per process."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def png_bytes(fig) -> bytes:
@@ -18,7 +30,7 @@ def png_bytes(fig) -> bytes:
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return buffer.getvalue()
 
 
@@ -55,7 +67,7 @@ def confusion_figure(matrix: list[list[int]], class_names: list[str]):
     norm = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
     n = len(class_names)
     side = min(2.0 + 0.45 * n, 20.0)
-    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    fig, ax = _pyplot().subplots(figsize=(side + 1.5, side))
     im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(n), class_names, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(n), class_names, fontsize=8)
@@ -76,7 +88,7 @@ def confusion_figure(matrix: list[list[int]], class_names: list[str]):
 def training_curves_figure(history: list[dict]):
     """Loss and accuracy per epoch, train and validation (rows of metrics.jsonl)."""
     epochs = [row["epoch"] for row in history]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (loss_ax, acc_ax) = _pyplot().subplots(1, 2, figsize=(9, 3.4))
     for ax, metric in ((loss_ax, "loss"), (acc_ax, "accuracy")):
         for split, style in (("train", "-"), ("val", "--")):
             values = [row.get(f"{split}_{metric}") for row in history]
@@ -92,7 +104,7 @@ def training_curves_figure(history: list[dict]):
 
 def reliability_figure(calibration: dict):
     """Reliability diagram: accuracy against confidence per bin, before and after scaling."""
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    fig, ax = _pyplot().subplots(figsize=(4.6, 4.2))
     ax.plot([0, 1], [0, 1], color="grey", lw=1, label="perfect calibration")
     for name, color in (("before", "tab:red"), ("after", "tab:blue")):
         bins = calibration[f"reliability_{name}"]
@@ -115,7 +127,7 @@ def reliability_figure(calibration: dict):
 
 def robustness_figure(robustness: dict):
     """Accuracy against severity (0 = clean) for every corruption."""
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = _pyplot().subplots(figsize=(8, 4))
     clean = robustness["clean_accuracy"]
     for name, row in robustness["corruptions"].items():
         accuracy = row["accuracy"]
