@@ -96,3 +96,30 @@ def test_bad_method_and_bad_pixels_say_what_to_pass():
         heatmaps(clf, _pixels(2), targets=[0])
     with pytest.raises(ClarivisError, match="0 to 2"):
         heatmaps(clf, _pixels(1), targets=[3])
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_cnn_gradcam_is_pytorch_grad_cams(size):
+    """CNN Grad-CAM runs on captum (pytorch_grad_cam's import costs the report 1.8 s of CPU):
+    the maps must be the ones pytorch_grad_cam computes, scaling and resize included."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from clarivis.explain.cam import cam_maps
+
+    clf = tiny_classifier(CNN, size)
+    x = clf.normalize(_pixels(4, size))
+    targets = [0, 1, 2, 1]
+    target = cam_target(clf.model, size)
+    assert target.reshape is None  # the captum path
+    ours = cam_maps(clf.model, x, targets, method="gradcam")
+    cam = GradCAM(model=clf.model, target_layers=[target.layer])
+    try:
+        with torch.enable_grad():
+            theirs = cam(input_tensor=x.detach().requires_grad_(True),
+                         targets=[ClassifierOutputTarget(t) for t in targets])
+    finally:
+        cam.activations_and_grads.release()
+    # Real maps, not zeros on both sides (an untrained net's ReLU leaves some all-zero).
+    assert (ours.reshape(4, -1).std(axis=1) > 0.01).sum() >= 2
+    np.testing.assert_allclose(ours, np.clip(theirs, 0, 1), atol=1e-4)

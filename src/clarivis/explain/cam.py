@@ -1,5 +1,11 @@
 """Grad-CAM and Grad-CAM++ (pytorch_grad_cam) for timm CNNs and ViTs alike: the layer to explain
-and the reshape of ViT tokens to a feature map are chosen from the model, not by the user."""
+and the reshape of ViT tokens to a feature map are chosen from the model, not by the user.
+
+Grad-CAM of a layer that already gives (N, C, h, w) maps (every CNN) runs on captum's
+LayerGradCam, with pytorch_grad_cam's normalisation (tests/explain/test_cam.py checks the maps
+are the same): `import pytorch_grad_cam` brings scikit-learn, pandas, scipy and OpenCV (1.8 s of
+CPU on 2 cores, half of torch + timm), which the report's gallery at the end of every training
+run would otherwise pay; captum comes with matplotlib, which the report loads anyway."""
 
 from __future__ import annotations
 
@@ -9,13 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+import torch.nn.functional as F
 from torch import nn
 
 from clarivis.errors import ModelError
 
-CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
+CAM_METHODS = ("gradcam", "gradcam++")  # pytorch_grad_cam's GradCAM and GradCAMPlusPlus
 
 # The deepest feature stage is the class-specific one Grad-CAM is meant for, but a 1x1 or 2x2 map
 # (resnet at 32-64 px: stride 32) can only say "somewhere in this half": below this many cells a
@@ -57,7 +62,13 @@ def _declared_target(model: nn.Module) -> CamTarget | None:
 def cam_maps(model: nn.Module, x: torch.Tensor, targets: list[int], *, method: str) -> np.ndarray:
     """Normalised (N, 3, S, S) input -> float32 (N, S, S) maps in [0, 1] for class `targets[i]`."""
     target = cam_target(model, x.shape[-1])
-    cam = CAM_METHODS[method](model=model, target_layers=[target.layer], reshape_transform=target.reshape)
+    if method == "gradcam" and target.reshape is None:
+        return _layer_gradcam(model, target.layer, x, targets)
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cam_class = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}[method]
+    cam = cam_class(model=model, target_layers=[target.layer], reshape_transform=target.reshape)
     try:
         with torch.enable_grad():
             # The input requires gradients so the activations do even when the weights do not.
@@ -68,6 +79,30 @@ def cam_maps(model: nn.Module, x: torch.Tensor, targets: list[int], *, method: s
         # so the Classifier's model runs hook-free again.
         cam.activations_and_grads.release()
     return np.clip(maps, 0.0, 1.0).astype(np.float32)
+
+
+def _layer_gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor, targets: list[int]) -> np.ndarray:
+    """Grad-CAM (captum's LayerGradCam) of an NCHW layer, scaled as pytorch_grad_cam scales it:
+    ReLU, min-max per image, bilinear resize to the input, min-max again.
+    Normalised (N, 3, S, S) input -> float32 (N, S, S) in [0, 1]."""
+    from captum.attr import LayerGradCam
+
+    with torch.enable_grad():
+        # The input requires gradients so the activations do even when the weights do not.
+        x = x.detach().requires_grad_(True)
+        maps = LayerGradCam(model, layer).attribute(x, target=[int(t) for t in targets],
+                                                    relu_attributions=True)  # (N, 1, h, w)
+    maps = F.interpolate(_min_max(maps.detach().float()), size=tuple(x.shape[-2:]), mode="bilinear",
+                         align_corners=False)  # OpenCV's INTER_LINEAR, as pytorch_grad_cam resizes
+    return np.clip(_min_max(maps)[:, 0].cpu().numpy(), 0.0, 1.0).astype(np.float32)
+
+
+def _min_max(maps: torch.Tensor) -> torch.Tensor:
+    """(N, 1, h, w) -> each map minus its minimum, over its maximum (+ 1e-7, pytorch_grad_cam's
+    scale_cam_image)."""
+    low = maps.amin(dim=(1, 2, 3), keepdim=True)
+    maps = maps - low
+    return maps / (1e-7 + maps.amax(dim=(1, 2, 3), keepdim=True))
 
 
 def _vit_target(model: nn.Module) -> CamTarget | None:
