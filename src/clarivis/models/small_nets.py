@@ -77,8 +77,8 @@ class WhiteningStem(nn.Module):
 
     @torch.no_grad()
     def _whiten_from(self, x: torch.Tensor) -> None:
-        self._checked = True
         if int(self.whitened):
+            self._checked = True
             return  # loaded or resumed: the filters already came from data
         k = self.kernel
         # (N, C, H, W) -> (N * P, C * k * k) patches, in float32 whatever autocast says.
@@ -88,6 +88,9 @@ class WhiteningStem(nn.Module):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(cov)  # every rank gets the same filters
             cov /= torch.distributed.get_world_size()
+        if float(cov.trace()) < 1e-6:
+            return  # a blank probe batch (e.g. a shape check): wait for real images
+        self._checked = True
         eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending
         filters = (eigenvectors.T / torch.sqrt(eigenvalues.clamp_min(0) + self.eps)[:, None])
         filters = filters.flip(0).reshape(-1, x.shape[1], k, k)  # largest variance first
