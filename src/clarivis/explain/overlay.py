@@ -39,7 +39,9 @@ def overlay_image(pixels: torch.Tensor | np.ndarray, heatmap: np.ndarray, captio
 def overlay_png(pixels: torch.Tensor | np.ndarray, heatmap: np.ndarray, caption: str) -> bytes:
     """The overlay as PNG bytes, for embedding in a report or an HTTP response."""
     buffer = io.BytesIO()
-    overlay_image(pixels, heatmap, caption).save(buffer, format="PNG", optimize=True)
+    # Default zlib level, not optimize=True: 23 ms of CPU instead of 148 for a 32 px input
+    # (the report draws 8 at the end of every run), 4.5% more bytes.
+    overlay_image(pixels, heatmap, caption).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
