@@ -44,6 +44,9 @@ def test_forward_shapes_and_timm_interface(name, size):
     model.reset_classifier(3)
     with torch.no_grad():
         assert model(x).shape == (2, 3)
+    headless = create_model(name, num_classes=0, img_size=size, **TINY[name]).eval()
+    with torch.no_grad():  # num_classes=0 (embeddings, self-supervised pretraining): features
+        assert headless(x).shape == (2, headless.num_features)
     cfg = pretrained_cfg(name)
     assert cfg["input_size"] == (3, 32, 32) and cfg["mean"] == CIFAR_MEAN
     assert model.pretrained_cfg["mean"] == CIFAR_MEAN

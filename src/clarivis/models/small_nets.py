@@ -184,7 +184,9 @@ class AirNet(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.amax(dim=(2, 3)) if self.global_pool == "max" else x.mean(dim=(2, 3))  # (N, F)
         x = self.head_drop(x)
-        return x if pre_logits else self.fc(x) * self.head_scale
+        if pre_logits or not self.num_classes:
+            return x  # headless (num_classes=0): the pooled features, unscaled, as timm's nets
+        return self.fc(x) * self.head_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
