@@ -20,6 +20,7 @@ from clarivis.data.quality import (
     check_quality,
 )
 from clarivis.data.sources import Sample, index_dataset
+from clarivis.evaluate.label_features import choose_features
 from clarivis.evaluate.label_issues import DEFAULT_FOLDS, LabelIssueResult, find_label_issues
 from clarivis.report.plots import thumbnail
 
@@ -101,6 +102,10 @@ def check_data(
     data: str | Path,
     *,
     model: str | Path | None = None,
+    weights: str | Path | None = None,
+    pretrained: bool = False,
+    img_size: int | None = None,
+    cached: bool = True,
     label_issues: bool = True,
     folds: int = DEFAULT_FOLDS,
     device: str | None = None,
@@ -110,8 +115,15 @@ def check_data(
     workers: int | None = None,
 ) -> DataCheckResult:
     """Check a dataset (folder, split folders or CSV): file findings, then suspected label
-    errors by `model`'s embeddings or, without one, a small model trained per fold."""
+    errors by features + logistic regression or, without features, a small model trained per
+    fold. Features: `model` a ModelBundle, or a timm name with local `weights` or hub weights
+    (`pretrained`) at `img_size` [its pretrained size]; weights without `model` use the
+    architecture the file names, else efficientnet_lite0; with nothing given, efficientnet_lite0's
+    hub weights when they are already in the local cache (`cached`; never downloaded)."""
     console = console or Console(stderr=True, quiet=True)
+    # Resolved first: a wrong name or weights file fails before minutes of file checks.
+    source = choose_features(model, weights=weights, pretrained=pretrained, img_size=img_size,
+                             cached=cached and train_settings is None) if label_issues else None
     index = index_dataset(data)
     started = time.perf_counter()
     quality = check_quality(index, near_distance=near_distance, workers=workers)
@@ -125,8 +137,8 @@ def check_data(
     readable = quality.readable
     started = time.perf_counter()
     result.labels = find_label_issues(
-        [Sample(f.path, f.label) for f in readable], [f.split for f in readable], model=model,
-        folds=folds, device=device, train_settings=train_settings, console=console,
+        [Sample(f.path, f.label) for f in readable], [f.split for f in readable], model=source,
+        cached=False, folds=folds, device=device, train_settings=train_settings, console=console,
     )
     seconds["labels"] = round(time.perf_counter() - started, 3)
     return result

@@ -182,8 +182,16 @@ def _predict_to_file(model: str, images: list[str], out_file: str, *, resume: bo
 @app.command()
 def check(
     data: Annotated[str, typer.Argument(help="labeled images: folder, split folder or CSV")],
-    model: Annotated[Optional[str], Opt(help="ModelBundle whose embeddings score the labels "
-                                             "[train a small model per fold]")] = None,
+    model: Annotated[Optional[str], Opt(help="features that score the labels: a ModelBundle, or a "
+                                             "timm name with --weights or --pretrained [with weights: "
+                                             "efficientnet_lite0; without: its hub weights if cached, "
+                                             "else train a small model per fold]")] = None,
+    weights: Annotated[Optional[str], Opt(help="local weights of the backbone, e.g. an ImageNet file "
+                                               "or a pretrain run's backbone.safetensors")] = None,
+    pretrained: Annotated[bool, Opt("--pretrained", help="timm hub weights of the backbone")] = False,
+    img_size: Annotated[Optional[int], Opt(help="backbone input size [its pretrained size]")] = None,
+    cached: Annotated[bool, Opt("--cached/--no-cached", help="without --model/--weights: use cached "
+                                                             "hub weights when present [on]")] = True,
     json_path: Annotated[Optional[str], Opt("--json", help="write all findings as JSON")] = None,
     labels: Annotated[bool, Opt("--labels/--no-labels", help="look for label errors [on]")] = True,
     folds: Annotated[int, Opt(min=2, help="cross-validation folds for the label check")] = 5,
@@ -195,8 +203,8 @@ def check(
     image under two labels)."""
     from clarivis.check import check_data, save_check
 
-    result = check_data(data, model=model, label_issues=labels, folds=folds, device=device,
-                        console=err)
+    result = check_data(data, model=model, weights=weights, pretrained=pretrained, img_size=img_size,
+                        cached=cached, label_issues=labels, folds=folds, device=device, console=err)
     written = save_check(result, json_path) if json_path else None  # before printing (| head)
     findings = result.findings
     colours = {"error": "red", "warning": "yellow", "info": "dim"}

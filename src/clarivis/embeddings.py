@@ -36,23 +36,26 @@ class Embeddings:
         return int(self.vectors.shape[1]) if self.vectors.ndim == 2 else 0
 
 
-def load_encoder(model: str | Path, *, weights: str | Path | None = None,
+def load_encoder(model: str | Path, *, weights: str | Path | None = None, pretrained: bool = False,
                  img_size: int | None = None, device: str | None = None):
     """A feature extractor as a Classifier: a ModelBundle folder (its own preprocessing), or a
-    timm name with optional local weights (the architecture's pretrained preprocessing, its
-    head removed). The Classifier supplies resize/normalize, so features match predict's."""
+    timm name with optional local weights or timm hub weights (`pretrained`; the architecture's
+    pretrained preprocessing, its head removed). The Classifier supplies resize/normalize, so
+    features match predict's."""
     from clarivis.api import Classifier
 
     dev = resolve_device(device)
     if Path(model).expanduser().exists():
-        if weights is not None:
-            raise ClarivisError("--weights goes with a timm model name; a ModelBundle has its own")
+        if weights is not None or pretrained:
+            raise ClarivisError("--weights and --pretrained go with a timm model name; a "
+                                "ModelBundle has its own")
         return Classifier.load(resolve_bundle_path(model), device=str(dev))
     name = str(model)
     check_model_name(name)
     cfg = pretrained_cfg(name)
     size = img_size or (cfg.get("input_size") or (3, 224, 224))[1]
-    net = create_model(name, num_classes=0, img_size=size, weights=weights)  # headless: features
+    net = create_model(name, num_classes=0, img_size=size, pretrained=pretrained,
+                       weights=weights)  # headless: features
     preprocess = Preprocess(img_size=size, mean=tuple(cfg.get("mean", Preprocess.mean)),
                             std=tuple(cfg.get("std", Preprocess.std)))
     config = make_bundle_config(architecture=name, class_names=[], preprocess=preprocess)

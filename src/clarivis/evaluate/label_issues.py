@@ -2,7 +2,8 @@
 
 Out-of-fold means every image is scored by a model that never saw its label, so a wrong label
 cannot be memorised away. The probabilities come from either
-  (a) a trained ModelBundle's backbone embeddings + cross-validated logistic regression, or
+  (a) features + cross-validated logistic regression: a trained ModelBundle's or a pretrained
+      backbone's (evaluate.label_features chooses which, clarivis.embeddings computes them), or
   (b) a small classifier trained with `clarivis.train` on the other folds, once per fold."""
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 from rich.console import Console
 
 from clarivis.data.sources import Sample
-from clarivis.errors import DataError, ModelError
+from clarivis.errors import DataError
+from clarivis.evaluate.label_features import FeatureSource, backbone_features, choose_features
 
 # cleanlab's own default (cv_n_folds=5): each model sees 80% of the data, so its probabilities
 # are close to those of a model trained on all of it; more folds cost more trainings for little.
@@ -35,10 +37,13 @@ DEFAULT_FOLDS = 5
 # val_fraction 0: train on all K-1 folds (the held-out fold is the evaluation that matters).
 DEFAULT_TRAIN_SETTINGS: dict[str, Any] = {"recipe": "fast", "val_fraction": 0.0}
 
-# L2 strength of the logistic regression on embeddings: sklearn's default C=1 on standardised
-# features; embeddings of a trained backbone separate classes almost linearly.
-_LOGREG_C = 1.0
-_EMBED_CHUNK = 4096  # images decoded per chunk: 4096 x 3 x 224 x 224 uint8 = 0.6 GB at most
+# Inverse L2 strengths of the logistic regression on standardised features, chosen by the
+# out-of-fold log loss over the check's own folds (the probabilities cleanlab reads, so the
+# proper score for them). Measured on ImageNet efficientnet_lite0 features of 3 CIFAR-10
+# classes x 120 images with 18 planted errors (benchmarks/label_check_planted.py, 3 seeds):
+# log loss picks 0.01/0.01/0.001, which rank 15/16/17 planted errors into the top 40; a fixed
+# C=1 (the former default, set for a trained bundle's features) ranks 14/17/16.
+LOGREG_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
 @dataclass
@@ -60,10 +65,13 @@ class LabelIssueResult:
     checked: int  # images that took part
     oof_accuracy: float  # of the out-of-fold predictions against the given labels
     notes: list[str] = field(default_factory=list)  # e.g. classes left out, folds reduced
+    features: str = ""  # whose features (a) used, e.g. "efficientnet_lite0 (weights W, 224 px)"
+    reg_c: float | None = None  # the logistic regression's C that (a) chose
 
     def to_dict(self) -> dict:
         return {"method": self.method, "folds": self.folds, "checked": self.checked,
                 "oof_accuracy": self.oof_accuracy, "notes": self.notes,
+                "features": self.features, "reg_c": self.reg_c,
                 "issues": [asdict(i) for i in self.issues]}
 
 
@@ -71,7 +79,11 @@ def find_label_issues(
     samples: list[Sample],
     splits: list[str],
     *,
-    model: str | Path | None = None,
+    model: str | Path | FeatureSource | None = None,
+    weights: str | Path | None = None,
+    pretrained: bool = False,
+    img_size: int | None = None,
+    cached: bool = True,
     folds: int = DEFAULT_FOLDS,
     device: str | None = None,
     seed: int = 0,
@@ -79,15 +91,22 @@ def find_label_issues(
     console: Console | None = None,
 ) -> LabelIssueResult:
     """Suspected label errors among readable `samples` (with their split names), by (a) the
-    bundle `model`'s embeddings or (b) training per fold when `model` is None."""
+    features of a bundle or pretrained backbone (`model`, `weights`, `pretrained`, `img_size`;
+    see label_features.choose_features, which also uses cached hub weights unless `cached` is
+    off or `train_settings` are given), or (b) training per fold when there are none."""
     console = console or Console(stderr=True, quiet=True)
+    source = choose_features(model, weights=weights, pretrained=pretrained, img_size=img_size,
+                             cached=cached and train_settings is None)
     kept, kept_splits, class_names, k, notes = _usable(samples, splits, folds)
     labels = np.array([class_names.index(s.label) for s in kept])
     fold_of = _assign_folds(labels, k, seed)
-    if model is not None:
-        console.print(f"label check: embeddings of {model} + logistic regression, {k} folds")
-        features = bundle_embeddings(model, kept, device=device)
-        probs = logreg_oof_probabilities(features, labels, fold_of, len(class_names), seed=seed)
+    reg_c = None
+    if source is not None:
+        console.print(f"label check: features of {source.describe()} ({source.why}) + logistic "
+                      f"regression, {k} folds")
+        features = backbone_features(source, kept, device=device)
+        probs, reg_c = logreg_oof_probabilities(features, labels, fold_of, len(class_names),
+                                                seed=seed)
         method = "embeddings+logreg"
     else:
         console.print(f"label check: training a small model on each of {k} folds")
@@ -96,20 +115,27 @@ def find_label_issues(
         method = "cross-validated training"
     issues = rank_label_issues(kept, kept_splits, class_names, labels, probs)
     accuracy = float((probs.argmax(1) == labels).mean())
-    return LabelIssueResult(issues, method, k, len(kept), accuracy, notes)
+    return LabelIssueResult(issues, method, k, len(kept), accuracy, notes,
+                            features=source.describe() if source else "", reg_c=reg_c)
 
 
 def rank_label_issues(
     samples: list[Sample], splits: list[str], class_names: list[str], labels: np.ndarray,
     probs: np.ndarray,
 ) -> list[LabelIssue]:
-    """cleanlab's flagged images, most suspect first, with suggested label and quality score."""
+    """The suspects, most suspect first, with suggested label and quality score: cleanlab's
+    flagged images and every image whose out-of-fold prediction is another class. cleanlab alone
+    (prune_by_noise_rate) estimates how many labels are wrong from the confident joint and keeps
+    that many; on features that confuse 13% of clean images it kept 18-43 of 360 and missed a
+    third of 18 planted errors, the union keeps 45-60 and ranks 15-17 of them into its top 40
+    (benchmarks/README.md, "Label check")."""
     import cleanlab.filter
     import cleanlab.rank
 
     probs = _renormalised(probs)
     # n_jobs=1: cleanlab would fork a pool per call; the per-class work is milliseconds here.
     flagged = cleanlab.filter.find_label_issues(labels, probs, n_jobs=1)
+    flagged |= probs.argmax(1) != labels
     scores = cleanlab.rank.get_label_quality_scores(labels, probs)  # self_confidence
     order = sorted(np.flatnonzero(flagged), key=lambda i: (scores[i], samples[i].path))
     return [LabelIssue(samples[i].path, splits[i], samples[i].label,
@@ -158,50 +184,34 @@ def _renormalised(probs: np.ndarray) -> np.ndarray:
 
 
 def logreg_oof_probabilities(
-    features: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, num_classes: int, *, seed: int = 0
-) -> np.ndarray:
-    """(N, C) out-of-fold probabilities of standardised features + logistic regression."""
+    features: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, num_classes: int, *,
+    seed: int = 0, grid: tuple[float, ...] = LOGREG_C_GRID,
+) -> tuple[np.ndarray, float]:
+    """(N, C) out-of-fold probabilities of standardised features + logistic regression, at the
+    C of `grid` with the lowest out-of-fold log loss, and that C."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
     from sklearn.model_selection import PredefinedSplit, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    classifier = make_pipeline(StandardScaler(),
-                               LogisticRegression(C=_LOGREG_C, max_iter=1000, random_state=seed))
-    with warnings.catch_warnings():
-        # lbfgs may stop at max_iter on hard folds; its probabilities are still usable.
-        warnings.simplefilter("ignore", category=UserWarning)
-        warnings.filterwarnings("ignore", message=".*(converge|ITERATIONS).*")
-        probs = cross_val_predict(classifier, features, labels, cv=PredefinedSplit(fold_of),
-                                  method="predict_proba")
-    if probs.shape[1] != num_classes:  # cannot happen with stratified folds; guard anyway
-        raise DataError("a class is missing from a training fold; give every class more images")
-    return probs
-
-
-@torch.no_grad()
-def bundle_embeddings(
-    model: str | Path, samples: list[Sample], *, device: str | None = None, batch_size: int = 128
-) -> np.ndarray:
-    """(N, D) pre-logits features of the bundle's backbone, preprocessed exactly as predict
-    (evaluate.inputs); decoded in chunks so memory stays bounded on large datasets."""
-    from clarivis.api import Classifier
-    from clarivis.evaluate.inputs import load_labeled_pixels, model_embeddings
-
-    clf = Classifier.load(model, device=device)
-    net = clf.model
-    if not (hasattr(net, "forward_features") and hasattr(net, "forward_head")):
-        raise ModelError(f"{model}: its network has no timm forward_features/forward_head; "
-                         "run the label check without --model")
-    out = []
-    for start in range(0, len(samples), _EMBED_CHUNK):
-        chunk = samples[start:start + _EMBED_CHUNK]
-        loaded = load_labeled_pixels(clf, chunk)
-        if len(loaded.samples) != len(chunk):
-            bad = ", ".join(d["path"] for d in loaded.skipped[:3])
-            raise DataError(f"files became unreadable during the check ({bad}); run it again")
-        out.append(model_embeddings(clf, loaded.pixels, batch_size=batch_size))
-    return torch.cat(out).numpy()
+    best: tuple[float, np.ndarray, float] | None = None  # (log loss, probabilities, C)
+    for reg_c in grid:
+        classifier = make_pipeline(StandardScaler(),
+                                   LogisticRegression(C=reg_c, max_iter=1000, random_state=seed))
+        with warnings.catch_warnings():
+            # lbfgs may stop at max_iter on hard folds; its probabilities are still usable.
+            warnings.simplefilter("ignore", category=UserWarning)
+            warnings.filterwarnings("ignore", message=".*(converge|ITERATIONS).*")
+            probs = cross_val_predict(classifier, features, labels, cv=PredefinedSplit(fold_of),
+                                      method="predict_proba")
+        if probs.shape[1] != num_classes:  # cannot happen with stratified folds; guard anyway
+            raise DataError("a class is missing from a training fold; give every class more images")
+        loss = log_loss(labels, _renormalised(probs), labels=np.arange(num_classes))
+        if best is None or loss < best[0]:
+            best = (loss, probs, reg_c)
+    assert best is not None, "the C grid is empty"
+    return best[1], best[2]
 
 
 # ----------------------------------------------------------------------------- (b) training
