@@ -22,6 +22,8 @@ def test_model_and_batch_size_fit_the_device_and_data():
     assert pick_model(cpu, 224) == "mobilenetv3_large_100" and pick_model(gpu, 224) == "resnet50"
     assert pick_batch_size(45_000) == 64  # large images: fits every default model
     assert pick_batch_size(45_000, img_size=32) == 256  # small images: per-layer overheads
+    assert pick_batch_size(4_500, img_size=32) == 256  # from 16 steps an epoch
+    assert pick_batch_size(4_000, img_size=32) == 64
     assert pick_batch_size(45_000, img_size=32, recipe="fast") == 512
     assert pick_batch_size(600, img_size=32, recipe="fast") == 32  # no 1-step epochs
     assert pick_lr("sgd", 512, fine_tune=False) == 0.4  # linear scaling, capped
