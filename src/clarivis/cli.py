@@ -49,7 +49,7 @@ def train(
     lr: Annotated[Optional[float], Opt(help="peak learning rate [by optimizer/batch]")] = None,
     optimizer: Annotated[Optional[str], Opt(help="adamw | sgd [adamw]")] = None,
     layer_decay: Annotated[Optional[float], Opt(
-        help="fine-tuning: lr factor per layer group below the head [by model; 1 = off]")] = None,
+        help="fine-tuning: lr factor per layer group below the head, e.g. 0.8 [1 = off]")] = None,
     warmup_epochs: Annotated[Optional[float], Opt(help="lr warm-up epochs [by run length]")] = None,
     weight_decay: Annotated[Optional[float], Opt(help="[0.05]")] = None,
     val_fraction: Annotated[Optional[float], Opt(help="held out for validation [0.1]")] = None,

@@ -182,20 +182,15 @@ def test_real_entry_point_exits_2_without_traceback(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model, size, dataset", [(CNN, 32, "shapes"), (VIT, 32, "digits")])
-def test_cli_trains_cnn_and_vit(model, size, dataset, shapes_dir, tmp_path, capsys):
-    if dataset == "digits":
-        from clarivis.data.builtin import make_digits
-
-        data = make_digits(tmp_path / "digits")
-        extra = ["--epochs", "6", "--no-hflip"]
-    else:
-        data, extra = shapes_dir, ["--epochs", "15", "--lr", "3e-3"]
+# Digits from scratch, accuracy over the whole folder (chance 0.10), measured over seeds 0-2:
+# test_resnet 8 epochs 0.981-0.989; test_vit (16 px patches) 6 epochs 0.619-0.705.
+@pytest.mark.parametrize("model, epochs, minimum", [(CNN, 8, 0.6), (VIT, 6, 0.35)])
+def test_cli_trains_cnn_and_vit(model, epochs, minimum, digits_dir, tmp_path, capsys):
+    data, size, extra = digits_dir, 32, ["--epochs", str(epochs), "--no-hflip"]
     run = tmp_path / "run"
     code, out, _ = run_cli(["train", data, "--out", run, "--model", model, "--img-size", size,
                             "--workers", "0", *extra], capsys)
     assert code == 0 and "model:" in out
     code, _, _ = run_cli(["evaluate", run / "model", data, "--json", tmp_path / "t.json"], capsys)
     accuracy = json.loads((tmp_path / "t.json").read_text())["accuracy"]
-    classes = 6 if dataset == "shapes" else 10
-    assert accuracy > 1 / classes + 0.08
+    assert accuracy > minimum

@@ -29,4 +29,5 @@ def test_model_and_batch_size_fit_the_device_and_data():
     assert pick_lr("sgd", 512, fine_tune=False) == 0.4  # linear scaling, capped
     assert pick_batch_size(300) == 16  # tiny data: enough steps per epoch
     assert pick_lr("adamw", 64, fine_tune=False) == 2e-3
-    assert pick_lr("adamw", 64, fine_tune=True) == 2e-4
+    assert pick_lr("adamw", 32, fine_tune=True) == 1e-3  # the tutorial's lr at its batch
+    assert pick_lr("adamw", 64, fine_tune=True, text_init=True) == 2e-5  # CLIP head from text

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from tests.conftest import CNN, VIT, write_image
 
 import clarivis
+from clarivis.config import build_config
 from clarivis.errors import DataError, ResumeError
 from clarivis.train import loop
 
@@ -22,13 +23,15 @@ FAST = dict(epochs=2, batch_size=8, patience=None, workers=0)
 
 
 @pytest.mark.slow
-def test_cnn_learns_shapes_better_than_chance(shapes_dir, tmp_path):
-    result = clarivis.train(shapes_dir, out=tmp_path / "run", model=CNN, epochs=15, lr=3e-3,
+def test_cnn_learns_digits_well_above_chance(digits_dir, tmp_path):
+    """Measured with test_resnet, 15 epochs, defaults otherwise, seeds 0-2: test accuracy 0.978,
+    0.993, 0.996 (chance 0.10). The threshold leaves room for any CPU's rounding; the shapes
+    task used before sat at 0.21-0.37 across seeds, too close to chance to hold on every CPU."""
+    result = clarivis.train(digits_dir, out=tmp_path / "run", model=CNN, epochs=15, hflip=False,
                             workers=0)
-    chance = 1 / 6
-    assert result.best_val_accuracy > chance + 0.1
-    test = clarivis.Classifier.load(result.bundle_dir).evaluate(shapes_dir / "test")
-    assert test.accuracy > chance + 0.08
+    assert result.best_val_accuracy > 0.6
+    test = clarivis.Classifier.load(result.bundle_dir).evaluate(digits_dir / "test")
+    assert test.accuracy > 0.6
     run = result.run_dir
     for name in ("config.yaml", "metrics.jsonl", "split.json", "data_report.json", "last.ckpt",
                  "skipped_files.txt", "val_metrics.json", "val_metrics_confusion.png"):
@@ -199,3 +202,47 @@ def test_manifest_with_split_column_trains_and_validates_on_its_val_rows(tmp_pat
     metrics = json.loads((result.run_dir / "val_metrics.json").read_text())
     assert metrics["num_samples"] == 8
     assert json.loads((result.run_dir / "data_report.json").read_text())["layout"] == "manifest"
+
+
+@pytest.mark.parametrize("model", [CNN, VIT])
+def test_fine_tuning_resolves_its_own_defaults(model, tiny_folder, tmp_path):
+    """Local weights switch on the fine-tuning defaults (train/defaults.py): the weights' centre
+    crop for evaluation (crop mode, their crop_pct, stored in the bundle), AdamW 1e-3 at batch
+    32, a warm-up of a fifth of a short run; from scratch the letterbox and the scratch lr stay."""
+    import timm
+    import yaml
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "imagenet.safetensors"
+    save_file(timm.create_model(model, num_classes=7).state_dict(), str(weights))
+    result = clarivis.train(tiny_folder, out=tmp_path / "ft", model=model, weights=str(weights),
+                            img_size=32, epochs=2, report=False, **{k: v for k, v in FAST.items()
+                                                                  if k != "epochs"})
+    config = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    crop_pct = timm.get_pretrained_cfg(model).crop_pct
+    assert config["resize_mode"] == "crop" and config["crop_pct"] == crop_pct
+    assert config["lr"] == pytest.approx(1e-3 * (8 / 32) ** 0.5)
+    assert config["warmup_epochs"] == pytest.approx(0.4) and config["layer_decay"] == 1.0
+    bundle = json.loads((result.bundle_dir / "config.json").read_text())
+    assert bundle["resize_mode"] == "crop" and bundle["crop_pct"] == crop_pct
+    scratch = clarivis.train(tiny_folder, out=tmp_path / "scratch", model=model, img_size=32,
+                             report=False, **FAST)
+    config = yaml.safe_load((scratch.run_dir / "config.yaml").read_text())
+    assert config["resize_mode"] == "pad" and config["crop_pct"] == 1.0
+    assert config["lr"] == pytest.approx(2e-3 * (8 / 64) ** 0.5)
+
+
+@pytest.mark.parametrize("model", [CNN, VIT])
+def test_layer_decay_lowers_the_lr_towards_the_input(model):
+    """--layer-decay 0.5: timm's layer groups, the head at the full lr and every group below at
+    half the one above; the scheduler applies each group's lr_scale."""
+    import timm
+
+    net = timm.create_model(model, num_classes=3)
+    config = build_config(data="d", lr=1e-3, layer_decay=0.5)
+    optimizer = loop._make_optimizer(net, config, torch.device("cpu"))
+    scales = sorted({g["lr_scale"] for g in optimizer.param_groups})
+    assert scales[-1] == 1.0 and len(scales) >= 3
+    assert all(lo == pytest.approx(hi / 2) for lo, hi in zip(scales, scales[1:]))
+    flat = loop._make_optimizer(net, build_config(data="d", lr=1e-3), torch.device("cpu"))
+    assert all(g.get("lr_scale", 1.0) == 1.0 for g in flat.param_groups)

@@ -242,15 +242,10 @@ def _resolve_defaults(config: TrainConfig, data: PreparedData, device, world_siz
         weights_crop = pretrained_cfg(values["model"]).get("crop_pct") if fine_tune else None
         values["crop_pct"] = defaults.pick_crop_pct(values["resize_mode"], weights_crop)
     if values["warmup_epochs"] is None:
-        values["warmup_epochs"] = defaults.pick_warmup_epochs(config.epochs, fine_tune)
-    if values["layer_decay"] is None:
-        values["layer_decay"] = defaults.pick_layer_decay(fine_tune)
+        values["warmup_epochs"] = defaults.pick_warmup_epochs(config.epochs)
     if values["lr"] is None:
-        values["lr"] = defaults.pick_lr(config.optimizer, values["batch_size"] * world_size, fine_tune)
-        if config.init_from_text:
-            # The head already classifies; a tenth again (AdamW 2e-5 at batch 64, as CLIP
-            # fine-tuning recipes such as WiSE-FT use) adapts the tower without unlearning it.
-            values["lr"] /= 10
+        values["lr"] = defaults.pick_lr(config.optimizer, values["batch_size"] * world_size, fine_tune,
+                                        text_init=config.init_from_text)
     if values["cache"] is None:
         n = len(data.train) + len(data.val)
         values["cache"] = cache.cache_bytes(n, values["img_size"]) <= cache.DEFAULT_CACHE_BUDGET
