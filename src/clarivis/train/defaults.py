@@ -43,12 +43,12 @@ def pick_img_size(sizes: list[tuple[int, int]], pretrained_size: int | None = No
 def pick_model(device: torch.device, img_size: int) -> str:
     """Small images (<= 64 px) from scratch get a network made for them (models/small_nets.py):
     timm's resnet18 shrinks 32 px to 8 px before its first block. airnet_s on CPU (half
-    airbench94's widths), airnet_m (airbench94's network, 4x the compute) on a GPU, where the
-    width is nearly free. Measured on 5,000 CIFAR-10 JPEGs, 4 epochs, 32 px, 2 CPU cores, 2,000
-    test images (table in benchmarks/README.md, "Small images from scratch"): resnet18 0.482,
-    airnet_s 0.556 at about 6x resnet18's training images/s. Larger images on CPU get
-    mobilenetv3_large_100 (0.22 GFLOPs at 224 px, 8x less than resnet18); on a GPU resnet50,
-    whose extra capacity is nearly free there."""
+    airbench94's widths); on a GPU airnet_m (airbench94's network, 4x the compute, which a GPU
+    runs nearly free; not measured here). Measured on 5,000 CIFAR-10 JPEGs, 4 epochs, 32 px,
+    2 CPU cores, 2,000 test images (benchmarks/README.md, "Small images from scratch"):
+    resnet18 0.482, airnet_s 0.556-0.565 (seeds 0-2) at about 6x resnet18's images/s.
+    Larger images on CPU get mobilenetv3_large_100 (0.22 GFLOPs at 224 px, 8x less than
+    resnet18); on a GPU resnet50, whose extra capacity is nearly free there."""
     if img_size <= 64:
         return "airnet_s" if device.type == "cpu" else "airnet_m"
     if device.type == "cpu":
