@@ -195,7 +195,8 @@ def _sections(run_dir, bundle_dir, bundle, inputs, m, gallery, device, scored) -
 
 def _saved_val_confusion(run_dir: Path) -> bytes | None:
     """The confusion PNG training saved beside val_metrics.json (the same figure of the same
-    matrix: drawing it again cost 0.3 s), when it is no older than the metrics."""
+    matrix: drawing it again costs 0.35 s of CPU for 10 classes), when it is no older than the
+    metrics."""
     png, metrics = run_dir / VAL_CONFUSION_NAME, run_dir / VAL_METRICS_NAME
     try:
         return png.read_bytes() if png.stat().st_mtime >= metrics.stat().st_mtime else None
