@@ -16,9 +16,9 @@ AREA_SHARE = BOX * BOX / SIZE**2  # 0.098
 # Measured over training seeds 0-4 (mass inside the box, mean of 60 test images; the spread over
 # seeds stands in for other CPUs' rounding, which changes a training run as much as a seed does):
 #   test_resnet: accuracy 0.93-1.0, gradcam 0.294-0.330, gradcam++ 0.225-0.259, ig 0.139-0.163
-#   test_vit (4 px patches, 6 blocks): ig MEASURE_VIT (0.22 on an AMD EPYC, issue 12); gradcam
-#   at the last block's norm1 0.10, i.e. none: trained from scratch on this task, the ViT has
-#   spread the evidence over every token by then.
+#   test_vit (4 px patches, 6 blocks), seeds 0-2: accuracy 0.98-1.0, ig 0.270-0.314 (0.22 on an
+#   AMD EPYC, issue 12); gradcam at the last block's norm1 0.10, i.e. none: trained from scratch
+#   on this task, the ViT has spread the evidence over every token by then.
 # Each threshold sits well below the lowest seed and still above the box's area share.
 TRAINING = {
     CNN: {"epochs": 6, "per_class": 100, "model_kwargs": {}},
@@ -55,4 +55,4 @@ def test_maps_point_at_the_evidence(trained):
         assert inside("gradcam++") > 1.8 * AREA_SHARE  # 0.176
         assert inside("ig") > 1.2 * AREA_SHARE  # 0.117
     else:
-        assert inside("ig") > 2.5 * AREA_SHARE
+        assert inside("ig") > 1.6 * AREA_SHARE  # 0.157

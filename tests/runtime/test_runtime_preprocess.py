@@ -30,7 +30,8 @@ def test_resize_matches_torchvision_within_rounding(mode, interp):
     against torch's (5 once: bicubic, crop_pct 0.875). Any geometric slip (offset, size, padding) would show as tens of levels."""
     rng = np.random.default_rng(0)
     mode, _, crop_pct = mode.partition("-")  # crop-0.875: timm's centre crop of pretrained weights
-    pp = Preprocess(img_size=32, resize_mode=mode, interpolation=interp, crop_pct=float(crop_pct or 1))
+    pp = Preprocess(img_size=32, resize_mode=mode, interpolation=interp,
+                    crop_pct=float(crop_pct or 1))
     rp = RuntimePreprocess(32, mode, pp.mean, pp.std, interp, crop_pct=pp.crop_pct)
     reference = resize_transform(pp)
     diffs = []

@@ -44,7 +44,8 @@ def test_cnn_learns_digits_well_above_chance(digits_dir, tmp_path):
 @pytest.mark.slow
 def test_vit_learns_digits_well_above_chance(tmp_path):
     """A ViT from scratch needs a task with a clear signal to learn in seconds: digits at 32 px,
-    8 px patches (16 tokens), 15 epochs. Measured here: test accuracy 0.66 against chance 0.10.
+    8 px patches (16 tokens), 15 epochs. Measured over seeds 0-2: test accuracy 0.646-0.664 against
+    chance 0.10.
     (On shapes a tiny ViT needs 20+ epochs before it starts learning at all.)"""
     from clarivis.data.builtin import make_digits
 
@@ -243,6 +244,6 @@ def test_layer_decay_lowers_the_lr_towards_the_input(model):
     optimizer = loop._make_optimizer(net, config, torch.device("cpu"))
     scales = sorted({g["lr_scale"] for g in optimizer.param_groups})
     assert scales[-1] == 1.0 and len(scales) >= 3
-    assert all(lo == pytest.approx(hi / 2) for lo, hi in zip(scales, scales[1:]))
+    assert all(lo == pytest.approx(hi / 2) for lo, hi in zip(scales, scales[1:], strict=False))
     flat = loop._make_optimizer(net, build_config(data="d", lr=1e-3), torch.device("cpu"))
     assert all(g.get("lr_scale", 1.0) == 1.0 for g in flat.param_groups)
