@@ -27,7 +27,8 @@ def _natural(h: int, w: int, rng) -> Image.Image:
 def test_resize_matches_torchvision_within_rounding(mode, interp):
     """Measured: nearest is bit-exact; bilinear/bicubic differ by at most 1-5 grey levels on
     0.4-3.7 % of values (mean 0.004-0.04 levels), the rounding of Pillow's fixed-point filters
-    against torch's (5 once: bicubic, crop_pct 0.875). Any geometric slip (offset, size, padding) would show as tens of levels."""
+    against torch's (5 once: bicubic, crop_pct 0.875). Any geometric slip (offset, size,
+    padding) would show as tens of levels."""
     rng = np.random.default_rng(0)
     mode, _, crop_pct = mode.partition("-")  # crop-0.875: timm's centre crop of pretrained weights
     pp = Preprocess(img_size=32, resize_mode=mode, interpolation=interp,
