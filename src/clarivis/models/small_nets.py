@@ -19,7 +19,7 @@ forward pass in train mode (a flag buffer records that it happened, so a loaded 
 resumed run keeps its stem). No training code needs to know: `clarivis train` just trains.
 Known limit: with `--ema`, timm's EMA averages float buffers too, so the EMA copy's stem moves
 from its random start to the fitted filters only at the EMA's pace (decay 0.999: about 1,000
-steps); short runs with --ema should keep `ema` off or the stem is not yet whitened in the copy.
+steps): on runs much shorter than that, leave --ema off.
 """
 
 from __future__ import annotations
