@@ -43,7 +43,10 @@ def train(
         "--init-from-text", help="open_clip model: head starts as CLIP zero-shot on class names")] = None,
     model_kwargs: Annotated[Optional[str], Opt(help="timm kwargs, e.g. patch_size=8")] = None,
     img_size: Annotated[Optional[int], Opt(help="input size in px [typical data size]")] = None,
-    resize_mode: Annotated[Optional[str], Opt(help="pad | crop | squash [pad]")] = None,
+    resize_mode: Annotated[Optional[str], Opt(
+        help="pad | crop | squash [pad; crop with --weights/--pretrained]")] = None,
+    crop_pct: Annotated[Optional[float], Opt(
+        help="crop mode: centre share of the resized shorter side [the weights' own, else 1]")] = None,
     epochs: Annotated[Optional[int], Opt(help="maximum epochs [30]")] = None,
     batch_size: Annotated[Optional[int], Opt(help="[64; less for tiny data]")] = None,
     lr: Annotated[Optional[float], Opt(help="peak learning rate [by optimizer/batch]")] = None,
