@@ -247,3 +247,15 @@ def test_layer_decay_lowers_the_lr_towards_the_input(model):
     assert all(lo == pytest.approx(hi / 2) for lo, hi in zip(scales, scales[1:], strict=False))
     flat = loop._make_optimizer(net, build_config(data="d", lr=1e-3), torch.device("cpu"))
     assert all(g.get("lr_scale", 1.0) == 1.0 for g in flat.param_groups)
+
+
+def test_best_epoch_by_accuracy_on_large_val_and_by_loss_on_small():
+    """One image of 24 moves accuracy by 4 points: there the val loss decides which epoch is
+    kept; from SMALL_VAL_IMAGES on, accuracy decides and the loss breaks ties."""
+    best = {"val_accuracy": 0.958, "val_loss": 0.40}
+    later = {"val_accuracy": 0.917, "val_loss": 0.30}  # one image fewer right, more confident
+    assert loop._is_improvement(later, best, val_images=24)
+    assert not loop._is_improvement(later, best, val_images=loop.SMALL_VAL_IMAGES)
+    tie = {"val_accuracy": 0.958, "val_loss": 0.35}
+    assert loop._is_improvement(tie, best, val_images=5000)
+    assert loop._is_improvement(later, None, val_images=24) and not loop._is_improvement({}, best)
