@@ -128,7 +128,7 @@ def rank_label_issues(
     (prune_by_noise_rate) estimates how many labels are wrong from the confident joint and keeps
     that many; on features that confuse 13% of clean images it kept 18-43 of 360 and missed a
     third of 18 planted errors, the union keeps 45-60 and ranks 15-17 of them into its top 40
-    (benchmarks/README.md, "Label check")."""
+    (benchmarks/README.md, "label_check_planted.py")."""
     import cleanlab.filter
     import cleanlab.rank
 
