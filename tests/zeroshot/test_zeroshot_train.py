@@ -47,7 +47,7 @@ def text_run(tiny_clip, colour_data, tmp_path_factory):
 def test_one_epoch_gives_a_bundle_equal_to_zero_shot(text_run, tiny_clip):
     model, config = load_bundle(text_run.bundle_dir)
     assert config.architecture == f"open_clip:{tiny_clip.config}" and config.class_names == CLASSES
-    assert config.model_kwargs["clip_config"]["embed_dim"] == 32 and config.resize_mode == "pad"
+    assert config.model_kwargs["clip_config"]["embed_dim"] == 32 and config.resize_mode == "crop"
     zero_shot = zeroshot_classifier([c.replace("_", " ") for c in CLASSES], clip=str(tiny_clip.config),
                                     clip_weights=tiny_clip.weights, device="cpu")
     x = torch.randn(3, 3, 32, 32)
@@ -70,8 +70,8 @@ def test_training_lr_is_lower_from_text(tiny_clip, colour_data, tmp_path):
         result = clarivis.train(colour_data, out=tmp_path / str(init), console=Console(file=io.StringIO()),
                                 **_settings(tiny_clip, epochs=1, init_from_text=init))
         lrs[init] = yaml.safe_load((result.run_dir / "config.yaml").read_text())["lr"]
-    assert lrs[False] == pytest.approx(2e-4 * (8 / 64) ** 0.5)  # AdamW fine-tuning default
-    assert lrs[True] == pytest.approx(lrs[False] / 10)
+    assert lrs[False] == pytest.approx(1e-3 * (8 / 32) ** 0.5)  # AdamW fine-tuning default
+    assert lrs[True] == pytest.approx(2e-5 * (8 / 64) ** 0.5)  # the head already classifies
 
 
 @pytest.mark.parametrize("settings, fragment", [
