@@ -17,7 +17,6 @@ from lightly.utils.debug import std_of_l2_normalized
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from timm.optim import create_optimizer_v2
-from timm.scheduler import CosineLRScheduler
 
 from clarivis.config import write_yaml
 from clarivis.data.scan import write_skipped
@@ -38,7 +37,7 @@ from clarivis.ssl.views import view_transform
 from clarivis.train import defaults
 from clarivis.train.callbacks import LOG_EVERY_S, REFRESH_S, RunLogger
 from clarivis.train.checkpoint import CHECKPOINT_NAME, load_resume, save_checkpoint
-from clarivis.train.loop import TimeBudget, seed_everything
+from clarivis.train.loop import TimeBudget, seed_everything, warmup_cosine
 
 MIN_LR_RATIO = 0.01  # cosine floor as a fraction of the peak
 # Mean per-dimension std of the L2-normalised embeddings below this fraction of 1/sqrt(D)
@@ -218,11 +217,9 @@ def _schedule(optimizer, config: PretrainConfig, steps_per_epoch: int):
     """Linear warm-up, then cosine to MIN_LR_RATIO of the peak at the last step: (scheduler,
     total steps, warm-up steps). With a time limit the clock moves it (TimeBudget.position)."""
     total = config.epochs * steps_per_epoch
-    warmup = min(int(config.warmup_epochs * steps_per_epoch), total // 2)
-    scheduler = CosineLRScheduler(
-        optimizer, t_initial=max(2, total - warmup), lr_min=config.lr * MIN_LR_RATIO,
-        warmup_t=warmup, warmup_lr_init=config.lr * 0.01, warmup_prefix=True, t_in_epochs=False,
-    )
+    scheduler, warmup = warmup_cosine(optimizer, peak_lr=config.lr, min_lr=config.lr * MIN_LR_RATIO,
+                                      total_steps=total,
+                                      warmup_steps=int(config.warmup_epochs * steps_per_epoch))
     return scheduler, total, warmup
 
 

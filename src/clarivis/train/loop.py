@@ -351,17 +351,9 @@ def _fit(config, data, device, run_dir, start_state, balanced, console, world, s
     order = partial(epoch_order, targets, seed=config.seed, balanced=balanced,
                     num_classes=len(data.class_names), rank=world.rank, world=world.size)
     steps_per_epoch = len(_epoch_batches(order(epoch=1), config.batch_size))
-    total_steps = config.epochs * steps_per_epoch
-    # The warm-up is part of the run, not added to it: the cosine then ends at lr_min exactly
-    # when the last epoch does (before, a 1-of-3-epoch warm-up left the run at a quarter of the
-    # peak lr).
-    warmup_steps = min(int(config.warmup_epochs * steps_per_epoch), total_steps // 2)
-    scheduler = CosineLRScheduler(
-        optimizer, t_initial=max(1, total_steps - warmup_steps),
-        lr_min=config.lr * config.min_lr_ratio,
-        warmup_t=warmup_steps, warmup_lr_init=config.lr * 0.01,
-        warmup_prefix=True, t_in_epochs=False,
-    )
+    scheduler, _ = warmup_cosine(optimizer, peak_lr=config.lr, min_lr=config.lr * config.min_lr_ratio,
+                                 total_steps=config.epochs * steps_per_epoch,
+                                 warmup_steps=int(config.warmup_epochs * steps_per_epoch))
     state = {"epoch": 0, "global_step": 0, "best": None, "bad_epochs": 0, "history": []}
     logger = RunLogger(run_dir) if world.is_main else None
     if start_state is not None:
@@ -587,6 +579,20 @@ def _preprocess_for(config: TrainConfig, cfg: dict) -> Preprocess:
         mean=tuple(cfg.get("mean", Preprocess.mean)), std=tuple(cfg.get("std", Preprocess.std)),
         interpolation=interpolation if interpolation in INTERPOLATIONS else "bilinear",
     )
+
+
+def warmup_cosine(optimizer, *, peak_lr: float, min_lr: float, total_steps: int,
+                  warmup_steps: int) -> tuple[CosineLRScheduler, int]:
+    """Linear warm-up from 1% of the peak, then cosine to min_lr at the last step: (scheduler,
+    warm-up steps actually used, at most half the run). The warm-up is part of the run, not added
+    to it (added, a 1-of-3-epoch warm-up left the run ending at a quarter of the peak lr). Shared
+    with ssl/ (pretraining); with a time limit the clock moves it (TimeBudget.position)."""
+    warmup_steps = min(warmup_steps, total_steps // 2)
+    scheduler = CosineLRScheduler(
+        optimizer, t_initial=max(2, total_steps - warmup_steps), lr_min=min_lr,
+        warmup_t=warmup_steps, warmup_lr_init=peak_lr * 0.01, warmup_prefix=True, t_in_epochs=False,
+    )
+    return scheduler, warmup_steps
 
 
 def _autocast(device: torch.device, amp_dtype):
