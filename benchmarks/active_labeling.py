@@ -101,9 +101,9 @@ def embed_all(args, test: list, pool: list) -> tuple[np.ndarray, np.ndarray, flo
 
 
 def fit_head(x: np.ndarray, y: np.ndarray, num_classes: int, reg_c: float | None, seed: int):
-    """The --linear-probe head (clarivis.train.linear_probe): standardized multinomial
+    """The --linear-probe head (clarivis.training.linear_probe): standardized multinomial
     logistic regression, C by stratified CV unless fixed."""
-    from clarivis.train.linear_probe import fit_logistic_head
+    from clarivis.training.linear_probe import fit_logistic_head
 
     return fit_logistic_head(x, y, num_classes, seed=seed, reg_c=reg_c or None)
 

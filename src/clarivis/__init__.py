@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-import types
+import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -34,24 +33,11 @@ if TYPE_CHECKING:
     from clarivis.zeroshot.classify import zeroshot_classify
 
 
-class _Package(types.ModuleType):
-    """The torch-based API is imported on first use, so `import clarivis.runtime` (numpy, Pillow
-    and onnxruntime only) never imports torch. `clarivis.train` is the function, as it always
-    was: importing the subpackage clarivis.train (sys.modules) must not rebind the name."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "train" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-    def __getattr__(self, name: str) -> Any:
-        if name not in _LAZY:
-            raise AttributeError(f"module 'clarivis' has no attribute {name!r}")
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        super().__setattr__(name, value)
-        return value
-
-
-sys.modules[__name__].__class__ = _Package
+def __getattr__(name: str) -> Any:
+    """The torch-based API is imported on first use (PEP 562), so `import clarivis.runtime`
+    (numpy, Pillow and onnxruntime only) never imports torch."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'clarivis' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # the next access skips this function
+    return value

@@ -29,8 +29,8 @@ from clarivis.evaluate.metrics import EvaluationResult, compute_metrics
 from clarivis.evaluate.ood import ood_score
 from clarivis.models.bundle import BundleConfig, load_bundle
 from clarivis.prediction import UNKNOWN_LABEL, Prediction
-from clarivis.train.defaults import resolve_device
-from clarivis.train.loop import TrainResult, run_training
+from clarivis.training.defaults import resolve_device
+from clarivis.training.loop import TrainResult, run_training
 
 
 def train(

@@ -82,7 +82,7 @@ def train(
     """Train a classifier; the best model is saved as a ModelBundle in <out>/model."""
     from clarivis.api import train as train_api
     from clarivis.config import parse_kwargs
-    from clarivis.train.distributed import launched_by_torchrun, relaunch_with_torchrun
+    from clarivis.training.distributed import launched_by_torchrun, relaunch_with_torchrun
 
     if nproc is not None and nproc > 1 and not launched_by_torchrun():
         raise typer.Exit(relaunch_with_torchrun(nproc, sys.argv[1:]))
@@ -166,7 +166,7 @@ def predict(
 def _predict_to_file(model: str, images: list[str], out_file: str, *, resume: bool, fmt: str,
                      top_k: int, batch_size: int, device: Optional[str], reject: bool) -> None:
     """`predict --out`: streaming into a file (under torchrun, split over the processes)."""
-    from clarivis.inference import PredictProgress, predict_to_file
+    from clarivis.batch_predict import PredictProgress, predict_to_file
 
     if fmt != "table":
         raise ClarivisError("--format is for printing; with --out the file name's suffix "
@@ -204,7 +204,7 @@ def check(
     """Corrupt files, duplicates and train/test leaks, imbalance, odd sizes and modes, and
     suspected label errors (cleanlab). Exit code 1 when there are errors (corrupt, leaks, one
     image under two labels)."""
-    from clarivis.check import check_data, save_check
+    from clarivis.datacheck import check_data, save_check
 
     result = check_data(data, model=model, weights=weights, pretrained=pretrained, img_size=img_size,
                         cached=cached, label_issues=labels, folds=folds, device=device, console=err)

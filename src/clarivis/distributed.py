@@ -1,6 +1,6 @@
 """Several processes under torchrun (which sets RANK, LOCAL_RANK, WORLD_SIZE and the
 rendezvous): who am I, joining the process group, waiting for and summing over the others.
-Shared by training (DDP, train/distributed.py) and predict (file shards, inference/run.py).
+Shared by training (DDP, training/distributed.py) and predict (file shards, batch_predict/run.py).
 A single process is the world of size 1: every helper here is then a no-op."""
 
 from __future__ import annotations

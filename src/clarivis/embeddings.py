@@ -19,7 +19,7 @@ from clarivis.errors import ClarivisError, DataError
 from clarivis.evaluate.inputs import model_embeddings
 from clarivis.models.bundle import make_bundle_config, resolve_bundle_path
 from clarivis.models.factory import check_model_name, create_model, pretrained_cfg
-from clarivis.train.defaults import resolve_device
+from clarivis.training.defaults import resolve_device
 
 EMBED_FORMATS = (".npy", ".parquet")
 

@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from tests.batch_predict.tiny_bundle import train_bundle
 from tests.check_data_gen import flip_labels, make_colors
 from tests.conftest import CNN, VIT
-from tests.inference.tiny_bundle import train_bundle
 
 from clarivis.data.sources import Sample, index_dataset
 from clarivis.errors import DataError, ModelError

@@ -14,7 +14,7 @@ from clarivis.explain.cam import cam_maps, cam_target
 from clarivis.models.bundle import load_bundle, make_bundle_config, save_bundle
 from clarivis.models.factory import create_model, pretrained_cfg
 from clarivis.models.small_nets import CIFAR_MEAN, WhiteningStem
-from clarivis.train.defaults import pick_model
+from clarivis.training.defaults import pick_model
 
 NETS = ["airnet_s", "airnet_m", "resnet18_small"]
 # Small widths keep the slow tests fast; the code path is the registered architecture's.

@@ -40,7 +40,7 @@ def running_server(app) -> Iterator[str]:
 
 
 def train_tiny_bundle(root: Path) -> Path:
-    from tests.inference.tiny_bundle import train_bundle
+    from tests.batch_predict.tiny_bundle import train_bundle
 
     return train_bundle(root)
 

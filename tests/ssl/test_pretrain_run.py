@@ -18,7 +18,7 @@ from clarivis.ssl import run as ssl_run
 from clarivis.ssl.backbone import create_backbone
 from clarivis.ssl.config import PretrainConfig
 from clarivis.ssl.data import index_unlabeled
-from clarivis.train import loop
+from clarivis.training import loop
 
 FAST = dict(epochs=1, batch_size=8, img_size=32, workers=0, device="cpu")
 COLORS = [(220, 20, 20), (20, 20, 220), (20, 200, 20), (220, 220, 20)]

@@ -240,9 +240,9 @@ def _subgroups(subgroups: dict) -> dict:
 
 
 def _data_check(check: dict, file: Path) -> dict:
-    # Imported here: clarivis.check brings imagehash and the label-issue folds, which a report
+    # Imported here: clarivis.datacheck brings imagehash and the label-issue folds, which a report
     # without a data check (the one every training run writes) does not need.
-    from clarivis.check import thumbnail_png
+    from clarivis.datacheck import thumbnail_png
 
     findings = check.get("findings", [])
     counts = [(k.replace("_", " "), round(v, 2)) for k, v in check.get("summary", {}).items()

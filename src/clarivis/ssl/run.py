@@ -34,10 +34,10 @@ from clarivis.ssl.config import PretrainConfig, build_pretrain_config, validate_
 from clarivis.ssl.data import UnlabeledData, ViewBatches, ViewDataset, prepare_unlabeled
 from clarivis.ssl.methods import Method, build_method
 from clarivis.ssl.views import view_transform
-from clarivis.train import defaults
-from clarivis.train.callbacks import LOG_EVERY_S, REFRESH_S, RunLogger
-from clarivis.train.checkpoint import CHECKPOINT_NAME, load_resume, save_checkpoint
-from clarivis.train.loop import TimeBudget, seed_everything, warmup_cosine
+from clarivis.training import defaults
+from clarivis.training.callbacks import LOG_EVERY_S, REFRESH_S, RunLogger
+from clarivis.training.checkpoint import CHECKPOINT_NAME, load_resume, save_checkpoint
+from clarivis.training.loop import TimeBudget, seed_everything, warmup_cosine
 
 MIN_LR_RATIO = 0.01  # cosine floor as a fraction of the peak
 # Mean per-dimension std of the L2-normalised embeddings below this fraction of 1/sqrt(D)

@@ -15,7 +15,7 @@ from clarivis.data.expand import ImageInput
 from clarivis.models.bundle import make_bundle_config, save_bundle
 from clarivis.models.clip import CLIPClassifier, load_clip_for
 from clarivis.prediction import Prediction
-from clarivis.train.defaults import resolve_device
+from clarivis.training.defaults import resolve_device
 from clarivis.zeroshot.load import CLIP_PREFIX, DEFAULT_CLIP, ClipSpec, clip_preprocess, clip_tokenizer
 from clarivis.zeroshot.prompts import (
     check_templates,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from clarivis.api import Prediction
-from clarivis.inference.outputs import (
+from clarivis.batch_predict.outputs import (
     done_paths,
     finalize,
     leftovers,
@@ -17,8 +17,8 @@ from clarivis.inference.outputs import (
     refuse_existing,
     working_path,
 )
-from clarivis.inference.parquet import read_parquet_paths
-from clarivis.inference.writers import OutputError, read_csv_rows, read_records
+from clarivis.batch_predict.parquet import read_parquet_paths
+from clarivis.batch_predict.writers import OutputError, read_csv_rows, read_records
 
 
 def _write(path: Path, fmt: str, names: list[str]) -> None:

@@ -24,7 +24,7 @@ from clarivis.config import TrainConfig
 from clarivis.errors import ModelError
 from clarivis.models.bundle import make_bundle_config, save_bundle
 from clarivis.models.factory import create_model, pretrained_cfg
-from clarivis.train.callbacks import RunLogger
+from clarivis.training.callbacks import RunLogger
 
 # Inverse L2 strengths searched by cross-validation on standardized features, 1e-4..10 in 11
 # log steps: with 10 labels a class on 1280-d features the best C is ~1e-3, with thousands ~1
@@ -102,7 +102,7 @@ def fit_linear_probe(config: TrainConfig, data, device: torch.device, run_dir, c
     and a one-row metrics.jsonl; returns a TrainResult like a training run."""
     from clarivis.api import Classifier
     from clarivis.embeddings import embed_samples
-    from clarivis.train.loop import TrainResult, _preprocess_for
+    from clarivis.training.loop import TrainResult, _preprocess_for
 
     t0 = time.perf_counter()
     if not (config.weights or config.pretrained):

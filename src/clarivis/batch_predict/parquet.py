@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clarivis.inference.writers import OutputError, chunked
+from clarivis.batch_predict.writers import OutputError, chunked
 
 ROW_GROUP = 10_000  # rows per Parquet row group: the conversion's memory bound
 

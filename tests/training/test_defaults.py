@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from clarivis.train.defaults import pick_batch_size, pick_img_size, pick_lr, pick_model
+from clarivis.training.defaults import pick_batch_size, pick_img_size, pick_lr, pick_model
 
 
 def test_image_size_follows_the_data_not_imagenet():

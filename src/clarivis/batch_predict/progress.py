@@ -7,7 +7,7 @@ import time
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from clarivis.inference.run import PredictSummary
+from clarivis.batch_predict.run import PredictSummary
 
 LOG_EVERY_S = 30.0  # seconds between plain progress lines when stderr is not a terminal
 

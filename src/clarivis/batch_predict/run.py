@@ -9,6 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clarivis.api import Classifier
+from clarivis.batch_predict.outputs import (
+    done_paths,
+    finalize,
+    open_writer,
+    output_format,
+    prepare_target,
+    refuse_existing,
+    working_path,
+)
+from clarivis.batch_predict.stream import iter_sources, predict_batch, shard, skip_done
+from clarivis.batch_predict.writers import chunked
 from clarivis.distributed import (
     World,
     barrier,
@@ -18,17 +29,6 @@ from clarivis.distributed import (
     world_from_env,
 )
 from clarivis.errors import ClarivisError
-from clarivis.inference.outputs import (
-    done_paths,
-    finalize,
-    open_writer,
-    output_format,
-    prepare_target,
-    refuse_existing,
-    working_path,
-)
-from clarivis.inference.stream import iter_sources, predict_batch, shard, skip_done
-from clarivis.inference.writers import chunked
 
 
 @dataclass

@@ -16,8 +16,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import TypeVar
 
-from clarivis.inference.parquet import read_parquet_paths, write_parquet
-from clarivis.inference.writers import (
+from clarivis.batch_predict.parquet import read_parquet_paths, write_parquet
+from clarivis.batch_predict.writers import (
     CsvWriter,
     JsonlWriter,
     OutputError,

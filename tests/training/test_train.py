@@ -17,7 +17,7 @@ from tests.conftest import CNN, VIT, write_image
 import clarivis
 from clarivis.config import build_config
 from clarivis.errors import DataError, ResumeError
-from clarivis.train import loop
+from clarivis.training import loop
 
 FAST = dict(epochs=2, batch_size=8, patience=None, workers=0)
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from clarivis.api import Prediction
-from clarivis.inference.writers import (
+from clarivis.batch_predict.writers import (
     COLUMNS,
     CsvWriter,
     JsonlWriter,

@@ -48,10 +48,10 @@ from clarivis.models.factory import (
     pretrained_cfg,
     set_backbone_trainable,
 )
-from clarivis.train import defaults
-from clarivis.train import distributed as ddp
-from clarivis.train.callbacks import EpochProgress, RunLogger
-from clarivis.train.checkpoint import CHECKPOINT_NAME, load_resume, save_checkpoint
+from clarivis.training import defaults
+from clarivis.training import distributed as ddp
+from clarivis.training.callbacks import EpochProgress, RunLogger
+from clarivis.training.checkpoint import CHECKPOINT_NAME, load_resume, save_checkpoint
 
 IMBALANCE_THRESHOLD = 1.5  # largest/smallest class above this gets balanced sampling
 # Below this many val images the best epoch is the one of lowest val loss, not highest accuracy
@@ -142,7 +142,7 @@ def _run(config, resume, console, device, world, started) -> TrainResult:
         report = _write_data_report(run_dir, config, data, balanced)
         _print_data_summary(console, config, data, report, device, world)
     if config.linear_probe:
-        from clarivis.train.linear_probe import fit_linear_probe
+        from clarivis.training.linear_probe import fit_linear_probe
 
         return fit_linear_probe(config, data, device, run_dir, console)
     return _fit(config, data, device, run_dir, start_state, balanced, console, world, started)

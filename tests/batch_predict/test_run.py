@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from clarivis.api import Classifier
-from clarivis.inference import OutputError, predict_to_file
-from clarivis.inference.writers import read_csv_rows
+from clarivis.batch_predict import OutputError, predict_to_file
+from clarivis.batch_predict.writers import read_csv_rows
 
 
 def _rows(path: Path) -> list[dict]:

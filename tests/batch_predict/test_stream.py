@@ -1,12 +1,12 @@
-"""The lazy walk, sharding and per-batch prediction of clarivis.inference.stream."""
+"""The lazy walk, sharding and per-batch prediction of clarivis.batch_predict.stream."""
 
 from __future__ import annotations
 
 from tests.conftest import write_image
 
 from clarivis.api import Classifier
+from clarivis.batch_predict.stream import Source, iter_sources, predict_batch, shard, skip_done, walk_images
 from clarivis.data.expand import _expand_path
-from clarivis.inference.stream import Source, iter_sources, predict_batch, shard, skip_done, walk_images
 
 
 def test_walk_order_is_the_order_predict_uses(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.inference.tiny_bundle import train_bundle, write_images
+from tests.batch_predict.tiny_bundle import train_bundle, write_images
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from tests.conftest import CNN, VIT
 
 import clarivis
-from clarivis.train.linear_probe import fit_logistic_head
+from clarivis.training.linear_probe import fit_logistic_head
 
 
 def blobs(num_classes: int, per_class: int, dim: int = 20, draw: int = 0):

@@ -17,7 +17,7 @@ from tests.conftest import CNN
 
 import clarivis
 from clarivis.data.loaders import epoch_order
-from clarivis.train.distributed import _without_option
+from clarivis.training.distributed import _without_option
 
 SETTINGS = dict(model=CNN, img_size=32, epochs=6, batch_size=16, lr=3e-3, patience=None,
                 val_fraction=0.0, hflip=False)
@@ -52,7 +52,7 @@ def _rank_main(rank: int, world: int, port: int, data: str, out: str, record_dir
     """One DDP rank: records the sample indices it trained on and its final weights."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    from clarivis.train import loop
+    from clarivis.training import loop
 
     seen: list[int] = []
     original_order, original_epoch = loop.epoch_order, loop.train_one_epoch

@@ -12,7 +12,7 @@ from PIL import Image, ImageEnhance
 from tests.check_data_gen import colour_image, flip_labels, make_colors
 from tests.conftest import CNN, VIT
 
-from clarivis.check import check_data, finding_thumbnails, save_check
+from clarivis.datacheck import check_data, finding_thumbnails, save_check
 
 N_FLIPPED = 8
 # 12 epochs of the fast recipe on 4 of 5 folds: tiny test_resnet learns the colours (out-of-fold
