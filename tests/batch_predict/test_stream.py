@@ -1,32 +1,13 @@
-"""The lazy walk, sharding and per-batch prediction of clarivis.batch_predict.stream."""
+"""Sources, sharding and per-batch prediction of clarivis.batch_predict.stream (the walk itself:
+tests/data/test_expand.py)."""
 
 from __future__ import annotations
 
 from tests.conftest import write_image
 
 from clarivis.api import Classifier
-from clarivis.batch_predict.stream import Source, iter_sources, predict_batch, shard, skip_done, walk_images
-from clarivis.data.expand import _expand_path
-
-
-def test_walk_order_is_the_order_predict_uses(tmp_path):
-    # Names chosen so that comparing path strings would differ from comparing paths part by
-    # part ("b/x.png" > "b.png" as strings, but "b" < "b.png"): Classifier.predict does the latter.
-    for name in ("b.png", "b/x.png", "b-c.png", "a/z/1.png", "a.png", "c/d/e/f.jpg"):
-        write_image(tmp_path / name)
-    (tmp_path / "notes.txt").write_text("not an image")
-    walked = [s.path for s in walk_images(str(tmp_path))]
-    assert walked == list(_expand_path(str(tmp_path)))
-    assert len(walked) == 6
-
-
-def test_walk_is_lazy(tmp_path):
-    write_image(tmp_path / "a" / "1.png")
-    (tmp_path / "b").mkdir()
-    walk = walk_images(str(tmp_path))
-    assert next(walk).path.endswith("1.png")
-    write_image(tmp_path / "b" / "2.png")  # created after the walk started, in a later folder
-    assert [s.path for s in walk] == [str(tmp_path / "b" / "2.png")]
+from clarivis.batch_predict.stream import Source, iter_sources, predict_batch, shard, skip_done
+from clarivis.data.expand import walk_images
 
 
 def test_inputs_that_hold_no_image_are_error_sources(tmp_path):
@@ -58,7 +39,7 @@ def test_skip_done_skips_known_and_repeated_paths():
 def test_predict_batch_matches_classifier_predict(bundle, images, tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     clf = Classifier.load(bundle, device="cpu")
-    files = [s.path for s in walk_images(str(images))][:4]
+    files = [path for path, _ in walk_images(str(images))][:4]
     batch = [Source(files[0]), Source(str(tmp_path / "bad.png")), Source("gone.png", "file not found"),
              *map(Source, files[1:])]
     rows = predict_batch(clf, batch, top_k=2)

@@ -1,13 +1,12 @@
-"""Lazy, deterministic walk of the inputs (files, folders, globs), rank sharding and batching.
+"""Sources from the lazy, deterministic walk of the inputs (files, folders, globs), rank sharding
+and batching.
 
 Every process of a torchrun job walks the same inputs in the same order and keeps every
 WORLD_SIZE-th item, so the files are split without any process holding the whole list."""
 
 from __future__ import annotations
 
-import glob
 import itertools
-import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,8 @@ from pathlib import Path
 from PIL import Image
 
 from clarivis.api import Classifier, Prediction
-from clarivis.data.io import is_image_path, load_image
+from clarivis.data.expand import expand_path
+from clarivis.data.io import load_image
 from clarivis.errors import ImageDecodeError
 
 
@@ -28,58 +28,11 @@ class Source:
 
 
 def iter_sources(inputs: Iterable[str | Path]) -> Iterator[Source]:
-    """Every image under the inputs, in the order `Classifier.predict` uses (sorted paths)."""
+    """Every image under the inputs, in the order `Classifier.predict` uses (the same lazy
+    expansion, clarivis.data.expand)."""
     for item in inputs:
-        yield from _expand(str(item))
-
-
-def _expand(item: str) -> Iterator[Source]:
-    path = Path(item).expanduser()
-    if path.is_dir():
-        empty = True
-        for source in walk_images(str(path)):
-            empty = False
-            yield source
-        if empty:
-            yield Source(item, "folder holds no images")
-    elif path.exists():
-        yield Source(str(path))
-    elif glob.has_magic(item):
-        # glob has no sorted lazy form, so the matched names are sorted in memory; a folder
-        # among them is still walked lazily. Pass a folder rather than "**" for huge trees.
-        matches = sorted(glob.glob(str(path), recursive=True))
-        if not matches:
-            yield Source(item, "no files match this pattern")
-        for match in matches:
-            yield from (_expand(match) if Path(match).is_dir() else [Source(match)])
-    else:
-        yield Source(item, "file not found")
-
-
-def walk_images(folder: str) -> Iterator[Source]:
-    """Image files below `folder`, depth first, in sorted-path order.
-
-    Only one sorted listing per open folder level is held, never the whole tree. Sorting each
-    folder by name gives the order of sorted(Path objects) (compared part by part) that
-    Classifier.predict uses. Symlinked folders are not entered (no cycles), as Path.rglob."""
-    try:
-        with os.scandir(folder) as listing:
-            entries = [(e.name, _is_real_dir(e), e.path) for e in listing]
-    except OSError as exc:  # an unreadable subfolder is one error row, not the end of the run
-        yield Source(folder, f"cannot list folder ({exc.strerror or exc})")
-        return
-    for _, is_dir, path in sorted(entries):
-        if is_dir:
-            yield from walk_images(path)
-        elif is_image_path(path) and os.path.isfile(path):
-            yield Source(path)
-
-
-def _is_real_dir(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_dir(follow_symlinks=False)
-    except OSError:
-        return False
+        for path, error in expand_path(str(item)):
+            yield Source(path, error)
 
 
 def shard(sources: Iterable[Source], rank: int, world_size: int) -> Iterator[Source]:
