@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from clarivis.spec import VERSION as __version__
 
 # Public name -> the module that defines it, imported on first use (the lazy table).
 _LAZY = {

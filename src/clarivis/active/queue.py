@@ -11,7 +11,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from clarivis import __version__
+from clarivis.spec import VERSION as __version__
 from clarivis.report.plots import data_uri, thumbnail
 
 CSV_NAME = "queue.csv"

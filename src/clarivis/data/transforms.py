@@ -3,52 +3,20 @@ predict and later export/serving. Operates on uint8 (3, H, W) tensors with torch
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import nn
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
+
+from clarivis.spec import Preprocess
+
+__all__ = ["INTERPOLATIONS", "Preprocess", "eval_transform", "resize_transform", "train_transform"]
 
 INTERPOLATIONS = {
     "bilinear": InterpolationMode.BILINEAR,
     "bicubic": InterpolationMode.BICUBIC,
     "nearest": InterpolationMode.NEAREST,
 }
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How an image becomes a model input; saved in the bundle's config.json."""
-
-    img_size: int  # square model input, pixels
-    resize_mode: str = "pad"  # pad (letterbox) | crop (center) | squash
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    interpolation: str = "bilinear"
-    # crop mode only: the share of the resized shorter side kept by the centre crop (timm's
-    # crop_pct: 0.875 resizes to floor(S / 0.875) then crops S); 1.0 crops nothing more.
-    crop_pct: float = 1.0
-
-    @property
-    def crop_resize_size(self) -> int:
-        """Shorter side after the resize, before the centre crop (crop mode)."""
-        return max(self.img_size, math.floor(self.img_size / self.crop_pct))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Preprocess:
-        return cls(
-            img_size=int(d["img_size"]),
-            resize_mode=d.get("resize_mode", "pad"),
-            mean=tuple(d.get("mean", cls.mean)),
-            std=tuple(d.get("std", cls.std)),
-            interpolation=d.get("interpolation", "bilinear"),
-            crop_pct=float(d.get("crop_pct", 1.0)),
-        )
 
 
 class Letterbox(nn.Module):
@@ -83,8 +51,7 @@ def resize_transform(pp: Preprocess) -> nn.Module:
             v2.CenterCrop(pp.img_size),
         ])
     if pp.resize_mode == "pad":
-        fill = tuple(round(m * 255) for m in pp.mean)
-        return Letterbox(pp.img_size, fill, interp)
+        return Letterbox(pp.img_size, pp.fill, interp)
     raise ValueError(f"unknown resize mode {pp.resize_mode!r}")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
-from clarivis import __version__
+from clarivis.spec import VERSION as __version__
 from clarivis.errors import ClarivisError
 from clarivis.evaluate.audit import AUDIT_NAME
 from clarivis.models.bundle import load_bundle_config, resolve_bundle_path

@@ -4,7 +4,6 @@ Torch is never imported here (a test checks sys.modules in a fresh interpreter).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,8 @@ from clarivis.data.expand import ImageInput, expand_inputs
 from clarivis.errors import ClarivisError, ImageDecodeError, ModelError
 from clarivis.prediction import UNKNOWN_LABEL, Prediction
 from clarivis.runtime.preprocess import RuntimePreprocess, decode, normalize, resize
+from clarivis.spec import INT8_ONNX_NAME, ONNX_NAME, WEIGHTS_NAME, read_bundle_config, resolve_bundle_path
 
-CONFIG_NAME = "config.json"
-FP32_NAME = "model.onnx"
-INT8_NAME = "model.int8.onnx"
 # 32 images of 224 px are 19 MB of float32: large enough that onnxruntime's per-call overhead
 # vanishes, small enough for any machine.
 DEFAULT_BATCH_SIZE = 32
@@ -39,13 +36,14 @@ class Predictor:
                  providers: list[str] | None = None, reject: bool = True) -> None:
         import onnxruntime as ort  # here, so that reading this module's docs costs nothing
 
-        self.bundle_dir = _bundle_folder(bundle_dir)
-        self.config: dict[str, Any] = _read_config(self.bundle_dir)
-        self.preprocess = RuntimePreprocess.from_config(self.config)
-        self.temperature = float(self.config.get("temperature", 1.0))
-        self.ood: dict[str, Any] | None = self.config.get("ood") or None
+        self.bundle_dir = resolve_bundle_path(bundle_dir)
+        bundle = read_bundle_config(self.bundle_dir)  # the same parse and defaults as torch's
+        self.config: dict[str, Any] = bundle.to_dict()
+        self.preprocess = RuntimePreprocess(**bundle.preprocess.to_dict())
+        self.temperature = bundle.temperature
+        self.ood: dict[str, Any] | None = bundle.ood or None
         self.reject = reject  # answer "unknown" below the bundle's threshold (when it has one)
-        self.model_path = self.bundle_dir / (INT8_NAME if int8 else FP32_NAME)
+        self.model_path = self.bundle_dir / (INT8_ONNX_NAME if int8 else ONNX_NAME)
         if not self.model_path.is_file():
             flag = " --int8" if int8 else ""
             raise ModelError(f"{self.bundle_dir} has no {self.model_path.name}; "
@@ -148,7 +146,7 @@ def _check_fresh(folder: Path, config: dict[str, Any]) -> None:
     """Refuse ONNX files exported from other weights than the bundle's (retrained since). Skipped
     when the weights are absent (an ONNX-only deployment) or the export left no record."""
     recorded = (config.get("export") or {}).get("weights_sha256")
-    weights = folder / "model.safetensors"
+    weights = folder / WEIGHTS_NAME
     if not recorded or not weights.is_file():
         return
     digest = hashlib.sha256()
@@ -178,24 +176,3 @@ def ood_score(logits: np.ndarray, temperature: float, score: str) -> np.ndarray:
     if score == "msp":
         return softmax(scaled).max(axis=1)
     raise ModelError(f"the bundle's open-set score {score!r} is unknown to this runtime; upgrade clarivis")
-
-
-def _bundle_folder(path: str | Path) -> Path:
-    """The bundle folder itself, or the run folder holding it as model/ (as the torch API)."""
-    path = Path(path).expanduser()
-    if (path / CONFIG_NAME).is_file():
-        return path
-    if (path / "model" / CONFIG_NAME).is_file():
-        return path / "model"
-    raise ModelError(f"{path} is not a ModelBundle (no {CONFIG_NAME}); pass the model/ folder of a run")
-
-
-def _read_config(folder: Path) -> dict[str, Any]:
-    try:
-        config = json.loads((folder / CONFIG_NAME).read_text())
-        for key in ("class_names", "input_size", "mean", "std"):
-            config[key]  # noqa: B018 - fail here, not at the first prediction
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ModelError(f"{folder / CONFIG_NAME} is damaged ({err.__class__.__name__}); "
-                         "retrain or restore it") from None
-    return config

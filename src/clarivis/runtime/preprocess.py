@@ -5,8 +5,6 @@ what torchvision's antialiased resize was modelled on (tests/runtime measure the
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,48 +12,24 @@ import numpy as np
 from PIL import Image
 
 from clarivis.data.io import load_image, to_rgb
+from clarivis.spec import BundleConfig, Preprocess
 
 # Pillow filters for the bundle's `interpolation`. Pillow always antialiases when shrinking (its
 # filter support grows with the scale), as torchvision's Resize(antialias=True) does.
 _PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
-RESIZE_MODES = ("pad", "crop", "squash")
 
 
-@dataclass(frozen=True)
-class RuntimePreprocess:
-    """How an image becomes a model input: read from the bundle's config.json (a plain dict)."""
-
-    img_size: int  # square model input side, px
-    resize_mode: str  # pad | crop | squash
-    mean: tuple[float, float, float]  # per channel, on the 0..1 scale
-    std: tuple[float, float, float]
-    interpolation: str  # bilinear | bicubic | nearest
-    crop_pct: float = 1.0  # crop mode: the shorter side is resized to floor(S / crop_pct)
+class RuntimePreprocess(Preprocess):
+    """The bundle's Preprocess (spec.py), read from config.json as a plain dict."""
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> RuntimePreprocess:
-        # The defaults are BundleConfig's own, for configs written before a field existed.
-        pp = cls(
-            img_size=int(config["input_size"][1]),
-            resize_mode=config.get("resize_mode", "pad"),
-            mean=tuple(float(m) for m in config["mean"]),
-            std=tuple(float(s) for s in config["std"]),
-            interpolation=config.get("interpolation", "bilinear"),
-            crop_pct=float(config.get("crop_pct", 1.0)),
-        )
-        if pp.resize_mode not in RESIZE_MODES:
-            raise ValueError(f"unknown resize mode {pp.resize_mode!r}")
-        if pp.interpolation not in (*_PIL_FILTERS, "nearest"):
-            raise ValueError(f"unknown interpolation {pp.interpolation!r}")
-        return pp
-
-    @property
-    def fill(self) -> tuple[int, int, int]:
-        """The letterbox colour: the mean, which normalises to zero (as Letterbox pads)."""
-        return tuple(round(m * 255) for m in self.mean)
+        """config.json (dict) -> its preprocessing; ValueError on an unknown mode."""
+        pp = BundleConfig.from_dict(config).preprocess
+        return cls(**pp.to_dict())
 
 
-def decode(source: str | Path | Image.Image, pp: RuntimePreprocess) -> Image.Image:
+def decode(source: str | Path | Image.Image, pp: Preprocess) -> Image.Image:
     """A file (upright RGB, JPEGs decoded reduced towards the model size exactly as predict does)
     or an in-memory PIL image (converted to RGB, not rotated: predict leaves those as given).
     Raises clarivis.errors.ImageDecodeError for unreadable files."""
@@ -64,7 +38,7 @@ def decode(source: str | Path | Image.Image, pp: RuntimePreprocess) -> Image.Ima
     return load_image(source, reduce_to=pp.img_size)
 
 
-def resize(image: Image.Image, pp: RuntimePreprocess) -> np.ndarray:
+def resize(image: Image.Image, pp: Preprocess) -> np.ndarray:
     """RGB image -> uint8 (S, S, 3), as data/transforms.py's resize_transform places pixels."""
     w, h = image.size
     s = pp.img_size
@@ -73,8 +47,8 @@ def resize(image: Image.Image, pp: RuntimePreprocess) -> np.ndarray:
     if pp.resize_mode == "crop":
         # torchvision's Resize(int): the shorter side becomes R = max(S, floor(S / crop_pct)),
         # the longer int(R * long / short) (truncated); then CenterCrop, which rounds its offsets
-        # with Python's round (as data/transforms.py's Preprocess.crop_resize_size).
-        r = max(s, math.floor(s / pp.crop_pct))
+        # with Python's round (the size is spec.Preprocess.crop_resize_size).
+        r = pp.crop_resize_size
         if w <= h:
             nw, nh = r, int(r * h / w)
         else:
@@ -93,7 +67,7 @@ def resize(image: Image.Image, pp: RuntimePreprocess) -> np.ndarray:
     return out
 
 
-def normalize(batch: np.ndarray, pp: RuntimePreprocess) -> np.ndarray:
+def normalize(batch: np.ndarray, pp: Preprocess) -> np.ndarray:
     """uint8 (N, S, S, 3) -> float32 (N, 3, S, S), computed as Normalize does: (x - 255 mean)
     times 1 / (255 std), each constant rounded to float32 first, so the bits match."""
     mean = np.asarray(pp.mean, dtype=np.float32) * np.float32(255)
@@ -102,7 +76,7 @@ def normalize(batch: np.ndarray, pp: RuntimePreprocess) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-def _resize(image: Image.Image, width: int, height: int, pp: RuntimePreprocess) -> Image.Image | np.ndarray:
+def _resize(image: Image.Image, width: int, height: int, pp: Preprocess) -> Image.Image | np.ndarray:
     if image.size == (width, height):
         return image  # torchvision returns the input unchanged too
     if pp.interpolation == "nearest":

@@ -28,7 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from clarivis import __version__
+from clarivis.spec import VERSION as __version__
 from clarivis.errors import ClarivisError
 from clarivis.models.bundle import bundle_version, load_bundle_config, resolve_bundle_path
 from clarivis.serve import limits
