@@ -11,8 +11,8 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from clarivis.spec import VERSION as __version__
 from clarivis.report.plots import data_uri, thumbnail
+from clarivis.spec import VERSION as __version__
 
 CSV_NAME = "queue.csv"
 HTML_NAME = "queue.html"

@@ -12,13 +12,13 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
-from clarivis.spec import VERSION as __version__
 from clarivis.errors import ClarivisError
 from clarivis.evaluate.audit import AUDIT_NAME
 from clarivis.models.bundle import load_bundle_config, resolve_bundle_path
 from clarivis.report import plots
 from clarivis.report.card import model_card
 from clarivis.report.gallery import ScoredValidation, top_losses
+from clarivis.spec import VERSION as __version__
 
 REPORT_NAME = "report.html"
 CHECK_NAME = "data_check.json"  # written by `clarivis check DATA --json RUN/data_check.json`

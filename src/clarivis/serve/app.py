@@ -28,7 +28,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from clarivis.spec import VERSION as __version__
 from clarivis.errors import ClarivisError
 from clarivis.models.bundle import bundle_version, load_bundle_config, resolve_bundle_path
 from clarivis.serve import limits
@@ -36,6 +35,7 @@ from clarivis.serve.backends import BACKENDS, Backend, Scored, load_backend
 from clarivis.serve.batching import MAX_BATCH, MAX_WAIT_MS, MicroBatcher
 from clarivis.serve.metrics import MetricsMiddleware, ServiceMetrics
 from clarivis.serve.predlog import LoggedPrediction, PredictionLog
+from clarivis.spec import VERSION as __version__
 
 log = logging.getLogger("clarivis.serve")
 
