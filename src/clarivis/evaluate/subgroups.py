@@ -6,7 +6,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from fairlearn.metrics import MetricFrame
+
+from clarivis.extras import needs
+
+with needs("trust", "clarivis audit with group columns"):
+    from fairlearn.metrics import MetricFrame
 
 # A group this far (absolute accuracy) below the overall accuracy is flagged: 5 points is the
 # gap a reviewer would ask about, and small enough to catch a group the data under-represents.
