@@ -165,7 +165,7 @@ def validate_config(values: dict[str, Any]) -> TrainConfig:
     try:
         return TrainConfig(**values)
     except ValidationError as err:
-        raise ConfigError(_one_line(err)) from None
+        raise ConfigError(validation_message(err)) from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -185,7 +185,7 @@ def write_yaml(config: BaseModel, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 
-def _one_line(err: ValidationError) -> str:
+def validation_message(err: ValidationError) -> str:
     """Turn pydantic's multi-line report into one actionable line."""
     parts = []
     for e in err.errors():

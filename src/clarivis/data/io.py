@@ -34,7 +34,7 @@ MAX_IMAGE_PIXELS: int = 64_000_000
 # Only the decoders behind IMAGE_EXTENSIONS may run. Pillow would otherwise also try
 # formats such as EPS (which shells out to Ghostscript) on untrusted uploads. "JPEG" also
 # opens multi-picture phone JPEGs (MPO); naming "MPO" itself is a KeyError in Pillow.
-_ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "DIB", "GIF", "TIFF", "PPM")
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "DIB", "GIF", "TIFF", "PPM")
 
 # Modes holding more than 8 bits of grayscale (16-bit ints, 32-bit ints, floats).
 _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
@@ -61,7 +61,7 @@ def load_image(
     if max_pixels <= 0:
         raise ValueError(f"max_pixels must be positive, got {max_pixels}")
     label = _label(source)
-    with _decoding(label), Image.open(_open_source(source, label), formats=_ALLOWED_FORMATS) as img:
+    with _decoding(label), Image.open(_open_source(source, label), formats=ALLOWED_FORMATS) as img:
         _check_pixels(img.size, max_pixels, label)
         if reduce_to is not None and img.format == "JPEG":
             img.draft(img.mode, (2 * reduce_to, 2 * reduce_to))  # no-op when smaller than 4x
@@ -92,7 +92,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) as displayed (after EXIF orientation), read from the header only."""
     label = str(path)
-    with _decoding(label), Image.open(_open_source(path, label), formats=_ALLOWED_FORMATS) as img:
+    with _decoding(label), Image.open(_open_source(path, label), formats=ALLOWED_FORMATS) as img:
         width, height = img.size
         # Orientations 5-8 rotate by 90 degrees, so the stored width is the shown height.
         if _header_orientation(img) in (5, 6, 7, 8):

@@ -21,7 +21,7 @@ from PIL import Image
 
 # The decoders load_image allows: the header read below must not wake any other Pillow
 # plugin (EPS shells out to Ghostscript). clarivis.data.io keeps the list private.
-from clarivis.data.io import _ALLOWED_FORMATS, load_image
+from clarivis.data.io import ALLOWED_FORMATS, load_image
 from clarivis.data.sources import DatasetIndex
 from clarivis.errors import ImageDecodeError
 
@@ -147,7 +147,7 @@ def _inspect(item: tuple[str, str, str]) -> FileInfo:
         # load_image is the safe decoder every stage uses: if it fails here, training would skip
         # the file too. It checks the pixel count before decoding, so read the header after it.
         image = load_image(data)
-        with Image.open(io.BytesIO(data), formats=_ALLOWED_FORMATS) as header:
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as header:
             info.mode, info.format = header.mode, header.format or ""
             info.transparency = "transparency" in header.info
     except ImageDecodeError as err:

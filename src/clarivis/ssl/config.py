@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from clarivis.config import _one_line, read_yaml
+from clarivis.config import read_yaml, validation_message
 from clarivis.errors import ConfigError
 
 Method = Literal["simclr", "byol", "dino"]
@@ -82,4 +82,4 @@ def validate_pretrain_config(values: dict[str, Any]) -> PretrainConfig:
     try:
         return PretrainConfig(**values)
     except ValidationError as err:
-        raise ConfigError(_one_line(err)) from None
+        raise ConfigError(validation_message(err)) from None
