@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from open_clip.model import _build_vision_tower
 from torch import nn
 
 from clarivis.errors import ModelError
+from clarivis.extras import needs
 from clarivis.zeroshot.load import (
     CLIP_PREFIX,
     ClipSpec,
@@ -24,6 +24,9 @@ from clarivis.zeroshot.load import (
     load_clip,
     resolve_clip,
 )
+
+with needs("zeroshot", "CLIP (clarivis zeroshot, open_clip: models)"):
+    from open_clip.model import _build_vision_tower
 
 
 def is_clip_name(name: str | None) -> bool:

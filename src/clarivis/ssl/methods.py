@@ -9,16 +9,20 @@ import copy
 import warnings
 
 import torch
-from lightly.loss import DINOLoss, NegativeCosineSimilarity, NTXentLoss
-from lightly.models.modules.heads import (
-    BYOLPredictionHead,
-    BYOLProjectionHead,
-    DINOProjectionHead,
-    SimCLRProjectionHead,
-)
-from lightly.models.utils import deactivate_requires_grad, update_momentum
-from lightly.utils.scheduler import cosine_schedule
 from torch import nn
+
+from clarivis.extras import needs
+
+with needs("ssl", "clarivis pretrain"):
+    from lightly.loss import DINOLoss, NegativeCosineSimilarity, NTXentLoss
+    from lightly.models.modules.heads import (
+        BYOLPredictionHead,
+        BYOLProjectionHead,
+        DINOProjectionHead,
+        SimCLRProjectionHead,
+    )
+    from lightly.models.utils import deactivate_requires_grad, update_momentum
+    from lightly.utils.scheduler import cosine_schedule
 
 Views = list[torch.Tensor]  # V tensors (B, 3, s, s): 2 views, DINO 2 global + N local
 

@@ -15,14 +15,17 @@ Models with a fixed input size (ViTs' position embeddings) take one size only: n
 
 from __future__ import annotations
 
-from lightly.transforms import (
-    BYOLTransform,
-    BYOLView1Transform,
-    BYOLView2Transform,
-    DINOTransform,
-    SimCLRTransform,
-)
-from lightly.transforms.multi_view_transform import MultiViewTransform
+from clarivis.extras import needs
+
+with needs("ssl", "clarivis pretrain"):
+    from lightly.transforms import (
+        BYOLTransform,
+        BYOLView1Transform,
+        BYOLView2Transform,
+        DINOTransform,
+        SimCLRTransform,
+    )
+    from lightly.transforms.multi_view_transform import MultiViewTransform
 
 SMALL_IMAGE = 64  # px: at or below, the small-image settings above
 SMALL_MIN_SCALE = 0.2  # smallest crop, fraction of the image area, small images

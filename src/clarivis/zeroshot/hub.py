@@ -11,10 +11,12 @@ import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 
-import open_clip
-from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-
 from clarivis.errors import ModelError
+from clarivis.extras import needs
+
+with needs("zeroshot", "CLIP (clarivis zeroshot, open_clip: models)"):
+    import open_clip
+    from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
 PROBE_TIMEOUT_S = 3.0  # a reachable hub answers a TCP connect well within this
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")

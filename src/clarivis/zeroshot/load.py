@@ -10,12 +10,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import open_clip
-from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 from torch import nn
 
 from clarivis.data.transforms import INTERPOLATIONS, Preprocess
 from clarivis.errors import ModelError
+from clarivis.extras import needs
+
+with needs("zeroshot", "CLIP (clarivis zeroshot, open_clip: models)"):
+    import open_clip
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
 CLIP_PREFIX = "open_clip:"  # model names with this prefix are CLIP image towers (models/clip.py)
 DEFAULT_CLIP = "ViT-B-32"  # 88M-parameter image tower, 4.4 GFLOPs at 224 px: fine on a CPU

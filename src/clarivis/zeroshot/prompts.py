@@ -7,11 +7,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import open_clip
 import torch
 from torch import nn
 
 from clarivis.errors import ClarivisError
+from clarivis.extras import needs
+
+with needs("zeroshot", "CLIP (clarivis zeroshot, open_clip: models)"):
+    import open_clip
 
 # The default ensemble: 7 of the CLIP paper's 80 ImageNet templates, the subset OpenAI's notebook
 # Prompt_Engineering_for_ImageNet.ipynb picked by sequential forward selection; open_clip ships it
