@@ -13,12 +13,15 @@ import io
 import json
 from dataclasses import dataclass
 
-from fastapi import HTTPException
 from PIL import Image, UnidentifiedImageError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clarivis.data.io import MAX_IMAGE_PIXELS, load_image
 from clarivis.errors import ImageDecodeError
+from clarivis.extras import needs
+
+with needs("serve", "clarivis serve"):
+    from fastapi import HTTPException
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # 32 MB a request holds a full-resolution photo from any phone or DSLR (a 48 MP JPEG is 12-25 MB)
 # and a handful of ordinary ones, and bounds what one request makes the server hold in memory.

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from clarivis.extras import needs
+
+with needs("serve", "clarivis serve"):
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+    from starlette.routing import Match
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Request latency buckets, seconds: from a cached tiny model on loopback (~2 ms) to a large
 # batch of photos on a CPU (seconds) and the request timeout (30 s).

@@ -15,15 +15,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
-from sqlalchemy import select
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from clarivis.errors import ClarivisError, ModelError
+from clarivis.extras import needs
 from clarivis.fileio import atomic_write
 from clarivis.prediction import UNKNOWN_LABEL
 from clarivis.serve.predlog import PredictionLog, as_utc, default_db_url, predictions, safe_url, to_naive_utc
+
+with needs("serve", "clarivis monitor"):
+    from scipy import stats
+    from sqlalchemy import select
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
 # Population Stability Index thresholds, the rule of thumb from credit scoring (Siddiqi, "Credit
 # Risk Scorecards", 2006; Yurdakul, "Statistical properties of the PSI", 2018): below 0.1 the
