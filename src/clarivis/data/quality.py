@@ -15,7 +15,6 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import imagehash
 import numpy as np
 from PIL import Image
 
@@ -24,6 +23,10 @@ from PIL import Image
 from clarivis.data.io import ALLOWED_FORMATS, load_image
 from clarivis.data.sources import DatasetIndex
 from clarivis.errors import ImageDecodeError
+from clarivis.extras import needs
+
+with needs("trust", "clarivis check"):
+    import imagehash
 
 # Largest Hamming distance (of 64 bits) between two perceptual hashes called near duplicates.
 # Re-encoding (JPEG q85), +6-10% brightness, light noise or a resize move a pHash by 0-2 bits.

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clarivis.errors import ModelError
+from clarivis.extras import needs
 
 CAM_METHODS = ("gradcam", "gradcam++")  # pytorch_grad_cam's GradCAM and GradCAMPlusPlus
 
@@ -64,8 +65,9 @@ def cam_maps(model: nn.Module, x: torch.Tensor, targets: list[int], *, method: s
     target = cam_target(model, x.shape[-1])
     if method == "gradcam" and target.reshape is None:
         return _layer_gradcam(model, target.layer, x, targets)
-    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    with needs("trust", "this explanation (gradcam++, or gradcam of a ViT)"):
+        from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     cam_class = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}[method]
     cam = cam_class(model=model, target_layers=[target.layer], reshape_transform=target.reshape)
