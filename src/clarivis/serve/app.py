@@ -16,19 +16,13 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
-
 from clarivis.errors import ClarivisError
+from clarivis.extras import needs
 from clarivis.models.bundle import bundle_version, load_bundle_config, resolve_bundle_path
 from clarivis.serve import limits
 from clarivis.serve.backends import BACKENDS, Backend, Scored, load_backend
@@ -36,6 +30,14 @@ from clarivis.serve.batching import MAX_BATCH, MAX_WAIT_MS, MicroBatcher
 from clarivis.serve.metrics import MetricsMiddleware, ServiceMetrics
 from clarivis.serve.predlog import LoggedPrediction, PredictionLog
 from clarivis.spec import VERSION as __version__
+
+with needs("serve", "clarivis serve"):
+    from fastapi import Depends, FastAPI, HTTPException, Query, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from starlette.concurrency import run_in_threadpool
+    from starlette.datastructures import UploadFile
 
 log = logging.getLogger("clarivis.serve")
 
@@ -65,7 +67,8 @@ _PREDICT_BODY = {
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything create_app was asked for; /v1/model shows it (without the key)."""
+    """Everything create_app was asked for (one typed object, not a dozen parameters);
+    /v1/model shows it (without the key)."""
 
     backend: str = "torch"
     device: str | None = None
@@ -119,17 +122,13 @@ class Service:
         self.log.close()
 
 
-def create_app(model_dir: str | Path, *, backend: str = "torch", api_key: str | None = None,
-               db_url: str | None = None, store_images: bool = False,
-               max_upload_mb: float = limits.MAX_UPLOAD_MB, max_pixels: int = limits.MAX_PIXELS,
-               timeout_s: float = TIMEOUT_S, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS,
-               max_files: int = limits.MAX_FILES, device: str | None = None) -> FastAPI:
-    """The service for one ModelBundle. The model and the prediction log open here, so a bad
-    bundle, backend or database URL fails before any port is opened (ClarivisError)."""
-    settings = Settings(backend=backend, device=device, api_key=api_key or None, db_url=db_url,
-                        store_images=store_images, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
-                        max_files=max_files, timeout_s=timeout_s, max_batch=max_batch,
-                        max_wait_ms=max_wait_ms)
+def create_app(model_dir: str | Path, settings: Settings | None = None, **options: Any) -> FastAPI:
+    """The service for one ModelBundle. `options` are Settings' fields by keyword (backend,
+    api_key, db_url, max_batch, ...; the CLI and `serve` pass them so), applied over `settings`.
+    The model and the prediction log open here, so a bad bundle, backend or database URL fails
+    before any port is opened (ClarivisError)."""
+    settings = replace(settings or Settings(), **options)
+    settings = replace(settings, api_key=settings.api_key or None)  # "" means no key
     service = Service(model_dir, settings)
 
     @asynccontextmanager
@@ -146,10 +145,13 @@ def create_app(model_dir: str | Path, *, backend: str = "torch", api_key: str | 
                               f"({service.config.num_classes} classes), model version {service.version}.")
     app.state.service = service
     _add_error_handlers(app)
-    _add_routes(app, service)
+    auth = [Depends(_api_key_check(settings.api_key))]
+    _add_predict_routes(app, service, auth)
+    _add_model_routes(app, service, auth)
+    _add_ops_routes(app, service)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     # Outermost last: metrics see every answer, the body limit's 413s included.
-    app.add_middleware(limits.BodyLimit, max_bytes=int(max_upload_mb * 1e6))
+    app.add_middleware(limits.BodyLimit, max_bytes=int(settings.max_upload_mb * 1e6))
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     return app
 
@@ -157,7 +159,8 @@ def create_app(model_dir: str | Path, *, backend: str = "torch", api_key: str | 
 def serve(model_dir: str | Path, *, host: str = HOST, port: int = PORT, log_level: str = "info",
           **options: Any) -> None:
     """Run the service with uvicorn until Ctrl-C; options are create_app's."""
-    import uvicorn
+    with needs("serve", "clarivis serve"):
+        import uvicorn  # here: create_app (and the tests) run without a server
 
     app = create_app(model_dir, **options)
     if host not in ("127.0.0.1", "localhost", "::1") and not options.get("api_key"):
@@ -169,43 +172,12 @@ def serve(model_dir: str | Path, *, host: str = HOST, port: int = PORT, log_leve
 # ----------------------------------------------------------------------------- routes
 
 
-def _add_routes(app: FastAPI, service: Service) -> None:
-    settings = service.settings
-    auth = [Depends(_api_key_check(settings.api_key))]
-
+def _add_predict_routes(app: FastAPI, service: Service, auth: list) -> None:
     @app.post("/v1/predict", dependencies=auth, openapi_extra=_PREDICT_BODY, tags=["predict"])
     async def predict(request: Request, top_k: int = Query(TOP_K, ge=1, le=1000,
                                                            description="labels per image")) -> dict:
         """Top-k labels with calibrated probabilities for every image in the `file` fields."""
-        start = time.perf_counter()
-        async with _deadline(settings.timeout_s):
-            uploads = await _read_uploads(request, service)
-            k = min(top_k, service.config.num_classes)
-            scored = await service.batcher.submit([(u.image, k) for u in uploads])
-        latency_ms = (time.perf_counter() - start) * 1000
-        now = datetime.now(UTC)
-        entries = [LoggedPrediction.from_upload(
-            u.data, model_version=service.version, label=s.label, confidence=s.confidence,
-            latency_ms=latency_ms, width=u.width, height=u.height, ood_score=s.ood_score, time=now)
-            for u, s in zip(uploads, scored, strict=True)]
-        # Outside the deadline: once the model has answered, the answer is logged and returned;
-        # a timeout can only strike before, so no request is logged without being answered.
-        try:
-            await run_in_threadpool(service.log.record, entries)
-        except ClarivisError as err:
-            raise HTTPException(503, f"prediction not logged: {err}") from None
-        predictions = []
-        for u, s in zip(uploads, scored, strict=True):
-            service.metrics.predictions.labels(s.label).inc()
-            row = {"filename": u.filename, "label": s.label, "confidence": s.confidence,
-                   "top_k": [{"label": lbl, "probability": p} for lbl, p in s.top_k[:k]],
-                   "ood_score": s.ood_score, "width": u.width, "height": u.height, "sha256": u.sha256}
-            predictions.append(row)
-            service.recent.appendleft({"time": now.isoformat(), "label": s.label,
-                                       "confidence": s.confidence, "latency_ms": latency_ms,
-                                       "width": u.width, "height": u.height, "sha256": u.sha256[:12]})
-        return {"model_version": service.version, "backend": service.backend.name,
-                "latency_ms": latency_ms, "predictions": predictions}
+        return await _predict(request, service, top_k)
 
     @app.post("/v1/explain", dependencies=auth, openapi_extra=_PREDICT_BODY, tags=["predict"],
               response_class=Response, responses={200: {"content": {"image/png": {}}}})
@@ -213,40 +185,14 @@ def _add_routes(app: FastAPI, service: Service) -> None:
                       target: str | None = Query(None, description="class to explain [the predicted one]"),
                       ) -> Response:
         """Grad-CAM overlay (PNG: the model input | the heat map over it) of one image."""
-        if method not in ("gradcam", "gradcam++"):
-            raise HTTPException(422, f"unknown method '{method}'; use gradcam or gradcam++")
-        if target is not None and target not in service.config.class_names:
-            raise HTTPException(422, f"unknown target class '{target:.100}'; the model's classes are "
-                                     f"{', '.join(service.config.class_names[:20])}")
-        async with _deadline(settings.timeout_s):
-            uploads = await _read_uploads(request, service)
-            if len(uploads) != 1:
-                raise HTTPException(422, f"send one image per explain request (got {len(uploads)})")
-            png, label, confidence = await run_in_threadpool(_overlay, service, uploads[0], method, target)
-        return Response(png, media_type="image/png",
-                        headers={"X-Label": _header_safe(label), "X-Confidence": f"{confidence:.6f}",
-                                 "X-Model-Version": service.version})
+        return await _explain(request, service, method, target)
 
+
+def _add_model_routes(app: FastAPI, service: Service, auth: list) -> None:
     @app.get("/v1/model", dependencies=auth, tags=["model"])
     def model() -> dict:
         """What is served: version, architecture, classes, preprocessing, limits."""
-        c, folder = service.config, service.model_dir
-        return {
-            "name": folder.parent.name if folder.name == "model" else folder.name,  # the run's name
-            "model_version": service.version, "clarivis_version": c.clarivis_version,
-            "architecture": c.architecture, "num_classes": c.num_classes, "class_names": c.class_names,
-            "input_size": list(c.input_size), "resize_mode": c.resize_mode, "temperature": c.temperature,
-            "open_set_threshold": (c.ood or {}).get("threshold"),
-            # the training summary without the data path: a path on the training machine says
-            # nothing to a client and may name people or sites
-            "training": {k: v for k, v in c.training.items() if k != "data"},
-            "backend": service.backend.name, "started_at": service.started_at.isoformat(),
-            "limits": {"max_upload_mb": settings.max_upload_mb, "max_pixels": settings.max_pixels,
-                       "max_files": settings.max_files, "timeout_s": settings.timeout_s},
-            "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms},
-            "prediction_log": {"db": service.log.url, "store_images": settings.store_images},
-            "auth_required": settings.api_key is not None,
-        }
+        return _model_info(service)
 
     @app.get("/v1/monitor", dependencies=auth, tags=["monitor"])
     async def monitor(since: str | None = Query(None, description="24h, 7d or an ISO time [whole log]"),
@@ -254,7 +200,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         """Volume, latency, confidence and class drift of served traffic (clarivis monitor)."""
         from clarivis.serve.monitor import monitor_report
 
-        return await run_in_threadpool(monitor_report, service.model_dir, settings.db_url, since,
+        return await run_in_threadpool(monitor_report, service.model_dir, service.settings.db_url, since,
                                        review_limit=review_limit)
 
     @app.get("/v1/recent", dependencies=auth, tags=["monitor"])
@@ -262,6 +208,8 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         """The latest predictions of this server process, newest first (no file names, no images)."""
         return {"predictions": list(service.recent)[:limit]}
 
+
+def _add_ops_routes(app: FastAPI, service: Service) -> None:
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict:
         """Liveness: the process answers."""
@@ -285,6 +233,75 @@ def _add_routes(app: FastAPI, service: Service) -> None:
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
+
+
+async def _predict(request: Request, service: Service, top_k: int) -> dict:
+    start = time.perf_counter()
+    async with _deadline(service.settings.timeout_s):
+        uploads = await _read_uploads(request, service)
+        k = min(top_k, service.config.num_classes)
+        scored = await service.batcher.submit([(u.image, k) for u in uploads])
+    latency_ms = (time.perf_counter() - start) * 1000
+    now = datetime.now(UTC)
+    entries = [LoggedPrediction.from_upload(
+        u.data, model_version=service.version, label=s.label, confidence=s.confidence,
+        latency_ms=latency_ms, width=u.width, height=u.height, ood_score=s.ood_score, time=now)
+        for u, s in zip(uploads, scored, strict=True)]
+    # Outside the deadline: once the model has answered, the answer is logged and returned;
+    # a timeout can only strike before, so no request is logged without being answered.
+    try:
+        await run_in_threadpool(service.log.record, entries)
+    except ClarivisError as err:
+        raise HTTPException(503, f"prediction not logged: {err}") from None
+    predictions = []
+    for u, s in zip(uploads, scored, strict=True):
+        service.metrics.predictions.labels(s.label).inc()
+        predictions.append({"filename": u.filename, "label": s.label, "confidence": s.confidence,
+                            "top_k": [{"label": lbl, "probability": p} for lbl, p in s.top_k[:k]],
+                            "ood_score": s.ood_score, "width": u.width, "height": u.height,
+                            "sha256": u.sha256})
+        service.recent.appendleft({"time": now.isoformat(), "label": s.label,
+                                   "confidence": s.confidence, "latency_ms": latency_ms,
+                                   "width": u.width, "height": u.height, "sha256": u.sha256[:12]})
+    return {"model_version": service.version, "backend": service.backend.name,
+            "latency_ms": latency_ms, "predictions": predictions}
+
+
+async def _explain(request: Request, service: Service, method: str, target: str | None) -> Response:
+    if method not in ("gradcam", "gradcam++"):
+        raise HTTPException(422, f"unknown method '{method}'; use gradcam or gradcam++")
+    if target is not None and target not in service.config.class_names:
+        raise HTTPException(422, f"unknown target class '{target:.100}'; the model's classes are "
+                                 f"{', '.join(service.config.class_names[:20])}")
+    async with _deadline(service.settings.timeout_s):
+        uploads = await _read_uploads(request, service)
+        if len(uploads) != 1:
+            raise HTTPException(422, f"send one image per explain request (got {len(uploads)})")
+        png, label, confidence = await run_in_threadpool(_overlay, service, uploads[0], method, target)
+    return Response(png, media_type="image/png",
+                    headers={"X-Label": _header_safe(label), "X-Confidence": f"{confidence:.6f}",
+                             "X-Model-Version": service.version})
+
+
+def _model_info(service: Service) -> dict:
+    """The /v1/model answer."""
+    c, folder, settings = service.config, service.model_dir, service.settings
+    return {
+        "name": folder.parent.name if folder.name == "model" else folder.name,  # the run's name
+        "model_version": service.version, "clarivis_version": c.clarivis_version,
+        "architecture": c.architecture, "num_classes": c.num_classes, "class_names": c.class_names,
+        "input_size": list(c.input_size), "resize_mode": c.resize_mode, "temperature": c.temperature,
+        "open_set_threshold": (c.ood or {}).get("threshold"),
+        # the training summary without the data path: a path on the training machine says
+        # nothing to a client and may name people or sites
+        "training": {k: v for k, v in c.training.items() if k != "data"},
+        "backend": service.backend.name, "started_at": service.started_at.isoformat(),
+        "limits": {"max_upload_mb": settings.max_upload_mb, "max_pixels": settings.max_pixels,
+                   "max_files": settings.max_files, "timeout_s": settings.timeout_s},
+        "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms},
+        "prediction_log": {"db": service.log.url, "store_images": settings.store_images},
+        "auth_required": settings.api_key is not None,
+    }
 
 
 async def _read_uploads(request: Request, service: Service) -> list[limits.Upload]:

@@ -13,29 +13,32 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    DateTime,
-    Engine,
-    Float,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    create_engine,
-    event,
-    func,
-    insert,
-    select,
-)
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
-from sqlalchemy.pool import StaticPool
+from typing import Any
 
 from clarivis.errors import ClarivisError
+from clarivis.extras import needs
+
+with needs("serve", "the prediction log (clarivis serve, monitor)"):
+    from sqlalchemy import (
+        BigInteger,
+        Column,
+        DateTime,
+        Engine,
+        Float,
+        Integer,
+        LargeBinary,
+        MetaData,
+        String,
+        Table,
+        create_engine,
+        event,
+        func,
+        insert,
+        select,
+    )
+    from sqlalchemy.engine import URL, make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+    from sqlalchemy.pool import StaticPool
 
 ENV_VAR = "CLARIVIS_DB_URL"
 DEFAULT_DB_NAME = "predictions.db"
@@ -85,15 +88,19 @@ class LoggedPrediction:
     ood_score: float | None = None
     image: bytes | None = None  # dropped unless the log was opened with store_images=True
 
+    def __post_init__(self) -> None:
+        # Backends may hand numpy scalars; the database and JSON take plain numbers.
+        self.confidence, self.latency_ms = float(self.confidence), float(self.latency_ms)
+        self.width, self.height = int(self.width), int(self.height)
+        self.ood_score = None if self.ood_score is None else float(self.ood_score)
+
     @classmethod
-    def from_upload(cls, data: bytes, *, model_version: str, label: str, confidence: float,
-                    latency_ms: float, width: int, height: int, ood_score: float | None = None,
-                    time: datetime | None = None) -> LoggedPrediction:
-        """Fill num_bytes, sha256 and image from the uploaded bytes; time defaults to now (UTC)."""
-        return cls(time=time or datetime.now(UTC), model_version=model_version, label=label,
-                   confidence=float(confidence), latency_ms=float(latency_ms), width=int(width),
-                   height=int(height), num_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                   ood_score=None if ood_score is None else float(ood_score), image=data)
+    def from_upload(cls, data: bytes, *, time: datetime | None = None, **fields: Any) -> LoggedPrediction:
+        """Fill num_bytes, sha256 and image from the uploaded bytes; time defaults to now (UTC).
+        `fields`: the other fields by keyword (model_version, label, confidence, latency_ms,
+        width, height, optional ood_score)."""
+        return cls(time=time or datetime.now(UTC), num_bytes=len(data),
+                   sha256=hashlib.sha256(data).hexdigest(), image=data, **fields)
 
 
 def to_naive_utc(t: datetime) -> datetime:
