@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from clarivis.extras import install_hint
 
 LOG_EVERY_S = 30.0  # seconds between plain progress lines when stderr is not a terminal
 
@@ -31,8 +34,8 @@ class RunLogger:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:  # tensorboard is a dependency, but never fail a run over logs
-                self.writer = None
+            except ImportError:  # the 'tensorboard' extra; never fail a run over logs
+                _note_no_tensorboard()
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         with self.jsonl.open("a") as f:
@@ -54,6 +57,13 @@ class RunLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+@cache  # once per process: label checks and sweeps train many runs
+def _note_no_tensorboard() -> None:
+    Console(stderr=True, soft_wrap=True).print(
+        "note: no TensorBoard events without the 'tensorboard' extra (metrics.jsonl has every epoch): "
+        f"{install_hint('tensorboard')}", markup=False, highlight=False)
 
 
 REFRESH_S = 0.5
