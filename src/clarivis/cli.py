@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from clarivis.errors import ClarivisError
@@ -692,7 +693,8 @@ def main() -> None:
     try:
         app()
     except ClarivisError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        # escaped: messages hold brackets (pip install "clarivis[serve]") that are not styles
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except OSError as e:  # unwritable --out, disk full, files vanishing mid-run
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
