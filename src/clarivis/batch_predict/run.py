@@ -3,10 +3,11 @@ file, resumable, split over the processes of a torchrun job."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from clarivis.api import Classifier
 from clarivis.batch_predict.outputs import (
@@ -18,8 +19,8 @@ from clarivis.batch_predict.outputs import (
     refuse_existing,
     working_path,
 )
-from clarivis.batch_predict.stream import iter_sources, predict_batch, shard, skip_done
-from clarivis.batch_predict.writers import chunked
+from clarivis.batch_predict.stream import Source, iter_sources, predict_batch, shard, skip_done
+from clarivis.batch_predict.writers import RowWriter, chunked
 from clarivis.distributed import (
     World,
     barrier,
@@ -54,27 +55,41 @@ class PredictSummary:
 ProgressCallback = Callable[[PredictSummary], None]
 
 
+@dataclass(frozen=True)
+class PredictOptions:
+    """How predict_to_file predicts: one typed object (predict_to_file also takes its fields
+    by keyword, as the CLI and the README call it)."""
+
+    resume: bool = False  # skip paths already in `out`; without it an existing `out` is an error
+    top_k: int = 5  # labels per image
+    batch_size: int = 64  # images per forward pass (memory holds one batch)
+    device: str | None = None  # None: the best available (each torchrun rank its own GPU)
+    reject: bool = True  # answer "unknown" below the bundle's open-set threshold
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ClarivisError(f"--top-k must be at least 1 (got {self.top_k})")
+        if self.batch_size < 1:
+            raise ClarivisError(f"--batch-size must be at least 1 (got {self.batch_size})")
+
+
 def predict_to_file(
     model: str | Path | Classifier,
     inputs: str | Path | Iterable[str | Path],
     out: str | Path,
+    options: PredictOptions | None = None,
     *,
-    resume: bool = False,
-    top_k: int = 5,
-    batch_size: int = 64,
-    device: str | None = None,
-    reject: bool = True,
     on_progress: ProgressCallback | None = None,
+    **fields: Any,
 ) -> PredictSummary:
     """Predict every image under `inputs` (files, folders, globs) into `out`, whose suffix
     (.csv, .jsonl, .parquet) picks the format. Memory holds one batch of images, whatever the
-    number of files. `resume=True` skips paths already in `out`; without it an existing `out`
-    is an error. Under torchrun each process predicts every WORLD_SIZE-th file into a part
-    file and rank 0 merges the parts. `on_progress` is called after each batch on rank 0."""
-    if top_k < 1:
-        raise ClarivisError(f"--top-k must be at least 1 (got {top_k})")
-    if batch_size < 1:
-        raise ClarivisError(f"--batch-size must be at least 1 (got {batch_size})")
+    number of files. `fields`: PredictOptions' fields by keyword (resume, top_k, batch_size,
+    device, reject), over `options`. `resume=True` skips paths already in `out`; without it an
+    existing `out` is an error. Under torchrun each process predicts every WORLD_SIZE-th file
+    into a part file and rank 0 merges the parts. `on_progress` is called after each batch on
+    rank 0."""
+    opts = replace(options or PredictOptions(), **fields)
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)  # the arguments only
     target = Path(out).expanduser()
     fmt = output_format(target)
@@ -82,16 +97,18 @@ def predict_to_file(
     world = world_from_env()
     # Every check happens before any process writes (the barrier below), so all processes see
     # the same files and fail or go on together.
-    if not resume:
+    if not opts.resume:
         refuse_existing(target, fmt)
-    done = done_paths(target, fmt) if resume else set()
+    done = done_paths(target, fmt) if opts.resume else set()
     clf = model if isinstance(model, Classifier) else Classifier.load(
-        model, device=rank_device(device, world), reject=reject)
+        model, device=rank_device(opts.device, world), reject=opts.reject)
     summary = PredictSummary(out=target, processes=world.size, is_main=world.is_main)
     with process_group(world):
         barrier(world)
-        _predict_share(clf, inputs, working_path(target, fmt, world.rank, world.size), fmt, world,
-                       done, top_k, batch_size, summary, on_progress if world.is_main else None)
+        sources = _share(inputs, world, done, summary)
+        with closing(open_writer(working_path(target, fmt, world.rank, world.size), fmt)) as writer:
+            _write_predictions(clf, sources, writer, opts, summary,
+                               on_progress if world.is_main else None)
         barrier(world)  # every part is complete before rank 0 merges them
         if world.is_main:
             finalize(target, fmt)
@@ -102,20 +119,24 @@ def predict_to_file(
     return summary
 
 
-def _predict_share(clf: Classifier, inputs: list[str | Path], working: Path, fmt: str, world: World,
-                   done: set[str], top_k: int, batch_size: int, summary: PredictSummary,
-                   on_progress: ProgressCallback | None) -> None:
-    """This process's share of the inputs, appended to its working file batch by batch."""
+def _share(inputs: list[str | Path], world: World, done: set[str],
+           summary: PredictSummary) -> Iterator[Source]:
+    """This process's share of the inputs, without those already done (counted as skipped)."""
     def count_skip() -> None:
         summary.skipped += 1
 
-    sources = skip_done(shard(iter_sources(inputs), world.rank, world.size), done, count_skip)
-    with closing(open_writer(working, fmt)) as writer:
-        for batch in chunked(sources, batch_size):
-            rows = predict_batch(clf, batch, top_k)
-            writer.write(rows)
-            failed = sum(1 for row in rows if row.error)
-            summary.errors += failed
-            summary.predicted += len(rows) - failed
-            if on_progress is not None:
-                on_progress(summary)
+    return skip_done(shard(iter_sources(inputs), world.rank, world.size), done, count_skip)
+
+
+def _write_predictions(clf: Classifier, sources: Iterable[Source], writer: RowWriter,
+                       opts: PredictOptions, summary: PredictSummary,
+                       on_progress: ProgressCallback | None) -> None:
+    """Predict the sources batch by batch, appending each batch's rows to the writer."""
+    for batch in chunked(sources, opts.batch_size):
+        rows = predict_batch(clf, batch, opts.top_k)
+        writer.write(rows)
+        failed = sum(1 for row in rows if row.error)
+        summary.errors += failed
+        summary.predicted += len(rows) - failed
+        if on_progress is not None:
+            on_progress(summary)
