@@ -6,9 +6,10 @@ from __future__ import annotations
 import glob
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -26,9 +27,11 @@ from clarivis.active.select import (
     Selection,
     select,
 )
+from clarivis.classifier import Classifier
 from clarivis.data.expand import ImageInput
 from clarivis.data.scan import write_skipped
 from clarivis.errors import ClarivisError, DataError
+from clarivis.spec import resolve_bundle_path
 
 SKIPPED_NAME = "skipped.txt"
 # Below this many training labels per class the model's uncertainty is a poor guide: on CIFAR-10
@@ -58,52 +61,63 @@ class SuggestResult:
         return self.out_dir / HTML_NAME if self.out_dir else None
 
 
-def suggest(unlabeled: ImageInput | Iterable[ImageInput], *, model: str | Path, budget: int = 100,
-            strategy: str = DEFAULT_STRATEGY, labeled: str | Path | None = None,
-            out: str | Path | None = None, batch_size: int = 64, device: str | None = None,
-            console: Console | None = None, pool_factor: int = POOL_FACTOR,
-            seed: int = 0) -> SuggestResult:
+@dataclass(frozen=True)
+class SuggestOptions:
+    """How suggest ranks and where it writes: one typed object (suggest also takes its fields
+    by keyword, as `clarivis.suggest(pool, model=..., budget=...)` is documented)."""
+
+    budget: int = 100  # images in the queue
+    strategy: str = DEFAULT_STRATEGY  # one of select.STRATEGIES
+    labeled: str | Path | None = None  # folder or CSV of images already labeled
+    out: str | Path | None = None  # None: runs/<name>-queue-<time>
+    batch_size: int = 64  # images per forward pass
+    device: str | None = None  # None: the best available
+    pool_factor: int = POOL_FACTOR  # hybrid: k-center among budget x this most uncertain
+    seed: int = 0  # ties and the random strategy
+
+    def __post_init__(self) -> None:
+        if self.budget < 1:
+            raise ClarivisError(f"--budget must be at least 1 image (got {self.budget})")
+        if self.strategy not in STRATEGIES:
+            raise ClarivisError(f"unknown --strategy {self.strategy}; choose one of {', '.join(STRATEGIES)}")
+        if self.batch_size < 1:
+            raise ClarivisError(f"--batch-size must be at least 1 (got {self.batch_size})")
+        if self.pool_factor < 1:
+            raise ClarivisError(f"pool_factor must be at least 1 (got {self.pool_factor})")
+
+
+def suggest(unlabeled: ImageInput | Iterable[ImageInput], *, model: str | Path,
+            options: SuggestOptions | None = None, console: Console | None = None,
+            **fields: Any) -> SuggestResult:
     """Rank unlabeled files, folders or globs for labeling with a ModelBundle (or its run
     folder) and write OUT/queue.csv and OUT/queue.html (OUT: runs/<name>-queue-<time> when
-    None). `labeled`: a folder or CSV of images already labeled, left out of the queue and
-    used to spread it away from them."""
-    from clarivis.api import Classifier
-    from clarivis.models.bundle import resolve_bundle_path
-
-    _check_arguments(budget, strategy, batch_size, pool_factor)
+    None). `fields`: SuggestOptions' fields by keyword (budget, strategy, labeled, out,
+    batch_size, device, pool_factor, seed), over `options`. `labeled`: a folder or CSV of
+    images already labeled, left out of the queue and used to spread it away from them."""
+    opts = replace(options or SuggestOptions(), **fields)
     console = console or Console(stderr=True, quiet=True)
     started = time.perf_counter()
-    clf = Classifier.load(resolve_bundle_path(model), device=device, reject=False)
-    known = read_labeled(labeled) if labeled is not None else None
-    pool = _score_pool(clf, unlabeled, known, strategy, batch_size, console)
-    seeds = _labeled_embeddings(clf, known, strategy, batch_size, console)
-    choice = select(budget, strategy=strategy, probs=pool.probs, embeddings=pool.embeddings,
-                    labeled=seeds, pool_factor=pool_factor, seed=seed)
-    result = SuggestResult(queue_rows(pool, choice, clf.class_names), strategy, budget,
+    clf = Classifier.load(resolve_bundle_path(model), device=opts.device, reject=False)
+    known = read_labeled(opts.labeled) if opts.labeled is not None else None
+    pool = _score_pool(clf, unlabeled, known, opts, console)
+    seeds = _labeled_embeddings(clf, known, opts, console)
+    choice = select(opts.budget, strategy=opts.strategy, probs=pool.probs, embeddings=pool.embeddings,
+                    labeled=seeds, pool_factor=opts.pool_factor, seed=opts.seed)
+    result = SuggestResult(queue_rows(pool, choice, clf.class_names), opts.strategy, opts.budget,
                            len(pool.paths), skipped=pool.skipped, excluded=pool.excluded,
-                           notes=_notes(budget, pool, choice, known, seeds) + _cold_start(clf, strategy))
+                           notes=_notes(opts.budget, pool, choice, known, seeds)
+                           + _cold_start(clf, opts.strategy))
     result.seconds = round(time.perf_counter() - started, 2)
-    out_dir = Path(out) if out is not None else _default_out(unlabeled)
+    out_dir = Path(opts.out) if opts.out is not None else _default_out(unlabeled)
     write_queue(result, out_dir, model=str(model))
     return result
 
 
-def _check_arguments(budget: int, strategy: str, batch_size: int, pool_factor: int) -> None:
-    if budget < 1:
-        raise ClarivisError(f"--budget must be at least 1 image (got {budget})")
-    if strategy not in STRATEGIES:
-        raise ClarivisError(f"unknown --strategy {strategy}; choose one of {', '.join(STRATEGIES)}")
-    if batch_size < 1:
-        raise ClarivisError(f"--batch-size must be at least 1 (got {batch_size})")
-    if pool_factor < 1:
-        raise ClarivisError(f"pool_factor must be at least 1 (got {pool_factor})")
-
-
-def _score_pool(clf, unlabeled, known: LabeledSet | None, strategy: str, batch_size: int,
+def _score_pool(clf, unlabeled, known: LabeledSet | None, opts: SuggestOptions,
                 console: Console) -> PoolFeatures:
     with console.status("scoring the unlabeled images...") as status:
-        pool = pool_features(clf, unlabeled, batch_size=batch_size, labeled=known,
-                             embeddings=strategy in NEEDS_EMBEDDINGS,
+        pool = pool_features(clf, unlabeled, batch_size=opts.batch_size, labeled=known,
+                             embeddings=opts.strategy in NEEDS_EMBEDDINGS,
                              on_batch=lambda n: status.update(f"scored {n} unlabeled images..."))
     if not pool.paths:
         if pool.excluded:
@@ -116,13 +130,13 @@ def _score_pool(clf, unlabeled, known: LabeledSet | None, strategy: str, batch_s
     return pool
 
 
-def _labeled_embeddings(clf, known: LabeledSet | None, strategy: str, batch_size: int,
+def _labeled_embeddings(clf, known: LabeledSet | None, opts: SuggestOptions,
                         console: Console) -> torch.Tensor | None:
     """(M, D) embeddings of the labeled images, which seed k-center; None when not needed."""
-    if known is None or strategy not in NEEDS_EMBEDDINGS:
+    if known is None or opts.strategy not in NEEDS_EMBEDDINGS:
         return None
     with console.status(f"embedding {len(known.paths)} labeled images..."):
-        features = pool_features(clf, known.paths, batch_size=batch_size)
+        features = pool_features(clf, known.paths, batch_size=opts.batch_size)
     return features.embeddings if features.paths else None
 
 
