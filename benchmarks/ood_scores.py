@@ -44,16 +44,14 @@ def parse_args() -> argparse.Namespace:
 
 def embeddings(clf, pixels: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 3, S, S) -> L2-normalised penultimate features (N, D)."""
-    from clarivis.evaluate.inputs import model_embeddings
-
-    return torch.nn.functional.normalize(model_embeddings(clf, pixels, batch_size=256), dim=1)
+    return torch.nn.functional.normalize(clf.pixel_embeddings(pixels, batch_size=256), dim=1)
 
 
 def main() -> None:
     args = parse_args()
     import clarivis
     from clarivis.data.sources import evaluation_samples, index_dataset
-    from clarivis.evaluate.inputs import load_labeled_pixels, model_logits
+    from clarivis.evaluate.inputs import load_labeled_pixels
     from clarivis.evaluate.ood import OOD_SCORES, ood_score, rejection_report
 
     device = args.device or common.default_device()
@@ -64,7 +62,7 @@ def main() -> None:
     known = test.known
     if known.all() or not known.any():
         raise SystemExit("the test data needs images of known and of unknown classes")
-    logits = model_logits(clf, test.pixels)
+    logits = clf.pixel_logits(test.pixels)
     t = clf.config.temperature
     auroc = {name: float(roc_auc_score(known.numpy(), ood_score(logits, t, name).numpy()))
              for name in OOD_SCORES}

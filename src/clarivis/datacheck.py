@@ -20,9 +20,9 @@ from clarivis.data.quality import (
     check_quality,
 )
 from clarivis.data.sources import Sample, index_dataset
+from clarivis.data.thumbnails import thumbnail
 from clarivis.evaluate.label_features import choose_features
 from clarivis.evaluate.label_issues import DEFAULT_FOLDS, LabelIssueResult, find_label_issues
-from clarivis.report.plots import thumbnail
 
 SEVERITIES = ("error", "warning", "info")
 # Within a severity: what breaks training or evaluation first, then what misleads it.

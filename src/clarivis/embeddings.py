@@ -5,21 +5,20 @@ linear probe, active labeling and users' own analysis (written as .npy or .parqu
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from clarivis.data.expand import ImageInput, expand_inputs
+from clarivis.classifier import Classifier, Unusable
+from clarivis.data.expand import ImageInput
 from clarivis.data.sources import Sample, index_dataset
-from clarivis.data.transforms import Preprocess
+from clarivis.device import resolve_device
 from clarivis.errors import ClarivisError, DataError
-from clarivis.evaluate.inputs import model_embeddings
-from clarivis.models.bundle import make_bundle_config, resolve_bundle_path
 from clarivis.models.factory import check_model_name, create_model, pretrained_cfg
-from clarivis.training.defaults import resolve_device
+from clarivis.spec import IMAGENET_MEAN, IMAGENET_STD, BundleConfig, Preprocess, resolve_bundle_path
 
 EMBED_FORMATS = (".npy", ".parquet")
 
@@ -37,13 +36,11 @@ class Embeddings:
 
 
 def load_encoder(model: str | Path, *, weights: str | Path | None = None, pretrained: bool = False,
-                 img_size: int | None = None, device: str | None = None):
+                 img_size: int | None = None, device: str | None = None) -> Classifier:
     """A feature extractor as a Classifier: a ModelBundle folder (its own preprocessing), or a
     timm name with optional local weights or timm hub weights (`pretrained`; the architecture's
     pretrained preprocessing, its head removed). The Classifier supplies resize/normalize, so
     features match predict's."""
-    from clarivis.api import Classifier
-
     dev = resolve_device(device)
     if Path(model).expanduser().exists():
         if weights is not None or pretrained:
@@ -56,30 +53,29 @@ def load_encoder(model: str | Path, *, weights: str | Path | None = None, pretra
     size = img_size or (cfg.get("input_size") or (3, 224, 224))[1]
     net = create_model(name, num_classes=0, img_size=size, pretrained=pretrained,
                        weights=weights)  # headless: features
-    preprocess = Preprocess(img_size=size, mean=tuple(cfg.get("mean", Preprocess.mean)),
-                            std=tuple(cfg.get("std", Preprocess.std)))
-    config = make_bundle_config(architecture=name, class_names=[], preprocess=preprocess)
+    preprocess = Preprocess(img_size=size, mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+                            std=tuple(cfg.get("std", IMAGENET_STD)))
+    config = BundleConfig.for_model(architecture=name, class_names=[], preprocess=preprocess)
     return Classifier(net.to(dev), config, dev)
 
 
-def embed_images(clf, images: ImageInput | Iterable[ImageInput], *,
+def embed_images(clf: Classifier, images: ImageInput | Iterable[ImageInput], *,
                  batch_size: int = 64) -> Embeddings:
     """Embeddings of every readable input; unreadable ones are listed in `skipped`."""
-    if batch_size < 1:
-        raise ClarivisError(f"--batch-size must be at least 1 (got {batch_size})")
     paths: list[str] = []
     chunks: list[torch.Tensor] = []
     skipped: list[dict] = []
-    for batch_paths, pixels, errors in _batches(clf, expand_inputs(images), batch_size):
-        skipped += errors
-        if batch_paths:
-            paths += batch_paths
-            chunks.append(model_embeddings(clf, pixels, batch_size=batch_size))
+    for item in clf.iter_batches(images, batch_size=batch_size):  # predict's decode and resize
+        if isinstance(item, Unusable):
+            skipped.append({"path": item.source, "reason": item.reason})
+            continue
+        paths += item.sources
+        chunks.append(clf.pixel_embeddings(item.pixels, batch_size=batch_size))
     vectors = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
     return Embeddings(paths, vectors.astype(np.float32, copy=False), None, skipped)
 
 
-def embed_samples(clf, samples: list[Sample], *, batch_size: int = 64) -> Embeddings:
+def embed_samples(clf: Classifier, samples: list[Sample], *, batch_size: int = 64) -> Embeddings:
     """Embeddings of labeled samples, with their labels aligned to the readable rows."""
     result = embed_images(clf, [s.path for s in samples], batch_size=batch_size)
     label_of = {s.path: s.label for s in samples}
@@ -153,25 +149,3 @@ def _labeled_samples(images) -> list[Sample] | None:
         return index_dataset(path).all_samples
     except DataError:
         return None  # a flat folder of images: no labels
-
-
-def _batches(clf, entries: Iterator, batch_size: int) -> Iterator[tuple[list[str], torch.Tensor, list[dict]]]:
-    """(paths, uint8 (n, 3, S, S) pixels, errors) per batch of `batch_size` readable images;
-    decoding runs in threads a few batches ahead (the same path predict takes)."""
-    from clarivis.api import _ordered_map
-
-    paths: list[str] = []
-    pixels: list[torch.Tensor] = []
-    errors: list[dict] = []
-    for source, item in _ordered_map(clf.prepare, entries, window=2 * batch_size):
-        if isinstance(item, str):
-            errors.append({"path": source, "reason": item})
-            continue
-        paths.append(source)
-        pixels.append(item)
-        if len(paths) == batch_size:
-            yield paths, torch.stack(pixels), errors
-            paths, pixels, errors = [], [], []
-    if paths or errors:
-        yield paths, torch.stack(pixels) if pixels else torch.empty(0), errors
-

@@ -38,8 +38,11 @@ def confusion_png(metrics_json: str | Path) -> Path:
 
 
 def new_run_dir(data: str, out: str | None) -> Path:
-    """--out, or runs/<data folder name>-<date-time>."""
+    """--out (refused when it already holds a run), or runs/<data folder name>-<date-time>."""
     if out:
+        if (Path(out) / CHECKPOINT).exists():
+            raise ClarivisError(f"{out} already holds a run; continue it with --resume {out} "
+                                "or choose another --out")
         return Path(out)
     name = Path(data.rstrip("/")).stem or "data"
     return Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"

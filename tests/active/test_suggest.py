@@ -134,7 +134,6 @@ def test_default_out_folder(active_run, pool, tmp_path, monkeypatch):
 @pytest.mark.parametrize("arch", [CNN, VIT])
 def test_one_forward_pass_gives_the_models_logits_and_embeddings(arch):
     from clarivis.data.transforms import Preprocess
-    from clarivis.evaluate.inputs import model_embeddings
     from clarivis.models.bundle import make_bundle_config
     from clarivis.models.factory import create_model
 
@@ -146,7 +145,7 @@ def test_one_forward_pass_gives_the_models_logits_and_embeddings(arch):
     pixels = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     emb, logits = forward_both(clf, pixels)
     assert torch.allclose(logits, clf.logits(clf.normalize(pixels)), atol=1e-5)
-    assert torch.allclose(emb, model_embeddings(clf, pixels), atol=1e-5)
+    assert torch.allclose(emb, clf.pixel_embeddings(pixels), atol=1e-5)
 
 
 def test_queue_page_renders_in_chromium(active_run, pool, tmp_path):

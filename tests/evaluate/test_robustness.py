@@ -15,7 +15,7 @@ import clarivis
 from clarivis.api import Classifier
 from clarivis.data.sources import evaluation_samples, index_dataset
 from clarivis.errors import DataError
-from clarivis.evaluate.inputs import UNKNOWN_TARGET, LabeledPixels, load_labeled_pixels, model_logits
+from clarivis.evaluate.inputs import UNKNOWN_TARGET, LabeledPixels, load_labeled_pixels
 from clarivis.evaluate.robustness import (
     CORRUPTIONS,
     SEVERITIES,
@@ -127,7 +127,7 @@ def test_sweep_on_a_trained_model(trained):
     result = corruption_robustness(clf, data, max_images=60)
     assert result.to_dict() == corruption_robustness(clf, data, max_images=60).to_dict()
     subset = stratified_subset(data, 60)
-    correct = int((model_logits(clf, subset.pixels).argmax(1) == subset.targets).sum())
+    correct = int((clf.pixel_logits(subset.pixels).argmax(1) == subset.targets).sum())
     assert result.num_images == 60 and result.clean_accuracy == correct / 60 >= 0.8
     rows = result.corruptions
     assert list(rows) == list(CORRUPTIONS)

@@ -52,10 +52,10 @@ def _rank_main(rank: int, world: int, port: int, data: str, out: str, record_dir
     """One DDP rank: records the sample indices it trained on and its final weights."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    from clarivis.training import loop
+    from clarivis.training import engine, loop
 
     seen: list[int] = []
-    original_order, original_epoch = loop.epoch_order, loop.train_one_epoch
+    original_order, original_epoch = loop.epoch_order, engine.train_one_epoch
 
     def recording_order(*args, **kwargs):
         order = original_order(*args, **kwargs)
@@ -65,11 +65,11 @@ def _rank_main(rank: int, world: int, port: int, data: str, out: str, record_dir
 
     def recording_epoch(model, *args, **kwargs):
         stats = original_epoch(model, *args, **kwargs)
-        weights = {k: v.detach().clone() for k, v in loop._unwrap(model).state_dict().items()}
+        weights = {k: v.detach().clone() for k, v in engine.unwrap(model).state_dict().items()}
         torch.save(weights, f"{record_dir}/rank{rank}.pt")
         return stats
 
-    loop.epoch_order, loop.train_one_epoch = recording_order, recording_epoch
+    loop.epoch_order, engine.train_one_epoch = recording_order, recording_epoch
     clarivis.train(data, out=out, device="cpu", **SETTINGS)
     with open(f"{record_dir}/rank{rank}.json", "w") as f:
         json.dump(seen, f)

@@ -17,7 +17,7 @@ from tests.conftest import CNN, VIT, write_image
 import clarivis
 from clarivis.config import build_config
 from clarivis.errors import DataError, ResumeError
-from clarivis.training import loop
+from clarivis.training import engine, loop
 
 FAST = dict(epochs=2, batch_size=8, patience=None, workers=0)
 
@@ -58,7 +58,7 @@ def test_vit_learns_digits_well_above_chance(tmp_path):
 
 
 def _stop_after_first_epoch(monkeypatch):
-    monkeypatch.setattr(loop, "_should_stop", lambda config, state, budget: True)
+    monkeypatch.setattr(loop, "should_stop", lambda config, state, budget: True)
 
 
 def test_resume_reproduces_an_uninterrupted_run(tiny_folder, tmp_path, monkeypatch):
@@ -241,11 +241,11 @@ def test_layer_decay_lowers_the_lr_towards_the_input(model):
 
     net = timm.create_model(model, num_classes=3)
     config = build_config(data="d", lr=1e-3, layer_decay=0.5)
-    optimizer = loop._make_optimizer(net, config, torch.device("cpu"))
+    optimizer = engine.make_optimizer(net, config, torch.device("cpu"))
     scales = sorted({g["lr_scale"] for g in optimizer.param_groups})
     assert scales[-1] == 1.0 and len(scales) >= 3
     assert all(lo == pytest.approx(hi / 2) for lo, hi in zip(scales, scales[1:], strict=False))
-    flat = loop._make_optimizer(net, build_config(data="d", lr=1e-3), torch.device("cpu"))
+    flat = engine.make_optimizer(net, build_config(data="d", lr=1e-3), torch.device("cpu"))
     assert all(g.get("lr_scale", 1.0) == 1.0 for g in flat.param_groups)
 
 
@@ -254,8 +254,8 @@ def test_best_epoch_by_accuracy_on_large_val_and_by_loss_on_small():
     kept; from SMALL_VAL_IMAGES on, accuracy decides and the loss breaks ties."""
     best = {"val_accuracy": 0.958, "val_loss": 0.40}
     later = {"val_accuracy": 0.917, "val_loss": 0.30}  # one image fewer right, more confident
-    assert loop._is_improvement(later, best, val_images=24)
-    assert not loop._is_improvement(later, best, val_images=loop.SMALL_VAL_IMAGES)
+    assert loop.is_improvement(later, best, val_images=24)
+    assert not loop.is_improvement(later, best, val_images=loop.SMALL_VAL_IMAGES)
     tie = {"val_accuracy": 0.958, "val_loss": 0.35}
-    assert loop._is_improvement(tie, best, val_images=5000)
-    assert loop._is_improvement(later, None, val_images=24) and not loop._is_improvement({}, best)
+    assert loop.is_improvement(tie, best, val_images=5000)
+    assert loop.is_improvement(later, None, val_images=24) and not loop.is_improvement({}, best)

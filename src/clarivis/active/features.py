@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 import torch
 
 from clarivis.active.labeled import LabeledSet
-from clarivis.data.expand import ImageInput, expand_inputs
-
-_EXCLUDED = object()  # marks an input that is already labeled
+from clarivis.classifier import Classifier, Unusable
+from clarivis.data.expand import ImageInput
 
 
 @dataclass
@@ -27,7 +26,8 @@ class PoolFeatures:
 
 
 @torch.no_grad()
-def forward_both(clf, pixels: torch.Tensor, *, one_pass: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_both(clf: Classifier, pixels: torch.Tensor, *,
+                 one_pass: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 (n, 3, S, S) -> (float32 (n, D) embeddings, float32 (n, C) raw logits) on the CPU.
     one_pass=False runs the whole model again for the logits (heads that do more than
     get_classifier(), see same_logits)."""
@@ -45,49 +45,39 @@ def same_logits(fast: torch.Tensor, full: torch.Tensor) -> bool:
     return fast.shape == full.shape and torch.allclose(fast, full, rtol=1e-3, atol=1e-4)
 
 
-def pool_features(clf, images: ImageInput | Iterable[ImageInput], *, batch_size: int = 64,
+def pool_features(clf: Classifier, images: ImageInput | Iterable[ImageInput], *, batch_size: int = 64,
                   labeled: LabeledSet | None = None, embeddings: bool = True,
                   on_batch=None) -> PoolFeatures:
     """Probabilities (and embeddings) of every readable input that `labeled` does not hold;
     decoding runs in threads a few batches ahead, as in predict. on_batch(images_done)."""
-    from clarivis.api import _ordered_map
-
-    def prepare(entry):
-        if labeled is not None and entry[1] is None and labeled.holds(entry[0]):
-            return entry[0], _EXCLUDED
-        return clf.prepare(entry)
-
+    exclude = labeled.holds if labeled is not None else None
     result = PoolFeatures([], torch.empty(0), None)
-    probs, embeds, pending, state = [], [], [], {}
-    for source, item in _ordered_map(prepare, expand_inputs(images), window=2 * batch_size):
-        if item is _EXCLUDED:
-            result.excluded.append(source)
-        elif isinstance(item, str):
-            result.skipped.append({"path": source, "reason": item})
-        else:
-            pending.append((source, item))
-        if len(pending) == batch_size:
-            _flush(clf, pending, result.paths, probs, embeds if embeddings else None, state)
-            pending = []
-            if on_batch:
-                on_batch(len(result.paths))
-    _flush(clf, pending, result.paths, probs, embeds if embeddings else None, state)
-    num_classes = len(clf.class_names)
-    result.probs = torch.cat(probs) if probs else torch.empty(0, num_classes)
+    probs, embeds, state = [], [], {}
+    for item in clf.iter_batches(images, batch_size=batch_size, exclude=exclude):
+        if isinstance(item, Unusable):
+            if item.reason is None:
+                result.excluded.append(item.source)
+            else:
+                result.skipped.append({"path": item.source, "reason": item.reason})
+            continue
+        emb, logits = _forward(clf, item.pixels, state)
+        result.paths += item.sources
+        probs.append(torch.softmax(logits / clf.config.temperature, dim=1))
+        if embeddings:
+            embeds.append(emb)
+        if on_batch:
+            on_batch(len(result.paths))
+    result.probs = torch.cat(probs) if probs else torch.empty(0, len(clf.class_names))
     if embeddings:
         result.embeddings = torch.cat(embeds) if embeds else torch.empty(0, 0)
     return result
 
 
-def _flush(clf, pending: list, paths: list, probs: list, embeds: list | None, state: dict) -> None:
-    if not pending:
-        return
-    pixels = torch.stack([t for _, t in pending])  # uint8 (n, 3, S, S)
+def _forward(clf: Classifier, pixels: torch.Tensor, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embeddings, logits) of a batch in one pass once the first batch showed that the head
+    allows it (state["one_pass"])."""
     emb, logits = forward_both(clf, pixels, one_pass=state.get("one_pass", True))
     if "one_pass" not in state:  # the first batch: check the one-pass head against the model
         _, full = forward_both(clf, pixels, one_pass=False)
         state["one_pass"], logits = same_logits(logits, full), full
-    paths += [s for s, _ in pending]
-    probs.append(torch.softmax(logits / clf.config.temperature, dim=1))
-    if embeds is not None:
-        embeds.append(emb)
+    return emb, logits

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from clarivis.report.plots import data_uri, thumbnail
+from clarivis.data.thumbnails import data_uri, thumbnail
 from clarivis.spec import VERSION as __version__
 
 CSV_NAME = "queue.csv"

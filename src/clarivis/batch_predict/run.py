@@ -9,7 +9,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from clarivis.api import Classifier
 from clarivis.batch_predict.outputs import (
     done_paths,
     finalize,
@@ -21,6 +20,7 @@ from clarivis.batch_predict.outputs import (
 )
 from clarivis.batch_predict.stream import Source, iter_sources, predict_batch, shard, skip_done
 from clarivis.batch_predict.writers import RowWriter, chunked
+from clarivis.classifier import Classifier
 from clarivis.distributed import (
     World,
     barrier,

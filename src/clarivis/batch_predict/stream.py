@@ -13,10 +13,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from clarivis.api import Classifier, Prediction
+from clarivis.classifier import Classifier
 from clarivis.data.expand import expand_path
 from clarivis.data.io import load_image
 from clarivis.errors import ImageDecodeError
+from clarivis.prediction import Prediction
 
 
 @dataclass(frozen=True)

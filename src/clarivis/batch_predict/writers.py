@@ -12,8 +12,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from clarivis.api import Prediction
 from clarivis.errors import ClarivisError
+from clarivis.prediction import Prediction
 
 # The same columns and top-k encoding as `clarivis predict --format csv|json` on stdout.
 COLUMNS = ["path", "label", "confidence", "top_k", "error"]

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import torch
 
+from clarivis.classifier import Classifier
 from clarivis.data.sources import evaluation_samples, index_dataset
 from clarivis.errors import DataError
 from clarivis.evaluate.calibration import calibration_report
-from clarivis.evaluate.inputs import LabeledPixels, load_labeled_pixels, model_logits
-from clarivis.evaluate.metrics import compute_metrics
+from clarivis.evaluate.inputs import LabeledPixels, load_labeled_pixels
 from clarivis.evaluate.ood import rejection_report
 from clarivis.fileio import atomic_write
+from clarivis.metrics import compute_metrics
 
 AUDIT_NAME = "audit.json"  # in the run folder, where `clarivis report` finds it
 
@@ -59,8 +60,6 @@ def audit(
     """Audit `model` (bundle path or Classifier) on labeled `data` (folder, split folder or CSV
     manifest whose extra columns are group attributes). Images of classes the model was not
     trained on are kept as the open-set test."""
-    from clarivis.api import Classifier
-
     clf = model if isinstance(model, Classifier) else Classifier.load(model, device=device)
     stage = on_stage or (lambda _: None)
     seconds: dict[str, float] = {}
@@ -73,7 +72,7 @@ def audit(
     if not bool(test.known.any()):
         raise DataError(f"no image in {data} belongs to the model's classes "
                         f"({', '.join(clf.class_names[:10])}); audit needs labeled test images")
-    logits = model_logits(clf, test.pixels)
+    logits = clf.pixel_logits(test.pixels)
     seconds["inference"] = time.perf_counter() - started
     notes: list[str] = []
 

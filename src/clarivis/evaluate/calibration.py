@@ -8,7 +8,9 @@ import math
 
 import torch
 
-from clarivis.evaluate.metrics import ECE_BINS, calibration_error
+from clarivis.evaluate.ood import fit_rejection
+from clarivis.metrics import ECE_BINS, calibration_error
+from clarivis.models.bundle import update_bundle_config
 
 # Fewer validation images than this leave T to chance (a handful of samples can drive the NLL
 # optimum to 0 or infinity); below it the bundle keeps T = 1 and says so.
@@ -71,9 +73,6 @@ def calibration_report(logits: torch.Tensor, targets: torch.Tensor, temperature:
 def calibrate_bundle(bundle_dir, logits: torch.Tensor, targets: torch.Tensor):
     """Fit T and the open-set threshold on validation logits (N, C); store both in the bundle.
     Returns the updated BundleConfig."""
-    from clarivis.evaluate.ood import fit_rejection
-    from clarivis.models.bundle import update_bundle_config
-
     if len(targets) < MIN_CALIBRATION_IMAGES:
         note = f"not fitted: {len(targets)} validation images, at least {MIN_CALIBRATION_IMAGES} needed"
         return update_bundle_config(bundle_dir, temperature=1.0, calibration={"note": note}, ood=None)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from clarivis.classifier import Classifier
 from clarivis.data.dataset import model_pixels
 from clarivis.data.scan import scan_images
 from clarivis.data.sources import Sample
@@ -34,7 +35,7 @@ class LabeledPixels:
                              [self.samples[i] for i in index.tolist()], self.skipped)
 
 
-def load_labeled_pixels(clf, samples: list[Sample]) -> LabeledPixels:
+def load_labeled_pixels(clf: Classifier, samples: list[Sample]) -> LabeledPixels:
     """Decode and resize `samples` for the Classifier `clf`; unreadable files are skipped."""
     scan = scan_images(samples)
     if not scan.samples:
@@ -49,21 +50,18 @@ def load_labeled_pixels(clf, samples: list[Sample]) -> LabeledPixels:
                          [{"path": p, "reason": r} for p, r in scan.skipped])
 
 
-def model_logits(clf, pixels: torch.Tensor, *, batch_size: int = 128) -> torch.Tensor:
-    """uint8 (N, 3, S, S) -> float32 (N, C) raw logits (before the temperature), on the CPU."""
-    out = []
-    for start in range(0, len(pixels), batch_size):
-        out.append(clf.logits(clf.normalize(pixels[start:start + batch_size].to(clf.device))))
-    return torch.cat(out) if out else torch.empty(0, len(clf.class_names))
+@dataclass
+class ScoredValidation:
+    """The validation split already through the saved model: the end of training has it (for
+    the metrics and the temperature), so the report reuses it instead of loading the bundle,
+    decoding the images and running the model a second time."""
+
+    clf: Classifier  # the run's bundle, temperature fitted
+    val: LabeledPixels  # the split's readable val images of known classes
+    logits: torch.Tensor  # float32 (N, C) raw logits of val.pixels
 
 
-@torch.no_grad()
-def model_embeddings(clf, pixels: torch.Tensor, *, batch_size: int = 128) -> torch.Tensor:
-    """uint8 (N, 3, S, S) -> float32 (N, D) pre-logits features on the CPU (timm's
-    forward_features + forward_head(pre_logits=True): what the classifier head sees)."""
-    net = clf.model
-    out = []
-    for start in range(0, len(pixels), batch_size):
-        batch = clf.normalize(pixels[start:start + batch_size].to(clf.device))  # channels_last
-        out.append(net.forward_head(net.forward_features(batch), pre_logits=True).flatten(1).float().cpu())
-    return torch.cat(out) if out else torch.empty(0, 0)
+def score_samples(clf: Classifier, samples: list[Sample]) -> ScoredValidation:
+    """Decode `samples` for `clf` and run it once over them."""
+    val = load_labeled_pixels(clf, samples)
+    return ScoredValidation(clf, val, clf.pixel_logits(val.pixels))

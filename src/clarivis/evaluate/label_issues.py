@@ -23,6 +23,7 @@ from rich.console import Console
 from clarivis.data.sources import Sample
 from clarivis.errors import DataError
 from clarivis.evaluate.label_features import FeatureSource, backbone_features, choose_features
+from clarivis.extras import needs
 
 # cleanlab's own default (cv_n_folds=5): each model sees 80% of the data, so its probabilities
 # are close to those of a model trained on all of it; more folds cost more trainings for little.
@@ -129,8 +130,9 @@ def rank_label_issues(
     that many; on features that confuse 13% of clean images it kept 18-43 of 360 and missed a
     third of 18 planted errors, the union keeps 45-60 and ranks 15-17 of them into its top 40
     (benchmarks/README.md, "label_check_planted.py")."""
-    import cleanlab.filter
-    import cleanlab.rank
+    with needs("trust", "clarivis check"):
+        import cleanlab.filter
+        import cleanlab.rank
 
     probs = _renormalised(probs)
     # n_jobs=1: cleanlab would fork a pool per call; the per-class work is milliseconds here.
@@ -225,7 +227,7 @@ def trained_oof_probabilities(
     """(N, C) probabilities of each image from a model trained on the other folds (clarivis.train
     on a manifest of those folds; the run folders are temporary)."""
     from clarivis.api import Classifier, train
-    from clarivis.evaluate.inputs import load_labeled_pixels, model_logits
+    from clarivis.evaluate.inputs import load_labeled_pixels
 
     settings = {**DEFAULT_TRAIN_SETTINGS, **(settings or {})}
     quiet = Console(stderr=True, quiet=True)
@@ -243,7 +245,7 @@ def trained_oof_probabilities(
                            console=quiet, **settings)
             clf = Classifier.load(result.bundle_dir, device=device)
             loaded = load_labeled_pixels(clf, [samples[i] for i in held_out])
-            logits = model_logits(clf, loaded.pixels) / clf.config.temperature
+            logits = clf.pixel_logits(loaded.pixels) / clf.config.temperature
             fold_probs = torch.softmax(logits, dim=1).numpy()
             row_of = {s.path: i for s, i in zip(loaded.samples, range(len(loaded.samples)), strict=True)}
             columns = [class_names.index(name) for name in clf.class_names]

@@ -6,28 +6,12 @@ from __future__ import annotations
 
 import torch
 
+from clarivis.metrics import DEFAULT_OOD_SCORE, OOD_SCORES, ood_score  # noqa: F401  (ood's own names)
 from clarivis.prediction import UNKNOWN_LABEL  # noqa: F401  (re-exported: the answer on rejection)
 
-# Scores from the logits alone: no extra state in the bundle and no cost at predict time.
-# All are "higher = more in-distribution". Which one is the default was chosen by measurement
-# (benchmarks/ood_scores.py: CIFAR-10 with held-out classes, figures in benchmarks/README.md).
-OOD_SCORES = ("energy", "max_logit", "msp")
-DEFAULT_OOD_SCORE = "energy"
 # The threshold keeps this fraction of validation images (the usual "95% TPR" operating
 # point): 1 in 20 known images is answered "unknown"; raise it to reject less.
 DEFAULT_ACCEPT_RATE = 0.95
-
-
-def ood_score(logits: torch.Tensor, temperature: float, score: str = DEFAULT_OOD_SCORE) -> torch.Tensor:
-    """logits: (N, C) raw -> (N,) in-distribution score (higher = more like the training data)."""
-    scaled = logits.float() / temperature
-    if score == "energy":  # negative free energy, Liu et al. 2020
-        return temperature * torch.logsumexp(scaled, dim=1)
-    if score == "max_logit":  # Hendrycks et al. 2022
-        return logits.float().max(dim=1).values
-    if score == "msp":  # maximum calibrated softmax probability, Hendrycks & Gimpel 2017
-        return torch.softmax(scaled, dim=1).max(dim=1).values
-    raise ValueError(f"unknown OOD score {score!r}; choose one of {', '.join(OOD_SCORES)}")
 
 
 def fit_threshold(known_scores: torch.Tensor, accept_rate: float = DEFAULT_ACCEPT_RATE) -> float:

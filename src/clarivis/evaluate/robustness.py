@@ -19,7 +19,7 @@ import torchvision.transforms.v2.functional as F
 from torchvision.transforms import InterpolationMode
 
 from clarivis.errors import DataError
-from clarivis.evaluate.inputs import LabeledPixels, model_logits
+from clarivis.evaluate.inputs import LabeledPixels
 
 SEVERITIES = 5
 # 1,000 class-stratified images x (1 clean + 11 corruptions x 5 severities) = 56,000 forward
@@ -232,7 +232,7 @@ def _accuracy(clf, data: LabeledPixels, batch_size: int, name: str | None = None
         pixels = data.pixels[start:start + batch_size]
         if name:
             pixels = corrupt(pixels, name, severity, generator=generator)
-        logits = model_logits(clf, pixels, batch_size=batch_size)
+        logits = clf.pixel_logits(pixels, batch_size=batch_size)
         correct += int((logits.argmax(dim=1) == data.targets[start:start + batch_size]).sum())
     return correct / len(data.targets)
 

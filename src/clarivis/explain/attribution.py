@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from captum.attr import IntegratedGradients
 from torch import nn
 
 IG_STEPS = 32  # Gauss-Legendre points on the path; captum's default 50 changes the maps little
@@ -18,6 +17,8 @@ def ig_maps(model: nn.Module, x: torch.Tensor, targets: list[int], *, steps: int
     """Normalised (N, 3, S, S) input -> float32 (N, S, S) maps in [0, 1] for class `targets[i]`.
     The baseline is 0 after normalisation: the mean colour, which is also what letterbox padding
     holds, so padding gets no attribution."""
+    from captum.attr import IntegratedGradients  # captum: imported when a map is drawn, not with explain
+
     ig = IntegratedGradients(lambda inputs: model(inputs.contiguous(memory_format=torch.channels_last)))
     with torch.enable_grad():
         attr = ig.attribute(

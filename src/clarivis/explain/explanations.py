@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from clarivis.api import Classifier
-from clarivis.data.expand import ImageInput, expand_inputs
+from clarivis.classifier import Classifier, Unusable
+from clarivis.data.expand import ImageInput
 from clarivis.errors import ClarivisError
 from clarivis.explain.maps import check_method, heatmaps
 from clarivis.explain.overlay import overlay_png
@@ -54,19 +54,15 @@ def explain(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     results: list[Explanation] = []
-    pending: list[tuple[Explanation, torch.Tensor]] = []  # entry, uint8 (3, S, S) model input
     names: set[str] = set()  # overlay names taken so far
-    for source, item in map(clf.prepare, expand_inputs(images)):  # predict's decode and resize
-        results.append(Explanation(source=source, method=method))
-        if isinstance(item, str):
-            results[-1].error = item
+    # predict's decode and resize, in this thread: the maps' backward passes use the cores
+    for item in clf.iter_batches(images, batch_size=BATCH, threads=False):
+        if isinstance(item, Unusable):
+            results.append(Explanation(source=item.source, method=method, error=item.reason))
             continue
-        pending.append((results[-1], item))
-        if len(pending) == BATCH:
-            _explain_batch(clf, pending, target_index, out_dir, names)
-            pending = []
-    if pending:
-        _explain_batch(clf, pending, target_index, out_dir, names)
+        entries = [Explanation(source=source, method=method) for source in item.sources]
+        results += entries
+        _explain_batch(clf, list(zip(entries, item.pixels, strict=True)), target_index, out_dir, names)
     return results
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from clarivis.classifier import Classifier
 from clarivis.errors import DataError
 from clarivis.export.check import Speed, measure_speed, top1_agreement
 from clarivis.export.images import choose_images
@@ -91,8 +92,6 @@ def export_bundle(model: str | Path, *, int8: bool = False, calibration_data: st
                   check_data: str | Path | None = None, device: str | None = None) -> ExportResult:
     """Write model.onnx (and model.int8.onnx) into the bundle, check them against PyTorch on held-out
     images, time them on the CPU, and record it all under `export` in config.json."""
-    from clarivis.api import Classifier  # torch-heavy, and only needed here
-
     folder = resolve_bundle_path(model)
     images = choose_images(folder, int8=int8, calibration_data=calibration_data, check_data=check_data)
     clf = Classifier.load(folder, device=device, reject=False)

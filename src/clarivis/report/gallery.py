@@ -3,35 +3,24 @@ heat map of its prediction, so a reviewer sees what it looked at."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from clarivis.classifier import Classifier
 from clarivis.data.sources import Sample
-from clarivis.errors import ClarivisError
-from clarivis.report.plots import data_uri
-
-
-@dataclass
-class ScoredValidation:
-    """The validation split already through the saved model: the end of training has it (for
-    the metrics and the temperature), so the report reuses it instead of loading the bundle,
-    decoding the images and running the model a second time."""
-
-    clf: Any  # the Classifier of the run's bundle, temperature fitted
-    val: Any  # evaluate.inputs.LabeledPixels of the split's val images
-    logits: torch.Tensor  # float32 (N, C) raw logits of val.pixels
+from clarivis.data.thumbnails import data_uri
+from clarivis.errors import ClarivisError, ModelError
+from clarivis.evaluate.inputs import ScoredValidation, score_samples
+from clarivis.explain.cam import cam_target
+from clarivis.explain.maps import heatmaps
+from clarivis.explain.overlay import overlay_png
 
 
 def top_losses(bundle_dir: str | Path, split: dict | None, *, count: int = 8,
                device: str | None = None, scored: ScoredValidation | None = None) -> list[dict]:
     """[{path, name, true, predicted, confidence, loss, method, png (data URI)}] for the `count`
     validation images with the highest loss; [] when the run has no validation split."""
-    from clarivis.explain.maps import heatmaps
-    from clarivis.explain.overlay import overlay_png
-
     if not split or not split.get("val"):
         return []
     scored = scored or _score_validation(bundle_dir, split, device)
@@ -62,25 +51,16 @@ def top_losses(bundle_dir: str | Path, split: dict | None, *, count: int = 8,
 
 
 def _score_validation(bundle_dir: str | Path, split: dict, device: str | None) -> ScoredValidation | None:
-    from clarivis.api import Classifier
-    from clarivis.evaluate.inputs import load_labeled_pixels, model_logits
-
     clf = Classifier.load(bundle_dir, device=device)
     samples = [Sample(v["path"], v["label"]) for v in split["val"] if Path(v["path"]).is_file()]
     samples = [s for s in samples if s.label in clf.class_names]
-    if not samples:
-        return None
-    val = load_labeled_pixels(clf, samples)
-    return ScoredValidation(clf, val, model_logits(clf, val.pixels))
+    return score_samples(clf, samples) if samples else None
 
 
 def gallery_method(clf) -> str:
     """Grad-CAM for CNNs. Integrated Gradients for ViTs: on ViTs trained from scratch, Grad-CAM at
     the last block carries no location (pointing game in tests/explain: 1.0x the box's area
     share, IG 3.0x), because the last blocks spread the evidence over every token."""
-    from clarivis.errors import ModelError
-    from clarivis.explain.cam import cam_target
-
     try:
         target = cam_target(clf.model, clf.config.preprocess.img_size)
     except ModelError:

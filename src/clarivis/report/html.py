@@ -12,10 +12,11 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
+from clarivis.data.thumbnails import data_uri
 from clarivis.errors import ClarivisError
+from clarivis.evaluate import plots
 from clarivis.evaluate.audit import AUDIT_NAME
 from clarivis.models.bundle import load_bundle_config, resolve_bundle_path
-from clarivis.report import plots
 from clarivis.report.card import model_card
 from clarivis.report.gallery import ScoredValidation, top_losses
 from clarivis.spec import VERSION as __version__
@@ -115,7 +116,7 @@ def _sections(run_dir, bundle_dir, bundle, inputs, m, gallery, device, scored) -
         s.html = Markup(m.linear_probe(probe))
     elif inputs["history"]:
         training = bundle.training
-        s.html = Markup(m.training({"curves": plots.data_uri(plots.png_bytes(
+        s.html = Markup(m.training({"curves": data_uri(plots.png_bytes(
             plots.training_curves_figure(inputs["history"]))), "epochs": len(inputs["history"]),
             "best_val": training.get("best_val_accuracy"), "best_epoch": training.get("epoch")}))
     sections.append(s)
@@ -132,14 +133,14 @@ def _sections(run_dir, bundle_dir, bundle, inputs, m, gallery, device, scored) -
         png = _saved_val_confusion(run_dir) if main_split == "validation" else None
         png = png or plots.png_bytes(plots.confusion_figure(main_metrics["confusion_matrix"],
                                                             main_metrics["class_names"]))
-        s.html = Markup(m.confusion({"split": main_split, "png": plots.data_uri(png)}))
+        s.html = Markup(m.confusion({"split": main_split, "png": data_uri(png)}))
     sections.append(s)
 
     calibration, cal_split = ((audit["calibration"], "test") if audit
                               else (inputs["val_calibration"], "validation"))
     s = Section("calibration", "Calibration", missing="no calibration measured (needs a validation split)")
     if calibration:
-        png = plots.data_uri(plots.png_bytes(plots.reliability_figure(calibration)))
+        png = data_uri(plots.png_bytes(plots.reliability_figure(calibration)))
         s.html = Markup(m.calibration({**calibration, "split": cal_split, "png": png}))
     sections.append(s)
 
@@ -178,7 +179,7 @@ def _sections(run_dir, bundle_dir, bundle, inputs, m, gallery, device, scored) -
     if audit and audit.get("robustness"):
         rob = audit["robustness"]
         png = plots.png_bytes(plots.robustness_figure(rob))
-        s.html = Markup(m.robustness({**rob, "png": plots.data_uri(png)}))
+        s.html = Markup(m.robustness({**rob, "png": data_uri(png)}))
     sections.append(s)
 
     s = Section("adversarial", "Adversarial robustness", missing=audit_hint.replace(
@@ -250,6 +251,6 @@ def _data_check(check: dict, file: Path) -> dict:
     rows = []
     for f in findings[:MAX_FINDINGS]:
         png = thumbnail_png(f["paths"][0]) if f["paths"] else None
-        rows.append({**f, "thumb": plots.data_uri(png) if png else None})
+        rows.append({**f, "thumb": data_uri(png) if png else None})
     return {"counts": counts, "findings": rows, "more": max(0, len(findings) - MAX_FINDINGS),
             "file": file.name}

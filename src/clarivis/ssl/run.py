@@ -13,15 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightly.utils.debug import std_of_l2_normalized
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from timm.optim import create_optimizer_v2
 
 from clarivis.config import write_yaml
 from clarivis.data.scan import write_skipped
+from clarivis.device import resolve_device
 from clarivis.distributed import World
 from clarivis.errors import ClarivisError, ResumeError
+from clarivis.extras import needs
 from clarivis.models.factory import check_model_name, check_weights_file, pretrained_cfg
 from clarivis.ssl.backbone import (
     BACKBONE_NAME,
@@ -37,7 +38,10 @@ from clarivis.ssl.views import view_transform
 from clarivis.training import defaults
 from clarivis.training.callbacks import LOG_EVERY_S, REFRESH_S, RunLogger
 from clarivis.training.checkpoint import CHECKPOINT_NAME, load_resume, save_checkpoint
-from clarivis.training.loop import TimeBudget, seed_everything, warmup_cosine
+from clarivis.training.engine import TimeBudget, seed_everything, warmup_cosine
+
+with needs("ssl", "clarivis pretrain"):
+    from lightly.utils.debug import std_of_l2_normalized
 
 MIN_LR_RATIO = 0.01  # cosine floor as a fraction of the peak
 # Mean per-dimension std of the L2-normalised embeddings below this fraction of 1/sqrt(D)
@@ -82,7 +86,7 @@ def pretrain(
 def run_pretraining(config: PretrainConfig, *, resume: str | Path | None = None,
                     console: Console | None = None) -> PretrainResult:
     started = time.perf_counter()  # a time limit counts from here: the image check included
-    device = defaults.resolve_device(config.device)  # fail fast on settings, before the images
+    device = resolve_device(config.device)  # fail fast on settings, before the images
     console = console or Console(stderr=True, soft_wrap=True)
     start_state = None
     if resume is not None:

@@ -7,27 +7,6 @@ import statistics
 
 import torch
 
-from clarivis.errors import ConfigError
-
-
-def resolve_device(requested: str | None) -> torch.device:
-    """CUDA when present, then Apple's MPS, else CPU; an explicit request must be available."""
-    if requested:
-        try:
-            device = torch.device(requested)
-        except RuntimeError:
-            raise ConfigError(f"unknown device '{requested}'; use cpu, cuda, cuda:N or mps") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise ConfigError("--device mps asked for, but MPS is not available; use --device cpu")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
 
 def pick_img_size(sizes: list[tuple[int, int]], pretrained_size: int | None = None) -> int:
     """The dataset's typical size: median sqrt(w*h), rounded up to a multiple of 32 and kept in

@@ -20,11 +20,16 @@ from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
 from torch import nn
 
+from clarivis import runs
+from clarivis.classifier import Classifier
 from clarivis.config import TrainConfig
+from clarivis.embeddings import embed_samples
 from clarivis.errors import ModelError
 from clarivis.models.bundle import make_bundle_config, save_bundle
 from clarivis.models.factory import create_model, pretrained_cfg
 from clarivis.training.callbacks import RunLogger
+from clarivis.training.prepare import preprocess_for
+from clarivis.training.result import TrainResult
 
 # Inverse L2 strengths searched by cross-validation on standardized features, 1e-4..10 in 11
 # log steps: with 10 labels a class on 1280-d features the best C is ~1e-3, with thousands ~1
@@ -100,10 +105,6 @@ def set_linear_head(model: nn.Module, head: LinearHead) -> None:
 def fit_linear_probe(config: TrainConfig, data, device: torch.device, run_dir, console: Console):
     """Embed the train and val images with the frozen backbone, fit the head, save the bundle
     and a one-row metrics.jsonl; returns a TrainResult like a training run."""
-    from clarivis.api import Classifier
-    from clarivis.embeddings import embed_samples
-    from clarivis.training.loop import TrainResult, _preprocess_for
-
     t0 = time.perf_counter()
     if not (config.weights or config.pretrained):
         console.print("[yellow]the backbone has random weights (no --weights or --pretrained): a "
@@ -113,7 +114,7 @@ def fit_linear_probe(config: TrainConfig, data, device: torch.device, run_dir, c
                          pretrained=config.pretrained, weights=config.weights, **config.model_kwargs)
     cfg = pretrained_cfg(config.model)
     bundle_config = make_bundle_config(
-        architecture=config.model, class_names=class_names, preprocess=_preprocess_for(config, cfg),
+        architecture=config.model, class_names=class_names, preprocess=preprocess_for(config, cfg),
         model_kwargs={**config.model_kwargs,
                       **({"img_size": config.img_size} if cfg.get("fixed_input_size") else {})},
     )
@@ -136,8 +137,8 @@ def fit_linear_probe(config: TrainConfig, data, device: torch.device, run_dir, c
     logger = RunLogger(run_dir, tensorboard=False)
     logger.log_epoch(record)
     bundle_config.training = _probe_summary(config, data, record)
-    bundle_dir = save_bundle(run_dir / "model", model, bundle_config)
-    (run_dir / "linear_probe.json").write_text(json.dumps(record, indent=2))
+    bundle_dir = save_bundle(run_dir / runs.BUNDLE_DIR, model, bundle_config)
+    (run_dir / runs.LINEAR_PROBE).write_text(json.dumps(record, indent=2))
     cv = f", CV accuracy {head.cv_accuracy:.3f}" if head.cv_accuracy is not None else ""
     val_text = f", val accuracy {record['val_accuracy']:.3f}" if "val_accuracy" in record else ""
     console.print(f"linear probe on {train.dim}-d embeddings: C={head.reg_c:.3g}{cv}{val_text} "

@@ -1,16 +1,19 @@
 """Figures for metrics files and the HTML report (PNG, matplotlib without a display).
 
-matplotlib is imported on the first figure, not with this module: thumbnails and data URIs
-(the data check, the labeling queue, the report's gallery) need none of it."""
+matplotlib is imported on the first figure, not with this module (a run that draws nothing
+never pays for it)."""
 
 from __future__ import annotations
 
-import base64
 import io
+import json
 from functools import cache
 from pathlib import Path
 
 import numpy as np
+
+from clarivis.metrics import EvaluationResult
+from clarivis.runs import confusion_png
 
 
 @cache
@@ -34,25 +37,13 @@ def png_bytes(fig) -> bytes:
     return buffer.getvalue()
 
 
-def data_uri(data: bytes, mime: str = "image/png") -> str:
-    """Image bytes as a data: URI, so an HTML file carries its images inside it."""
-    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
-
-
-def thumbnail(path: str, size: int, fmt: str = "PNG") -> bytes | None:
-    """The image at `path` as PNG or JPEG bytes, longest side `size` px (decoded reduced);
-    None when it cannot be read (any more)."""
-    from clarivis.data.io import load_image
-    from clarivis.errors import ImageDecodeError
-
-    try:
-        image = load_image(path, reduce_to=size)
-    except ImageDecodeError:
-        return None
-    image.thumbnail((size, size))
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **({"quality": 85} if fmt == "JPEG" else {}))
-    return buffer.getvalue()
+def save_evaluation(result: EvaluationResult, json_path: str | Path) -> tuple[Path, Path]:
+    """Write the metrics JSON and a confusion-matrix PNG beside it (runs.confusion_png)."""
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result.to_dict(), indent=2))
+    png = save_confusion_matrix(result.confusion_matrix, result.class_names, confusion_png(json_path))
+    return json_path, png
 
 
 def save_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path) -> Path:

@@ -113,3 +113,23 @@ def calibration_error(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = 
     acc_sum = torch.zeros(n_bins + 1).scatter_add_(0, index, correct)
     gap = torch.nan_to_num(acc_sum / count) - torch.nan_to_num(conf_sum / count)
     return float((gap.abs() * count / count.sum()).sum())
+
+
+# Open-set scores from the logits alone: no extra state in the bundle and no cost at predict
+# time. All are "higher = more in-distribution". Which one is the default was chosen by
+# measurement (benchmarks/ood_scores.py: CIFAR-10 with held-out classes, benchmarks/README.md);
+# evaluate/ood.py fits the threshold, runtime/predictor.py has the numpy twin.
+OOD_SCORES = ("energy", "max_logit", "msp")
+DEFAULT_OOD_SCORE = "energy"
+
+
+def ood_score(logits: torch.Tensor, temperature: float, score: str = DEFAULT_OOD_SCORE) -> torch.Tensor:
+    """logits: (N, C) raw -> (N,) in-distribution score (higher = more like the training data)."""
+    scaled = logits.float() / temperature
+    if score == "energy":  # negative free energy, Liu et al. 2020
+        return temperature * torch.logsumexp(scaled, dim=1)
+    if score == "max_logit":  # Hendrycks et al. 2022
+        return logits.float().max(dim=1).values
+    if score == "msp":  # maximum calibrated softmax probability, Hendrycks & Gimpel 2017
+        return torch.softmax(scaled, dim=1).max(dim=1).values
+    raise ValueError(f"unknown OOD score {score!r}; choose one of {', '.join(OOD_SCORES)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clarivis.evaluate.metrics import compute_metrics
+from clarivis.metrics import compute_metrics
 
 
 def one_hot(indices, n, confidence=1.0):
