@@ -13,6 +13,7 @@ from clarivis.data.builtin import (
     BUILTIN_DATASETS,
     LIGHTING_LEVELS,
     SHAPE_CLASSES,
+    make_dataset,
     make_digits,
     make_shapes,
 )
@@ -150,3 +151,20 @@ def test_digits(tmp_path: Path) -> None:
         assert image.mode == "L" and image.size == (16, 16)
         pixels = np.asarray(image)
     assert pixels[0, 0] == 255 and pixels.min() < 80  # dark ink on light (white) paper
+
+
+def test_make_dataset_by_name(tmp_path: Path) -> None:
+    out = make_dataset("shapes", tmp_path / "s", per_class=4, img_size=16, seed=3)
+    _, rows = _read_csv(out / "manifest.csv")
+    assert len(rows) == 4 * len(SHAPE_CLASSES)
+    assert _tree_bytes(out) == _tree_bytes(make_shapes(tmp_path / "t", per_class=4, img_size=16, seed=3))
+
+
+@pytest.mark.parametrize("name, kwargs, message", [
+    ("mnist", {}, "unknown dataset 'mnist'; choose one of shapes, digits"),
+    ("digits", {"per_class": 5}, "--per-class applies to shapes only"),
+])
+def test_make_dataset_argument_rules(tmp_path: Path, name: str, kwargs: dict, message: str) -> None:
+    with pytest.raises(ClarivisError, match=message):
+        make_dataset(name, tmp_path / "x", **kwargs)
+    assert not (tmp_path / "x").exists()

@@ -132,6 +132,20 @@ def make_digits(
 BUILTIN_DATASETS: dict[str, Callable[..., Path]] = {"shapes": make_shapes, "digits": make_digits}
 
 
+def make_dataset(name: str, out_dir: str | Path, *, seed: int = 0, per_class: int | None = None,
+                 img_size: int | None = None) -> Path:
+    """Write the built-in dataset `name` (`clarivis datasets make`); what is left None takes the
+    dataset's own default. `per_class` is for shapes only: digits has a fixed size."""
+    if name not in BUILTIN_DATASETS:
+        raise ConfigError(f"unknown dataset '{name}'; choose one of {', '.join(BUILTIN_DATASETS)}")
+    sizes = {"img_size": img_size} if img_size is not None else {}
+    if per_class is not None:
+        if name != "shapes":
+            raise ConfigError("--per-class applies to shapes only; digits has a fixed size")
+        sizes["per_class"] = per_class
+    return BUILTIN_DATASETS[name](out_dir, seed=seed, **sizes)
+
+
 # --- arguments -----------------------------------------------------------------------------
 
 
