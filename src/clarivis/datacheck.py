@@ -20,7 +20,7 @@ from clarivis.data.quality import (
     check_quality,
 )
 from clarivis.data.sources import Sample, index_dataset
-from clarivis.data.thumbnails import thumbnail
+from clarivis.data.thumbnails import FINDING_THUMBNAIL, thumbnail
 from clarivis.evaluate.label_features import choose_features
 from clarivis.evaluate.label_issues import DEFAULT_FOLDS, LabelIssueResult, find_label_issues
 
@@ -30,7 +30,7 @@ _KIND_ORDER = ("corrupt", "leak", "conflicting_labels", "label_issue", "missing_
                "duplicate", "imbalance", "odd_mode", "size_outlier", "near_duplicate")
 # Colour kinds whose conversion changes what the model sees, beyond dropping a channel.
 _LOSSY_MODE_KINDS = frozenset({"cmyk", "high-depth", "alpha"})
-THUMBNAIL_SIZE = 64  # px, longest side: enough to recognise a shape or a mislabeled photo
+THUMBNAIL_SIZE = FINDING_THUMBNAIL  # px, longest side (data/thumbnails.py)
 _THUMBNAIL_PATHS = 4  # images shown per finding (a duplicate group can be large)
 
 

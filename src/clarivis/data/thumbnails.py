@@ -9,6 +9,9 @@ import io
 from clarivis.data.io import load_image
 from clarivis.errors import ImageDecodeError
 
+# px, longest side, of a data-check finding: enough to recognise a shape or a mislabeled photo
+FINDING_THUMBNAIL = 64
+
 
 def data_uri(data: bytes, mime: str = "image/png") -> str:
     """Image bytes as a data: URI, so an HTML file carries its images inside it."""

@@ -20,10 +20,14 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from clarivis.classifier import Classifier
+from clarivis.config import build_config
 from clarivis.data.sources import Sample
 from clarivis.errors import DataError
+from clarivis.evaluate.inputs import load_labeled_pixels
 from clarivis.evaluate.label_features import FeatureSource, backbone_features, choose_features
 from clarivis.extras import needs
+from clarivis.training.dispatch import run_training
 
 # cleanlab's own default (cv_n_folds=5): each model sees 80% of the data, so its probabilities
 # are close to those of a model trained on all of it; more folds cost more trainings for little.
@@ -226,9 +230,6 @@ def trained_oof_probabilities(
 ) -> np.ndarray:
     """(N, C) probabilities of each image from a model trained on the other folds (clarivis.train
     on a manifest of those folds; the run folders are temporary)."""
-    from clarivis.api import Classifier, train
-    from clarivis.evaluate.inputs import load_labeled_pixels
-
     settings = {**DEFAULT_TRAIN_SETTINGS, **(settings or {})}
     quiet = Console(stderr=True, quiet=True)
     probs = np.zeros((len(samples), len(class_names)))
@@ -241,8 +242,9 @@ def trained_oof_probabilities(
             if console is not None:
                 console.print(f"label check: fold {fold + 1}/{k}, training on "
                               f"{len(samples) - len(held_out)} images")
-            result = train(manifest, out=Path(tmp) / f"run{fold}", device=device, seed=seed,
-                           console=quiet, **settings)
+            config = build_config(data=str(manifest), out=str(Path(tmp) / f"run{fold}"),
+                                  device=device, seed=seed, **{**settings, "report": False})
+            result = run_training(config, console=quiet)  # no val split: nothing to calibrate
             clf = Classifier.load(result.bundle_dir, device=device)
             loaded = load_labeled_pixels(clf, [samples[i] for i in held_out])
             logits = clf.pixel_logits(loaded.pixels) / clf.config.temperature

@@ -12,7 +12,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
-from clarivis.data.thumbnails import data_uri
+from clarivis.data.thumbnails import FINDING_THUMBNAIL, data_uri, thumbnail
 from clarivis.errors import ClarivisError
 from clarivis.evaluate import plots
 from clarivis.evaluate.audit import AUDIT_NAME
@@ -241,16 +241,12 @@ def _subgroups(subgroups: dict) -> dict:
 
 
 def _data_check(check: dict, file: Path) -> dict:
-    # Imported here: clarivis.datacheck brings imagehash and the label-issue folds, which a report
-    # without a data check (the one every training run writes) does not need.
-    from clarivis.datacheck import thumbnail_png
-
     findings = check.get("findings", [])
     counts = [(k.replace("_", " "), round(v, 2)) for k, v in check.get("summary", {}).items()
               if isinstance(v, int | float) and v]
     rows = []
     for f in findings[:MAX_FINDINGS]:
-        png = thumbnail_png(f["paths"][0]) if f["paths"] else None
+        png = thumbnail(f["paths"][0], FINDING_THUMBNAIL) if f["paths"] else None
         rows.append({**f, "thumb": data_uri(png) if png else None})
     return {"counts": counts, "findings": rows, "more": max(0, len(findings) - MAX_FINDINGS),
             "file": file.name}
