@@ -7,12 +7,11 @@ import json
 
 import pytest
 import torch
-from tests.zeroshot.tiny_clip import write_tiny_clip
+from tests.models.tiny_clip import write_tiny_clip
 
 from clarivis.api import Classifier
 from clarivis.data.transforms import Preprocess
 from clarivis.errors import ModelError
-from clarivis.evaluate.inputs import model_embeddings
 from clarivis.models.bundle import load_bundle, make_bundle_config, save_bundle
 from clarivis.models.clip import CLIPClassifier
 from clarivis.models.factory import check_model_name, create_model, pretrained_cfg, set_backbone_trainable
@@ -97,5 +96,5 @@ def test_linear_probe_embeddings(name, clip_files):
     config = make_bundle_config(architecture=name, class_names=[], preprocess=Preprocess(img_size=32))
     clf = Classifier(model, config, torch.device("cpu"))
     pixels = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
-    embeddings = model_embeddings(clf, pixels, batch_size=2)
+    embeddings = clf.pixel_embeddings(pixels, batch_size=2)
     assert embeddings.shape == (5, 32) and torch.allclose(embeddings.norm(dim=1), torch.ones(5), atol=1e-5)

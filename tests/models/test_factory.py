@@ -1,4 +1,5 @@
-"""timm model creation, local weights (safe loading, head replacement), freezing."""
+"""Model creation by name (the family registry; timm models), local weights (safe loading, head
+replacement), freezing."""
 
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ from tests.conftest import CNN, VIT
 
 from clarivis.errors import ModelError
 from clarivis.models.factory import (
+    CLIP,
+    TIMM,
+    check_model_name,
     classifier_parameters,
     create_model,
+    family_of,
     load_state_dict_file,
     set_backbone_trainable,
 )
+from clarivis.models.hub_cache import cached_hub_weights
 
 
 @pytest.mark.parametrize("name, size", [(CNN, 32), (VIT, 64), ("test_efficientnet", 48)])
@@ -96,3 +102,10 @@ def test_freezing_leaves_only_the_head_trainable():
     assert {id(p) for p in trainable} == {id(p) for p in classifier_parameters(model)}
     set_backbone_trainable(model, True)
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_registry_sends_each_name_to_its_family():
+    assert family_of("open_clip:ViT-B-32") is CLIP
+    assert family_of(CNN) is TIMM and family_of("airnet_s") is TIMM  # small nets: timm-registered
+    check_model_name("airnet_s")
+    assert cached_hub_weights("open_clip:ViT-B-32") is None  # open_clip weights are no timm files

@@ -3,25 +3,13 @@ underscores, as users name them)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from tests.conftest import write_image
-from tests.zeroshot.tiny_clip import write_tiny_clip
+from tests.models.tiny_clip import tiny_clip  # noqa: F401 (a fixture)
 
 COLOURS = {"red_square": (210, 40, 40), "green_circle": (40, 190, 60), "blue_triangle": (40, 60, 210)}
-
-
-@dataclass
-class TinyClip:
-    config: Path  # open_clip model-config JSON
-    weights: Path  # safetensors checkpoint of the whole CLIP (both towers)
-
-
-@pytest.fixture(scope="session")
-def tiny_clip(tmp_path_factory) -> TinyClip:
-    return TinyClip(*write_tiny_clip(tmp_path_factory.mktemp("clip")))
 
 
 @pytest.fixture(scope="session")

@@ -11,14 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tests.zeroshot.tiny_clip import LABELS, full_clip
+from tests.models.tiny_clip import LABELS, full_clip
 
 import clarivis
 from clarivis.api import Classifier
 from clarivis.models.bundle import load_bundle
+from clarivis.models.clip import class_text_embeddings
+from clarivis.models.open_clip import clip_tokenizer, resolve_clip
+from clarivis.models.prompts import DEFAULT_TEMPLATES
 from clarivis.zeroshot.classify import save_zeroshot_bundle, zeroshot_classifier
-from clarivis.zeroshot.load import clip_tokenizer, resolve_clip
-from clarivis.zeroshot.prompts import DEFAULT_TEMPLATES, class_text_embeddings
 
 
 def _clip_args(tiny_clip) -> dict:

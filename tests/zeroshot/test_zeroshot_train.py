@@ -14,7 +14,8 @@ from clarivis.api import Classifier
 from clarivis.config import build_config
 from clarivis.errors import ConfigError
 from clarivis.models.bundle import load_bundle
-from clarivis.zeroshot.classify import text_initialized_model, zeroshot_classifier
+from clarivis.models.clip import text_initialized_model
+from clarivis.zeroshot.classify import zeroshot_classifier
 
 CLASSES = ["blue_triangle", "green_circle", "red_square"]  # sorted, as training orders them
 QUIET = {"workers": 0, "device": "cpu", "report": False, "batch_size": 8}
@@ -27,7 +28,9 @@ def _settings(tiny_clip, **extra) -> dict:
 
 def test_head_starts_as_the_zero_shot_classifier(tiny_clip, colour_data):
     config = build_config(data=str(colour_data), **_settings(tiny_clip))
-    model = text_initialized_model(config, CLASSES).eval()
+    model = text_initialized_model(config.model, CLASSES, img_size=config.img_size, weights=config.weights,
+                                   pretrained=config.pretrained, templates=config.text_templates,
+                                   drop_rate=config.drop_rate)
     # Folder names are prompted as words: 'blue_triangle' -> 'a photo of the large blue triangle.'
     zero_shot = zeroshot_classifier([c.replace("_", " ") for c in CLASSES], clip=str(tiny_clip.config),
                                     clip_weights=tiny_clip.weights, device="cpu")

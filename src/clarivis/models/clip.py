@@ -1,13 +1,14 @@
 """A CLIP image classifier: open_clip's image tower + a linear head, with the timm classifier
 interface the rest of clarivis uses (forward_features, forward_head, get_classifier,
 reset_classifier, num_features, num_classes), so train, predict, evaluate, audit, explain and
-export treat it like any timm model. Its architecture name is "open_clip:<name>"; the open_clip
-config travels in the bundle (model_kwargs["clip_config"]), so loading one needs neither a
-registry entry nor a download."""
+export treat it like any timm model. Its architecture name is "open_clip:<name>" (the factory's
+registry sends those names here); the open_clip config travels in the bundle
+(model_kwargs["clip_config"]), so loading one needs neither a registry entry nor a download.
+The head can start as CLIP's zero-shot classifier of class prompts (`text_initialized_model`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -15,22 +16,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from clarivis.errors import ModelError
-from clarivis.extras import needs
-from clarivis.zeroshot.load import (
-    CLIP_PREFIX,
+from clarivis.models.open_clip import (
     ClipSpec,
+    build_image_tower,
     clip_preprocess,
-    default_tag,
-    load_clip,
+    clip_tokenizer,
+    load_clip_for,
+    open_clip_package,
     resolve_clip,
 )
+from clarivis.models.prompts import check_templates, prompt_label
 
-with needs("zeroshot", "CLIP (clarivis zeroshot, open_clip: models)"):
-    from open_clip.model import _build_vision_tower
-
-
-def is_clip_name(name: str | None) -> bool:
-    return bool(name) and name.startswith(CLIP_PREFIX)
+PROMPTS_PER_BATCH = 256  # prompts per text-tower forward pass: bounded memory for 1000s of classes
 
 
 class CLIPClassifier(nn.Module):
@@ -142,34 +139,9 @@ def create_clip_classifier(
     return model
 
 
-def load_clip_for(name: str, *, weights: str | Path | None = None, pretrained: bool | str = False,
-                  img_size: int | None = None, clip_config: dict | None = None) -> tuple[nn.Module, ClipSpec]:
-    """(full CLIP model with weights, its spec) for a classifier. Weights from the file
-    `weights`, else the hub tag `pretrained` (True: the model's first tag). A tag named along
-    with a file is not downloaded: it says which weights the file holds (their preprocessing
-    and activation)."""
-    spec = resolve_clip(name, config=clip_config, image_size=img_size)
-    tag = pretrained if isinstance(pretrained, str) else None
-    if tag is None and pretrained and weights is None:
-        tag = default_tag(spec)
-    if tag:
-        spec = resolve_clip(name, config=clip_config, pretrained=tag, image_size=img_size)
-    return load_clip(spec, weights=weights, pretrained=None if weights else tag), spec
-
-
-def build_image_tower(spec: ClipSpec) -> nn.Module:
-    """The image tower alone, random weights. open_clip's private _build_vision_tower is the
-    builder its CLIP class calls; using it directly spares a bundle load the text tower
-    (ViT-B-32: 63M of its 151M parameters), which a classifier never runs."""
-    vision_cfg = dict(spec.config["vision_cfg"])
-    if "timm_model_name" in vision_cfg:
-        vision_cfg["timm_model_pretrained"] = False  # the bundle's weights follow
-    try:
-        return _build_vision_tower(spec.embed_dim, vision_cfg,
-                                   quick_gelu=bool(spec.config.get("quick_gelu", False)))
-    except Exception as err:  # noqa: BLE001 - a bad config raises anything from any layer
-        raise ModelError(f"cannot build the image tower of open_clip '{spec.name}' "
-                         f"({type(err).__name__}: {str(err)[:200]})") from None
+def check_clip_name(name: str) -> None:
+    """Raise ModelError for an unknown open_clip name or a missing/invalid config file."""
+    resolve_clip(name)
 
 
 def clip_pretrained_cfg(name: str) -> dict:
@@ -179,3 +151,51 @@ def clip_pretrained_cfg(name: str) -> dict:
     return {"architecture": name, "input_size": (3, pp.img_size, pp.img_size), "mean": pp.mean,
             "std": pp.std, "interpolation": pp.interpolation, "fixed_input_size": True,
             "classifier": "head", "num_classes": 0}
+
+
+# ----------------------------------------------------------------------------- head from text
+
+
+@torch.no_grad()
+def class_text_embeddings(clip: nn.Module, tokenizer, labels: Sequence[str],
+                          templates: Sequence[str], *, device: torch.device | str = "cpu") -> torch.Tensor:
+    """float32 (C, D): per label, the renormalized mean of its L2-normalized prompt embeddings
+    (prompt ensembling, CLIP paper section 3.1.4; open_clip's build_zero_shot_classifier does it)."""
+    per_batch = max(1, PROMPTS_PER_BATCH // len(templates))  # classes per text forward pass
+    weights = open_clip_package().build_zero_shot_classifier(
+        clip, tokenizer, list(labels), list(templates), num_classes_per_batch=per_batch, device=device)
+    return weights.T.float().contiguous()  # (D, C) -> (C, D)
+
+
+def clip_text_classifier(
+    architecture: str, prompts: Sequence[str], *, weights: str | Path | None = None,
+    pretrained: bool | str | None = None, templates: Sequence[str] | None = None,
+    img_size: int | None = None, drop_rate: float = 0.0, device: torch.device | str = "cpu",
+) -> tuple[CLIPClassifier, ClipSpec]:
+    """(model in eval mode on `device`, its spec): a CLIPClassifier of `architecture` ("ViT-B-32",
+    "open_clip:..." or a config JSON) whose head is CLIP's zero-shot classifier of `prompts`, one
+    a class, each put into every template (None: DEFAULT_TEMPLATES). Weights from the file
+    `weights`, else the hub tag `pretrained` (True or None: the model's first tag)."""
+    templates = check_templates(templates)
+    full, spec = load_clip_for(architecture, weights=weights, pretrained=pretrained or True,
+                               img_size=img_size)
+    full.to(device)
+    text = class_text_embeddings(full, clip_tokenizer(spec), list(prompts), templates,
+                                 device=device)  # (C, D) unit rows
+    model = CLIPClassifier(full.visual, spec.config, len(prompts), drop_rate).to(device)
+    model.set_text_head(text, logit_scale=float(full.logit_scale.detach().exp()))
+    return model.eval(), spec
+
+
+def text_initialized_model(
+    architecture: str, class_names: Sequence[str], *, img_size: int | None = None,
+    weights: str | Path | None = None, pretrained: bool | str | None = None,
+    templates: Sequence[str] | None = None, drop_rate: float = 0.0,
+) -> CLIPClassifier:
+    """`clarivis train --init-from-text`: the CLIP classifier of `architecture` with its CLIP
+    weights (as clip_text_classifier), in eval mode on the CPU, the head starting as the
+    zero-shot classifier of the class folder names read as words ('_' as spaces)."""
+    model, _ = clip_text_classifier(
+        architecture, [prompt_label(c) for c in class_names], weights=weights, pretrained=pretrained,
+        templates=templates, img_size=img_size, drop_rate=drop_rate)
+    return model

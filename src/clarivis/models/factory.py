@@ -1,16 +1,37 @@
-"""Create timm models by name (CNNs and ViTs alike), load weights safely, replace heads, freeze."""
+"""Create models by name (CNNs and ViTs alike), load weights safely, replace heads, freeze.
+
+Names go through a small registry of architecture families (`FAMILIES`, first match wins):
+"open_clip:<name or config JSON>" builds a CLIP classifier (models/clip.py); every other name is
+timm's, which includes clarivis's own small-image nets (models/small_nets.py registers them
+with timm when imported, which this module does)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import timm
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from clarivis.errors import ModelError
+from clarivis.models import small_nets  # noqa: F401 (registers airnet_*, resnet18_small with timm)
+from clarivis.models.clip import check_clip_name, clip_pretrained_cfg, create_clip_classifier
+from clarivis.models.open_clip import is_clip_name
 
-CLIP_PREFIX = "open_clip:"  # the same as clarivis.zeroshot.load.CLIP_PREFIX (kept import-free)
+
+@dataclass(frozen=True)
+class Family:
+    """A family of architecture names and how the factory serves them."""
+
+    name: str
+    matches: Callable[[str], bool]  # does an architecture name belong to this family?
+    # (name, *, num_classes, img_size, pretrained, weights, drop_rate, **model_kwargs) -> model
+    create: Callable[..., nn.Module]
+    pretrained_cfg: Callable[[str], dict]  # timm-style: input_size, mean, std, classifier...
+    check_name: Callable[[str], None]  # raises ModelError for a name the family cannot build
 
 
 def create_model(
@@ -23,16 +44,40 @@ def create_model(
     drop_rate: float = 0.0,
     **model_kwargs,
 ) -> nn.Module:
-    """A timm model with `num_classes` outputs; weights from timm's hub or a local file.
-    `model_kwargs` go to the architecture (e.g. patch_size, drop_path_rate).
-    "open_clip:<name or config JSON>" is a CLIP image tower + head (models/clip.py)."""
-    if name.startswith(CLIP_PREFIX):
-        from clarivis.models.clip import create_clip_classifier
+    """A model with `num_classes` outputs; weights from the family's hub or a local file.
+    `model_kwargs` go to the architecture (e.g. patch_size, drop_path_rate)."""
+    return family_of(name).create(name, num_classes=num_classes, img_size=img_size,
+                                  pretrained=pretrained, weights=weights, drop_rate=drop_rate,
+                                  **model_kwargs)
 
-        return create_clip_classifier(name, num_classes=num_classes, img_size=img_size,
-                                      pretrained=pretrained, weights=weights, drop_rate=drop_rate,
-                                      **model_kwargs)
-    check_model_name(name)
+
+def check_model_name(name: str) -> None:
+    family_of(name).check_name(name)
+
+
+def pretrained_cfg(name: str) -> dict:
+    """The architecture's default config (timm's pretrained_cfg): input size, mean/std,
+    classifier name."""
+    return family_of(name).pretrained_cfg(name)
+
+
+def family_of(name: str) -> Family:
+    """The registered family that builds architecture `name` (timm when no other claims it)."""
+    return next(f for f in FAMILIES if f.matches(name))
+
+
+def _create_timm_model(
+    name: str,
+    *,
+    num_classes: int,
+    img_size: int | None = None,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    drop_rate: float = 0.0,
+    **model_kwargs,
+) -> nn.Module:
+    """A timm model with `num_classes` outputs; weights from timm's hub or a local file."""
+    _check_timm_name(name)
     kwargs: dict = {**model_kwargs, "num_classes": num_classes, "drop_rate": drop_rate}
     if img_size and _fixed_input_size(name):
         kwargs["img_size"] = img_size  # ViT/DeiT/Swin build position embeddings for this size
@@ -49,7 +94,7 @@ def create_model(
                 "check the network or pass a local file with --weights"
             ) from None
         raise ModelError(f"cannot build '{name}': {_first_line(err)}") from None
-    if pretrained and num_classes != pretrained_cfg(name).get("num_classes"):
+    if pretrained and num_classes != _timm_pretrained_cfg(name).get("num_classes"):
         zero_head(model)
     return model
 
@@ -63,12 +108,7 @@ def zero_head(model: nn.Module) -> None:
         nn.init.zeros_(p)
 
 
-def check_model_name(name: str) -> None:
-    if name.startswith(CLIP_PREFIX):
-        from clarivis.zeroshot.load import resolve_clip
-
-        resolve_clip(name)  # raises for an unknown name or a missing/invalid config file
-        return
+def _check_timm_name(name: str) -> None:
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
         hint = f" (similar: {', '.join(close)})" if close else ""
@@ -80,18 +120,13 @@ def check_weights_file(path: str | Path) -> None:
         raise ModelError(f"weights file {path} not found; pass a .safetensors or .pt/.pth file")
 
 
-def pretrained_cfg(name: str) -> dict:
-    """timm's default config for an architecture: input size, mean/std, classifier name."""
-    if name.startswith(CLIP_PREFIX):
-        from clarivis.models.clip import clip_pretrained_cfg
-
-        return clip_pretrained_cfg(name)
+def _timm_pretrained_cfg(name: str) -> dict:
     cfg = timm.get_pretrained_cfg(name)
     return cfg.to_dict() if cfg is not None else {}
 
 
 def _fixed_input_size(name: str) -> bool:
-    return bool(pretrained_cfg(name).get("fixed_input_size", False))
+    return bool(_timm_pretrained_cfg(name).get("fixed_input_size", False))
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
@@ -99,8 +134,6 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     check_weights_file(path)
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             # weights_only=True: a checkpoint that needs arbitrary classes is refused, not run.
@@ -154,7 +187,7 @@ def _create_with_local_weights(name: str, path: Path, kwargs: dict) -> nn.Module
 
 
 def _classifier_names(name: str) -> tuple[str, ...]:
-    cls = pretrained_cfg(name).get("classifier") or "head"
+    cls = _timm_pretrained_cfg(name).get("classifier") or "head"
     return (cls,) if isinstance(cls, str) else tuple(cls)
 
 
@@ -185,3 +218,11 @@ def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else err.__class__.__name__
+
+
+TIMM = Family("timm", matches=lambda _name: True, create=_create_timm_model,
+              pretrained_cfg=_timm_pretrained_cfg, check_name=_check_timm_name)
+CLIP = Family("open_clip", matches=is_clip_name, create=create_clip_classifier,
+              pretrained_cfg=clip_pretrained_cfg, check_name=check_clip_name)
+# The registry, first match wins: timm takes every name, so it comes last.
+FAMILIES: tuple[Family, ...] = (CLIP, TIMM)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clarivis.models.factory import CLIP_PREFIX, pretrained_cfg
+from huggingface_hub import try_to_load_from_cache
+
+from clarivis.models.factory import TIMM, family_of, pretrained_cfg
 
 # The files timm's hub loader reads, in its order: safetensors first, then the pickle it falls
 # back to (timm.models._hub.load_state_dict_from_hf).
@@ -17,13 +19,11 @@ def cached_hub_weights(name: str, *, cache_dir: str | Path | None = None) -> Pat
     """The cached weights file of timm model `name`'s default pretrained tag (its `hf_hub_id`,
     e.g. timm/efficientnet_lite0.ra_in1k), or None when they are not in the local hub cache
     (`cache_dir`, default the hub's own: $HF_HUB_CACHE or ~/.cache/huggingface/hub)."""
-    if name.startswith(CLIP_PREFIX):
-        return None
+    if family_of(name) is not TIMM:
+        return None  # another family's weights (e.g. open_clip's) are not timm hub files
     hub_id = pretrained_cfg(name).get("hf_hub_id")
     if not hub_id:
         return None
-    from huggingface_hub import try_to_load_from_cache
-
     repo, _, revision = hub_id.partition("@")  # timm writes a pinned revision as repo@rev
     named = pretrained_cfg(name).get("hf_hub_filename")
     for filename in ((named,) if named else _HUB_FILES):

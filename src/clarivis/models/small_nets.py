@@ -139,6 +139,8 @@ class AirNet(nn.Module):
     """Whitening stem -> GELU -> 3 ConvGroups -> global max-pool -> linear head x `head_scale`.
     At 32 px: 3x32x32 -> 24x31x31 -> w0x15x15 -> w1x7x7 -> w2x3x3 -> w2 -> classes."""
 
+    # 7 settings + **_ignored (9 with self): timm builds every model from keyword settings, and
+    # build_model_with_cfg passes some every net must accept (kept flat, as timm's own nets).
     def __init__(
         self, num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = (64, 256, 256),
         depth: int = 2, drop_rate: float = 0.0, head_scale: float = 1 / 9, global_pool: str = "max",

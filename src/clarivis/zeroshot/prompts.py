@@ -1,28 +1,14 @@
-"""Labels and prompt templates -> one text embedding per class (prompt ensembling, CLIP §3.1.4):
-each label is put into every template, each prompt embedded and L2-normalized, the prompts of a
-class averaged and the average normalized again."""
+"""Labels and prompt-template files as the zero-shot command takes them: 'a cat,a dog', a text
+file with one a line, or a list. The templates themselves and their check live in
+models/prompts.py; the text embeddings in models/clip.py."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from clarivis.errors import ClarivisError
-from clarivis.extras import needs
-
-with needs("zeroshot", "CLIP (clarivis zeroshot, open_clip: models)"):
-    import open_clip
-
-# The default ensemble: 7 of the CLIP paper's 80 ImageNet templates, the subset OpenAI's notebook
-# Prompt_Engineering_for_ImageNet.ipynb picked by sequential forward selection; open_clip ships it
-# as SIMPLE_IMAGENET_TEMPLATES. It keeps most of the 80-template gain over the single "a photo
-# of a {}." while the text tower runs 7 prompts a class instead of 80 (1000 classes: 7k text
-# forward passes against 80k, an 11x shorter wait on a CPU).
-DEFAULT_TEMPLATES: tuple[str, ...] = tuple(t("{}") for t in open_clip.SIMPLE_IMAGENET_TEMPLATES)
-PROMPTS_PER_BATCH = 256  # prompts per text-tower forward pass: bounded memory for 1000s of classes
+from clarivis.models.prompts import check_templates
 
 
 def parse_labels(labels: str | Path | Sequence[str]) -> list[str]:
@@ -55,40 +41,6 @@ def parse_labels(labels: str | Path | Sequence[str]) -> list[str]:
 def read_templates(path: str | Path) -> list[str]:
     """Prompt templates from a text file, one a line, each with '{}' where the label goes."""
     return check_templates(_read_lines(Path(path), "templates"))
-
-
-def check_templates(templates: Sequence[str] | None) -> list[str]:
-    """The templates given (DEFAULT_TEMPLATES for None), each checked to take one label."""
-    if templates is None:
-        return list(DEFAULT_TEMPLATES)
-    templates = [str(t).strip() for t in templates if str(t).strip()]
-    if not templates:
-        raise ClarivisError("no prompt templates given; write one a line, e.g. 'a photo of a {}.'")
-    for t in templates:
-        try:
-            filled = t.format("x")
-        except (IndexError, KeyError, ValueError):
-            filled = ""
-        if t.count("{}") != 1 or filled != t.replace("{}", "x"):
-            raise ClarivisError(f"template '{t}' must hold exactly one '{{}}' (where the label goes) "
-                                "and no other braces")
-    return templates
-
-
-def prompt_label(class_name: str) -> str:
-    """A class folder name as words for the prompt: 'golden_retriever' -> 'golden retriever'."""
-    return " ".join(class_name.replace("_", " ").split())
-
-
-@torch.no_grad()
-def class_text_embeddings(clip: nn.Module, tokenizer, labels: Sequence[str],
-                          templates: Sequence[str], *, device: torch.device | str = "cpu") -> torch.Tensor:
-    """float32 (C, D): per label, the renormalized mean of its L2-normalized prompt embeddings
-    (open_clip's build_zero_shot_classifier does the ensembling)."""
-    per_batch = max(1, PROMPTS_PER_BATCH // len(templates))  # classes per text forward pass
-    weights = open_clip.build_zero_shot_classifier(
-        clip, tokenizer, list(labels), list(templates), num_classes_per_batch=per_batch, device=device)
-    return weights.T.float().contiguous()  # (D, C) -> (C, D)
 
 
 def _looks_like_file(text: str) -> bool:

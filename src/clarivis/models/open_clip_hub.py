@@ -1,6 +1,7 @@
 """CLIP weights from open_clip's hub: the Hugging Face cache first (no network), then a download
 through open_clip; offline, a one-line error within seconds instead of huggingface_hub's minute
-of retries and warnings."""
+of retries and warnings. Reached only through models/open_clip.py, which checked that the
+optional open_clip package is installed."""
 
 from __future__ import annotations
 
@@ -11,12 +12,9 @@ import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 
-from clarivis.errors import ModelError
-from clarivis.extras import needs
+import huggingface_hub
 
-with needs("zeroshot", "CLIP (clarivis zeroshot, open_clip: models)"):
-    import open_clip
-    from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+from clarivis.errors import ModelError
 
 PROBE_TIMEOUT_S = 3.0  # a reachable hub answers a TCP connect well within this
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
@@ -25,6 +23,8 @@ _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 def hub_weights(name: str, tag: str, cfg: dict) -> Path:
     """The local path of open_clip's weights `tag` for model `name` (`cfg`: the tag's
     pretrained config), from the cache or downloaded."""
+    import open_clip  # optional heavy dependency: CLIP models only (see models/open_clip.py)
+
     cached = _cached(cfg)
     if cached is not None:
         return cached
@@ -49,11 +49,9 @@ def _cached(cfg: dict) -> Path | None:
         return Path(cfg["file"])
     if not cfg.get("hf_hub"):
         return None
-    from huggingface_hub import try_to_load_from_cache
-
     repo, filename = _split_hub(cfg["hf_hub"])
     for candidate in _candidates(filename):
-        found = try_to_load_from_cache(repo, candidate)
+        found = huggingface_hub.try_to_load_from_cache(repo, candidate)
         if isinstance(found, str):
             return Path(found)
     return None
@@ -62,12 +60,16 @@ def _cached(cfg: dict) -> Path | None:
 def _split_hub(spec: str) -> tuple[str, str]:
     """'org/repo/' -> ('org/repo', open_clip's default file); 'org/repo/file.pt' -> both parts
     (the convention of open_clip.download_pretrained)."""
+    from open_clip.pretrained import HF_WEIGHTS_NAME  # optional heavy dependency: CLIP only
+
     repo, filename = os.path.split(spec)
     return repo, filename or HF_WEIGHTS_NAME
 
 
 def _candidates(filename: str) -> list[str]:
     """The safetensors twin first, as open_clip prefers it."""
+    from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME  # optional: CLIP only
+
     if filename == HF_WEIGHTS_NAME:
         return [HF_SAFE_WEIGHTS_NAME, filename]
     if filename.endswith((".bin", ".pth")):

@@ -1,4 +1,5 @@
-"""Finding and loading CLIP models: registry names, config JSON files, weights, the hub offline."""
+"""Finding and loading open_clip models (models/open_clip.py): registry names, config JSON files,
+weights files, the tokenizer."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ import pytest
 import torch
 
 from clarivis.errors import ModelError
-from clarivis.zeroshot import hub
-from clarivis.zeroshot.load import (
+from clarivis.models.open_clip import (
     build_clip,
     clip_preprocess,
     clip_tokenizer,
@@ -81,59 +81,6 @@ def test_weights_of_another_architecture_are_refused(tmp_path, tiny_clip):
         load_clip(resolve_clip(str(tmp_path / "other.json")), weights=tiny_clip.weights)
     with pytest.raises(ModelError, match="not found"):
         load_clip(resolve_clip(str(tmp_path / "other.json")), weights=tmp_path / "missing.pt")
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """No proxy, nothing cached, every connection refused; a download attempt fails the test."""
-    import huggingface_hub
-
-    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
-
-    def refuse(*_args, **_kwargs):
-        raise OSError("[Errno -2] Name or service not known")
-
-    monkeypatch.setattr(hub.socket, "create_connection", refuse)
-    monkeypatch.setattr(open_clip, "download_pretrained", lambda *a, **k: pytest.fail("downloaded"))
-
-
-def test_hub_offline_is_one_line_at_once(no_network):
-    with pytest.raises(ModelError, match="cannot be reached.*--clip-weights FILE") as info:
-        load_clip(resolve_clip("ViT-B-32", pretrained="openai"), pretrained="openai")
-    assert "\n" not in str(info.value)
-    with pytest.raises(ModelError, match="no weights 'nonesuch'"):
-        resolve_clip("ViT-B-32", pretrained="nonesuch")
-
-
-def test_failed_download_is_one_line(monkeypatch):
-    def fail(*_args, **_kwargs):
-        raise OSError("We couldn't connect to 'https://huggingface.co' to load this file.\nmore")
-
-    monkeypatch.setattr(hub, "_cached", lambda cfg: None)
-    monkeypatch.setattr(hub, "_hub_unreachable", lambda: False)
-    monkeypatch.setattr(open_clip, "download_pretrained", fail)
-    cfg = open_clip.get_pretrained_cfg("ViT-B-32", "laion2b_s34b_b79k")
-    with pytest.raises(ModelError, match="could not download.*--clip-weights FILE") as info:
-        hub.hub_weights("ViT-B-32", "laion2b_s34b_b79k", cfg)
-    assert "\n" not in str(info.value)
-
-
-def test_cached_hub_weights_need_no_network(no_network, monkeypatch, tiny_clip):
-    import huggingface_hub
-
-    asked = []
-
-    def cache(repo, filename, **_kwargs):
-        asked.append((repo, filename))
-        return str(tiny_clip.weights) if filename.endswith(".bin") else None
-
-    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", cache)
-    cfg = open_clip.get_pretrained_cfg("ViT-B-32", "laion2b_s34b_b79k")
-    assert hub.hub_weights("ViT-B-32", "laion2b_s34b_b79k", cfg) == tiny_clip.weights
-    repo = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"  # safetensors first, as open_clip prefers
-    assert asked == [(repo, "open_clip_model.safetensors"), (repo, "open_clip_pytorch_model.bin")]
 
 
 def test_registered_name_with_a_local_weights_file(tmp_path, tiny_clip):

@@ -1,13 +1,16 @@
 """A tiny open_clip model written as a model-config JSON plus a safetensors checkpoint of
-seeded random weights (no downloads): the full plumbing at a few milliseconds a forward pass."""
+seeded random weights (no downloads): the full plumbing at a few milliseconds a forward pass.
+`tiny_clip` is a fixture: a conftest that imports it offers it to its folder's tests."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -20,6 +23,12 @@ TINY_CLIP = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
 LABELS = ["a red square", "a green circle", "a blue triangle"]
+
+
+@dataclass
+class TinyClip:
+    config: Path  # open_clip model-config JSON
+    weights: Path  # safetensors checkpoint of the whole CLIP (both towers)
 
 
 def write_tiny_clip(folder: Path, *, name: str = "tiny-clip", seed: int = 0) -> tuple[Path, Path]:
@@ -41,3 +50,8 @@ def full_clip(config: Path, weights: Path):
     model = open_clip.CLIP(**json.loads(config.read_text()))
     open_clip.load_checkpoint(model, str(weights))
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> TinyClip:
+    return TinyClip(*write_tiny_clip(tmp_path_factory.mktemp("clip")))
