@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clarivis.data.dataset import model_pixels
 from clarivis.data.sources import Sample
 from clarivis.data.transforms import Preprocess, resize_transform
 from clarivis.errors import ImageDecodeError
@@ -146,8 +147,6 @@ def _build(path, samples, preprocess, decoded, workers, on_progress) -> None:
 
 
 def _decode(path: str, img_size: int, preloaded: torch.Tensor | None) -> torch.Tensor:
-    from clarivis.data.dataset import model_pixels
-
     try:
         return model_pixels(path, img_size, preloaded)
     except ImageDecodeError:

@@ -15,9 +15,12 @@ import torch
 from clarivis.classifier import Classifier
 from clarivis.data.sources import evaluation_samples, index_dataset
 from clarivis.errors import DataError
+from clarivis.evaluate.adversarial import adversarial_robustness
 from clarivis.evaluate.calibration import calibration_report
 from clarivis.evaluate.inputs import LabeledPixels, load_labeled_pixels
 from clarivis.evaluate.ood import rejection_report
+from clarivis.evaluate.robustness import corruption_robustness
+from clarivis.evaluate.subgroups import subgroup_report
 from clarivis.fileio import atomic_write
 from clarivis.metrics import compute_metrics
 
@@ -115,15 +118,11 @@ def audit(
 
 
 def _robustness(clf, data: LabeledPixels, max_images: int | None) -> dict:
-    from clarivis.evaluate.robustness import corruption_robustness
-
     kwargs = {} if max_images is None else {"max_images": max_images}
     return corruption_robustness(clf, data, **kwargs).to_dict()
 
 
 def _adversarial(clf, data: LabeledPixels, max_images: int) -> dict:
-    from clarivis.evaluate.adversarial import adversarial_robustness
-
     return adversarial_robustness(clf, data, max_images=max_images).to_dict()
 
 
@@ -155,8 +154,6 @@ def _subgroups(test: LabeledPixels, predicted: torch.Tensor, columns: list[str],
         return {"flagged": [], "summary": {}}
     # Here, not at the top: fairlearn brings scikit-learn, scipy.stats and pandas (2 s on 2 cores),
     # which the report, reading only AUDIT_NAME, must not pay at the end of every training run.
-    from clarivis.evaluate.subgroups import subgroup_report
-
     known = [s for s, k in zip(test.samples, test.known.tolist(), strict=True) if k]
     attributes = {c: [s.groups.get(c, "") or "(blank)" for s in known] for c in columns}
     return subgroup_report(test.targets[test.known].numpy(), predicted.numpy(), attributes,

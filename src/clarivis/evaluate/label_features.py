@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from clarivis.data.sources import Sample
+from clarivis.embeddings import embed_samples, load_encoder
 from clarivis.errors import DataError, ModelError
+from clarivis.models.factory import check_model_name, check_weights_file
+from clarivis.models.hub_cache import cached_hub_weights
 
 # The backbone used when weights are given without --model, or found in the hub cache when
 # nothing is given: ImageNet efficientnet_lite0 (4.7 M parameters, 1280-d features), the backbone
@@ -51,9 +54,6 @@ def choose_features(
     (`weights`, `pretrained`) mean a backbone even without `model` (the architecture a
     `pretrain` backbone names, else DEFAULT_BACKBONE); with nothing given, DEFAULT_BACKBONE's hub
     weights are used when they are already in the local cache and `cached` is on (no download)."""
-    from clarivis.models.factory import check_model_name, check_weights_file
-    from clarivis.models.hub_cache import cached_hub_weights
-
     if isinstance(model, FeatureSource):
         return model
     if weights is not None and pretrained:
@@ -100,8 +100,6 @@ def choose_features(
 def backbone_features(source: FeatureSource, samples: list[Sample], *, device: str | None = None,
                       batch_size: int = 64) -> np.ndarray:
     """(N, D) float32 pre-logits features of `samples`, in their order."""
-    from clarivis.embeddings import embed_samples, load_encoder
-
     clf = load_encoder(source.model, weights=source.weights, pretrained=source.pretrained,
                        img_size=source.img_size, device=device)
     net = clf.model
