@@ -9,9 +9,6 @@ import numpy as np
 
 from clarivis.extras import needs
 
-with needs("trust", "clarivis audit with group columns"):
-    from fairlearn.metrics import MetricFrame
-
 # A group this far (absolute accuracy) below the overall accuracy is flagged: 5 points is the
 # gap a reviewer would ask about, and small enough to catch a group the data under-represents.
 DEFAULT_MAX_GAP = 0.05
@@ -50,6 +47,11 @@ def subgroup_report(y_true: np.ndarray, y_pred: np.ndarray, attributes: dict[str
                     n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> dict:
     """{column: {group: {accuracy, recall, f1, count, *_ci}}, "flagged": [...], "summary": {...}}
     for each attribute column (values aligned with y_true)."""
+    # Here, not at the top: fairlearn is the 'trust' extra (and brings pandas and scipy.stats,
+    # 2 s on 2 cores); every audit imports this module, only group columns need it.
+    with needs("trust", "clarivis audit with group columns"):
+        from fairlearn.metrics import MetricFrame
+
     report: dict = {"flagged": [], "summary": {}}
     for column, values in attributes.items():
         frame = MetricFrame(metrics=_metrics(num_classes), y_true=y_true, y_pred=y_pred,
