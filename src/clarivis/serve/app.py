@@ -21,11 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from clarivis.batch_predict.backends import check_backend
 from clarivis.errors import ClarivisError
 from clarivis.extras import needs
 from clarivis.models.bundle import bundle_version, load_bundle_config, resolve_bundle_path
 from clarivis.serve import limits
-from clarivis.serve.backends import BACKENDS, Backend, Scored, load_backend
+from clarivis.serve.backends import Backend, Scored, load_backend
 from clarivis.serve.batching import MAX_BATCH, MAX_WAIT_MS, MicroBatcher
 from clarivis.serve.metrics import MetricsMiddleware, ServiceMetrics
 from clarivis.serve.predlog import LoggedPrediction, PredictionLog
@@ -406,8 +407,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _check_settings(s: Settings) -> None:
-    if s.backend not in BACKENDS:
-        raise ClarivisError(f"unknown backend '{s.backend}'; choose one of {', '.join(BACKENDS)}")
+    check_backend(s.backend)
     for name in ("max_upload_mb", "max_pixels", "max_files", "timeout_s", "max_batch"):
         if getattr(s, name) <= 0:
             raise ClarivisError(f"--{name.replace('_', '-')} must be positive (got {getattr(s, name)})")

@@ -1,6 +1,6 @@
 """What the service predicts with: torch (clarivis.Classifier) or ONNX (clarivis.runtime.Predictor),
-behind one small protocol. Both take decoded RGB PIL images, so the service decodes uploads once,
-safely, whatever runs the model."""
+as batch_predict/backends.py chooses and loads them, behind one small protocol. Both take decoded
+RGB PIL images, so the service decodes uploads once, safely, whatever runs the model."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from clarivis.errors import ClarivisError, ModelError
-
-BACKENDS = ("torch", "onnx")
+from clarivis.batch_predict.backends import check_backend, load_predictor
+from clarivis.classifier import Classifier
+from clarivis.errors import ModelError
+from clarivis.runtime import Predictor
+from clarivis.spec import ONNX_NAME
 
 
 @dataclass
@@ -36,10 +38,8 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, model_dir: str | Path, device: str | None = None) -> None:
-        from clarivis.api import Classifier
-
-        self.classifier = Classifier.load(model_dir, device=device)
+    def __init__(self, classifier: Classifier) -> None:
+        self.classifier = classifier
 
     def predict(self, images: list[Image.Image], top_k: int) -> list[Scored]:
         return [_scored(p) for p in self.classifier.predict(images, top_k=top_k, batch_size=len(images))]
@@ -50,28 +50,21 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, model_dir: str | Path) -> None:
-        try:
-            from clarivis.runtime import Predictor
-        except ImportError:
-            raise ModelError("the onnx backend needs clarivis.runtime, which this install lacks; "
-                             "use --backend torch") from None
-        folder = Path(model_dir)
-        if not (folder / "model.onnx").is_file():
-            raise ModelError(f"{folder} has no model.onnx; run clarivis export {folder} first, "
-                             "or serve with --backend torch")
-        self.predictor = Predictor(folder, int8=False)
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
 
     def predict(self, images: list[Image.Image], top_k: int) -> list[Scored]:
         return [_scored(p) for p in self.predictor.predict(images, top_k=top_k)]
 
 
 def load_backend(name: str, model_dir: str | Path, device: str | None = None) -> Backend:
-    if name == "torch":
-        return TorchBackend(model_dir, device)
-    if name == "onnx":
-        return OnnxBackend(model_dir)
-    raise ClarivisError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")
+    check_backend(name)
+    folder = Path(model_dir)
+    if name == "onnx" and not (folder / ONNX_NAME).is_file():  # the service's advice
+        raise ModelError(f"{folder} has no {ONNX_NAME}; run clarivis export {folder} first, "
+                         "or serve with --backend torch")
+    model = load_predictor(name, folder, device=device)
+    return TorchBackend(model) if isinstance(model, Classifier) else OnnxBackend(model)
 
 
 def _scored(p: Any) -> Scored:

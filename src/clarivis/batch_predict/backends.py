@@ -1,0 +1,45 @@
+"""What runs the model of a prediction: `torch` (clarivis.Classifier, on any device torch has) or
+`onnx` (the runtime's Predictor on the bundle's exported model.onnx, or model.int8.onnx: no
+torch in the model call). The one place that names the backends and loads one, for
+`clarivis predict --backend` and `clarivis serve --backend` alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from clarivis.classifier import Classifier
+from clarivis.data.expand import ImageInput
+from clarivis.errors import ClarivisError
+from clarivis.prediction import Prediction
+from clarivis.runtime import Predictor, predict_files
+
+BACKENDS = ("torch", "onnx")
+
+
+def check_backend(name: str) -> None:
+    if name not in BACKENDS:
+        raise ClarivisError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")
+
+
+def load_predictor(backend: str, model: str | Path, *, device: str | None = None, reject: bool = True,
+                   int8: bool = False) -> Classifier | Predictor:
+    """The bundle's model on `backend`: both answers have predict/iter_predict(images, top_k=,
+    batch_size=) giving Prediction rows. `device` is torch's; `int8` picks model.int8.onnx."""
+    check_backend(backend)
+    if backend == "onnx":
+        return Predictor(model, int8=int8, reject=reject)
+    return Classifier.load(model, device=device, reject=reject)
+
+
+def predict_rows(model: str | Path, images: ImageInput | Iterable[ImageInput], *, backend: str = "torch",
+                 top_k: int = 5, batch_size: int = 64, device: str | None = None, reject: bool = True,
+                 int8: bool = False) -> Iterator[Prediction]:
+    """Files, folders and globs -> Prediction rows in input order (unreadable inputs are error
+    rows), on either backend; the model is loaded now, before the first row is asked for."""
+    if backend == "onnx":
+        # predict_files, not the Predictor's iter_predict: that one takes paths as files, and
+        # this expands folders and globs as Classifier.iter_predict does
+        return predict_files(model, images, top_k=top_k, batch_size=batch_size, int8=int8, reject=reject)
+    classifier = load_predictor(backend, model, device=device, reject=reject)
+    return classifier.iter_predict(images, top_k=top_k, batch_size=batch_size)
