@@ -37,15 +37,16 @@ def confusion_png(metrics_json: str | Path) -> Path:
     return path.with_name(path.stem + "_confusion.png")
 
 
-def new_run_dir(data: str, out: str | None) -> Path:
-    """--out (refused when it already holds a run), or runs/<data folder name>-<date-time>."""
+def new_run_dir(data: str, out: str | None, *, tag: str = "") -> Path:
+    """--out (refused when it already holds a run), or runs/<data folder name>[-tag]-<date-time>
+    (pretraining tags its runs with the method)."""
     if out:
         if (Path(out) / CHECKPOINT).exists():
             raise ClarivisError(f"{out} already holds a run; continue it with --resume {out} "
                                 "or choose another --out")
         return Path(out)
     name = Path(data.rstrip("/")).stem or "data"
-    return Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    return Path("runs") / f"{name}{'-' + tag if tag else ''}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def find_run_dir(run: str | Path) -> Path:

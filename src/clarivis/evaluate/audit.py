@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from clarivis import runs
 from clarivis.classifier import Classifier
 from clarivis.data.sources import evaluation_samples, index_dataset
 from clarivis.errors import DataError
@@ -24,7 +25,7 @@ from clarivis.evaluate.subgroups import subgroup_report
 from clarivis.fileio import atomic_write
 from clarivis.metrics import compute_metrics
 
-AUDIT_NAME = "audit.json"  # in the run folder, where `clarivis report` finds it
+AUDIT_NAME = runs.AUDIT  # in the run folder, where `clarivis report` finds it
 
 
 @dataclass
@@ -172,4 +173,4 @@ def save_audit(result: AuditResult, json_path: str | Path) -> Path:
 def run_folder_of(bundle_dir: str | Path) -> Path | None:
     """The run folder holding this bundle as model/ (where the report lives), if it is one."""
     parent = Path(bundle_dir).parent  # not resolved: messages keep the path the user typed
-    return parent if (parent / "split.json").is_file() or (parent / "metrics.jsonl").is_file() else None
+    return parent if (parent / runs.SPLIT).is_file() or (parent / runs.METRICS_LOG).is_file() else None

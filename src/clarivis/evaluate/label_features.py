@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clarivis import runs
 from clarivis.data.sources import Sample
 from clarivis.embeddings import embed_samples, load_encoder
 from clarivis.errors import DataError, ModelError
@@ -22,7 +23,6 @@ from clarivis.models.hub_cache import cached_hub_weights
 # the label check was measured with: 15/16/17 of 18 planted CIFAR-10 errors in the top 40 at its
 # 224 px (benchmarks/README.md, "label_check_planted.py"). Other backbones were not compared.
 DEFAULT_BACKBONE = "efficientnet_lite0"
-_INFO_NAME = "backbone.json"  # written beside RUN/backbone.safetensors by clarivis pretrain
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def _backbone_info(weights: str | None) -> dict:
     """What `clarivis pretrain` wrote beside its backbone.safetensors (model, img_size), if any."""
     if weights is None:
         return {}
-    info = Path(weights).with_name(_INFO_NAME)
+    info = Path(weights).with_name(runs.BACKBONE_INFO)
     try:
         return json.loads(info.read_text()) if info.is_file() else {}
     except (OSError, ValueError):

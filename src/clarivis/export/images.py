@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from clarivis import runs
 from clarivis.data.io import is_image_path
 from clarivis.errors import DataError
 
@@ -32,7 +33,7 @@ def choose_images(bundle_dir: Path, *, int8: bool, calibration_data: str | Path 
     """Calibration: `calibration_data`, else the run's val split. Check: `check_data`, else the
     run's test split, else the val images calibration did not use. Raises DataError when a
     needed set has no source."""
-    split = _read_split(bundle_dir.parent / "split.json")
+    split = _read_split(bundle_dir.parent / runs.SPLIT)
     calibration, calibration_source = [], None
     if int8:
         if calibration_data is not None:

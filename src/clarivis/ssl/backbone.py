@@ -13,13 +13,14 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from clarivis import runs
 from clarivis.data.transforms import Preprocess
 from clarivis.fileio import atomic_write
 from clarivis.models.factory import create_model, pretrained_cfg
 from clarivis.ssl.config import PretrainConfig
 
-BACKBONE_NAME = "backbone.safetensors"
-INFO_NAME = "backbone.json"
+BACKBONE_NAME = runs.BACKBONE_WEIGHTS
+INFO_NAME = runs.BACKBONE_INFO
 
 
 def create_backbone(config: PretrainConfig) -> nn.Module:

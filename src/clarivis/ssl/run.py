@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from timm.optim import create_optimizer_v2
 
+from clarivis import runs
 from clarivis.config import write_yaml
 from clarivis.data.scan import write_skipped
 from clarivis.device import resolve_device
@@ -93,7 +94,7 @@ def run_pretraining(config: PretrainConfig, *, resume: str | Path | None = None,
         run_dir = Path(resume)
         start_state, config = _load_resume(run_dir, config, console)
     else:
-        run_dir = _new_run_dir(config)
+        run_dir = runs.new_run_dir(config.data, config.out, tag=config.method)
     if config.model:
         check_model_name(config.model)
     if config.weights and start_state is None:
@@ -110,21 +111,10 @@ def run_pretraining(config: PretrainConfig, *, resume: str | Path | None = None,
         raise ResumeError(f"{run_dir} was pretrained on other images than {config.data}; resume "
                           "with the same images or start a new run")
     config = _resolve_defaults(config, data, device)
-    write_yaml(config, run_dir / "config.yaml")
-    write_skipped(data.skipped, run_dir / "skipped_files.txt")
+    write_yaml(config, run_dir / runs.RUN_CONFIG)
+    write_skipped(data.skipped, run_dir / runs.SKIPPED)
     _print_summary(console, config, data)
     return _fit(config, data, device, run_dir, start_state, console, started)
-
-
-def _new_run_dir(config: PretrainConfig) -> Path:
-    if config.out:
-        run_dir = Path(config.out)
-        if (run_dir / CHECKPOINT_NAME).exists():
-            raise ClarivisError(f"{run_dir} already holds a run; continue it with --resume "
-                                f"{run_dir} or choose another --out")
-        return run_dir
-    name = Path(config.data.rstrip("/")).stem or "data"
-    return Path("runs") / f"{name}-{config.method}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def _load_resume(run_dir: Path, given: PretrainConfig, console: Console):

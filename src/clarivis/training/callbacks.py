@@ -18,6 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from clarivis import runs
 from clarivis.extras import install_hint
 
 LOG_EVERY_S = 30.0  # seconds between plain progress lines when stderr is not a terminal
@@ -27,7 +28,7 @@ class RunLogger:
     """Appends one JSON object per epoch to metrics.jsonl and mirrors scalars to TensorBoard."""
 
     def __init__(self, run_dir: Path, *, tensorboard: bool = True):
-        self.jsonl = run_dir / "metrics.jsonl"
+        self.jsonl = run_dir / runs.METRICS_LOG
         self.writer = None
         if tensorboard:
             try:

@@ -9,12 +9,13 @@ from typing import Any, TypeVar
 
 import torch
 
+from clarivis import runs
 from clarivis.config import read_yaml
 from clarivis.errors import ResumeError
 from clarivis.fileio import atomic_write
 
 Config = TypeVar("Config")
-CHECKPOINT_NAME = "last.ckpt"
+CHECKPOINT_NAME = runs.CHECKPOINT
 FORMAT = "clarivis-checkpoint-v1"
 
 
@@ -50,7 +51,7 @@ def load_resume(run_dir: Path, given, validate: Callable[[dict], Config], consol
     if state.get("finished"):
         raise ResumeError(
             f"{run_dir} already finished ({state['epoch']} epochs); start a new run with --out")
-    saved = read_yaml(run_dir / "config.yaml")
+    saved = read_yaml(run_dir / runs.RUN_CONFIG)
     saved["data"] = given.data
     resumed = validate(saved)
     ignored = [k for k, v in given.model_dump(exclude_defaults=True).items()
