@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from clarivis.errors import ConfigError
+from clarivis.spec import CLIP_PREFIX
 
 ResizeMode = Literal["pad", "crop", "squash"]
 AugmentPreset = Literal["none", "light", "randaugment", "trivialaugment"]
@@ -113,7 +114,7 @@ class TrainConfig(BaseModel):
             raise ValueError("each of text_templates needs exactly one '{}' where the label goes")
         if not self.init_from_text:
             return
-        if not (self.model or "").startswith("open_clip:"):
+        if not (self.model or "").startswith(CLIP_PREFIX):
             raise ValueError("--init-from-text needs an open_clip model, e.g. --model open_clip:ViT-B-32")
         if not (self.weights or self.pretrained):
             raise ValueError("--init-from-text needs the CLIP weights: --weights CLIP_CHECKPOINT "

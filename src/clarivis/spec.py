@@ -23,6 +23,9 @@ ONNX_NAME = "model.onnx"  # fp32 export
 INT8_ONNX_NAME = "model.int8.onnx"  # dynamic int8 export
 BUNDLE_DIR_NAME = "model"  # a run folder holds its bundle here (runs/NAME/model)
 
+# Architecture names with this prefix are CLIP image towers (models/clip.py), e.g. open_clip:ViT-B-32
+CLIP_PREFIX = "open_clip:"
+
 RESIZE_MODES = ("pad", "crop", "squash")
 INTERPOLATION_NAMES = ("bilinear", "bicubic", "nearest")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

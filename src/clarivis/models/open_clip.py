@@ -20,8 +20,8 @@ from clarivis.data.transforms import INTERPOLATIONS, Preprocess
 from clarivis.errors import ModelError
 from clarivis.extras import needs
 from clarivis.models.open_clip_hub import hub_weights
+from clarivis.spec import CLIP_PREFIX  # noqa: F401  (the CLIP names' prefix, re-exported for models/)
 
-CLIP_PREFIX = "open_clip:"  # model names with this prefix are CLIP image towers (models/clip.py)
 _REQUIRED_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
 # open_clip resize modes -> clarivis Preprocess.resize_mode (data/transforms.py).
 _RESIZE_MODES = {"shortest": "crop", "longest": "pad", "squash": "squash"}
