@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
@@ -20,6 +21,7 @@ from clarivis.models.bundle import load_bundle_config, resolve_bundle_path
 from clarivis.report.card import model_card
 from clarivis.report.gallery import ScoredValidation, top_losses
 from clarivis.spec import VERSION as __version__
+from clarivis.spec import BundleConfig
 
 REPORT_NAME = "report.html"
 CHECK_NAME = "data_check.json"  # written by `clarivis check DATA --json RUN/data_check.json`
@@ -53,7 +55,7 @@ def write_report(run: str | Path, *, out: str | Path | None = None, gallery: int
     bundle = load_bundle_config(bundle_dir)
     inputs = _read_inputs(run_dir)
     macros = _env().get_template("sections.html.j2").module
-    sections = _sections(run_dir, bundle_dir, bundle, inputs, macros, gallery, device, scored)
+    sections = _sections(_Run(run_dir, bundle_dir, bundle, inputs, macros, gallery, device, scored))
     html = _env().get_template("report.html.j2").render(
         title=f"{run_dir.name}: {bundle.architecture} on {Path(inputs['config'].get('data', '?')).name}",
         version=__version__, written=datetime.now().strftime("%Y-%m-%d %H:%M"), bundle=bundle,
@@ -102,96 +104,159 @@ def _read_inputs(run_dir: Path) -> dict:
     }
 
 
-def _sections(run_dir, bundle_dir, bundle, inputs, m, gallery, device, scored) -> list[Section]:
-    audit, val = inputs["audit"], inputs["val"]
-    audit_hint = f"run `clarivis audit {run_dir / 'model'} TEST_DATA` to fill this section"
-    test_metrics = audit["metrics"] if audit else None
-    main_metrics, main_split = (test_metrics, "test") if test_metrics else (val, "validation")
-    sections = [Section("summary", "Run summary", Markup(m.summary(_summary(run_dir, bundle, inputs))))]
+@dataclass
+class _Run:
+    """What every section builder reads: the run folder, its bundle and files, the template
+    macros, and the gallery settings."""
 
+    run_dir: Path
+    bundle_dir: Path
+    bundle: BundleConfig
+    inputs: dict  # _read_inputs
+    m: Any  # the macros of sections.html.j2
+    gallery: int  # top-loss images (0: none)
+    device: str | None
+    scored: ScoredValidation | None
+
+    @property
+    def audit(self) -> dict | None:
+        return self.inputs["audit"]
+
+    @property
+    def audit_hint(self) -> str:
+        return f"run `clarivis audit {self.run_dir / 'model'} TEST_DATA` to fill this section"
+
+    @property
+    def test_metrics(self) -> dict | None:
+        return self.audit["metrics"] if self.audit else None
+
+    @property
+    def main_metrics(self) -> tuple[dict | None, str]:
+        """(metrics, split) the per-class table and the confusion matrix show: test if audited."""
+        test = self.test_metrics
+        return (test, "test") if test else (self.inputs["val"], "validation")
+
+
+def _sections(run: _Run) -> list[Section]:
+    return [builder(run) for builder in _SECTION_BUILDERS]
+
+
+def _summary_section(r: _Run) -> Section:
+    return Section("summary", "Run summary", Markup(r.m.summary(_summary(r.run_dir, r.bundle, r.inputs))))
+
+
+def _training_section(r: _Run) -> Section:
     s = Section("training", "Training curves", missing="no training log (metrics.jsonl) in this run")
-    probe = inputs["history"][0] if inputs["history"] and inputs["history"][0].get("linear_probe") else None
+    history = r.inputs["history"]
+    probe = history[0] if history and history[0].get("linear_probe") else None
     if probe:  # one fit, no epochs: what was fitted instead of a one-point curve
         s.title = "Linear probe"
-        s.html = Markup(m.linear_probe(probe))
-    elif inputs["history"]:
-        training = bundle.training
-        s.html = Markup(m.training({"curves": data_uri(plots.png_bytes(
-            plots.training_curves_figure(inputs["history"]))), "epochs": len(inputs["history"]),
+        s.html = Markup(r.m.linear_probe(probe))
+    elif history:
+        training = r.bundle.training
+        s.html = Markup(r.m.training({"curves": data_uri(plots.png_bytes(
+            plots.training_curves_figure(history))), "epochs": len(history),
             "best_val": training.get("best_val_accuracy"), "best_epoch": training.get("epoch")}))
-    sections.append(s)
+    return s
 
+
+def _metrics_section(r: _Run) -> Section:
     s = Section("metrics", "Metrics", missing="no validation or test metrics in this run")
-    splits = [(n, x) for n, x in (("validation", val), ("test", test_metrics)) if x]
+    splits = [(n, x) for n, x in (("validation", r.inputs["val"]), ("test", r.test_metrics)) if x]
+    main_metrics, main_split = r.main_metrics
     if splits:
-        s.html = Markup(m.metrics({"splits": splits, "per_class": main_metrics["per_class"],
-                                "per_class_split": main_split, "weak_recall": 0.5}))
-    sections.append(s)
+        s.html = Markup(r.m.metrics({"splits": splits, "per_class": main_metrics["per_class"],
+                                  "per_class_split": main_split, "weak_recall": 0.5}))
+    return s
 
+
+def _confusion_section(r: _Run) -> Section:
     s = Section("confusion", "Confusion matrix", missing="no metrics to draw it from")
+    main_metrics, main_split = r.main_metrics
     if main_metrics:
-        png = _saved_val_confusion(run_dir) if main_split == "validation" else None
+        png = _saved_val_confusion(r.run_dir) if main_split == "validation" else None
         png = png or plots.png_bytes(plots.confusion_figure(main_metrics["confusion_matrix"],
                                                             main_metrics["class_names"]))
-        s.html = Markup(m.confusion({"split": main_split, "png": data_uri(png)}))
-    sections.append(s)
+        s.html = Markup(r.m.confusion({"split": main_split, "png": data_uri(png)}))
+    return s
 
-    calibration, cal_split = ((audit["calibration"], "test") if audit
-                              else (inputs["val_calibration"], "validation"))
+
+def _calibration_section(r: _Run) -> Section:
+    calibration, cal_split = ((r.audit["calibration"], "test") if r.audit
+                              else (r.inputs["val_calibration"], "validation"))
     s = Section("calibration", "Calibration", missing="no calibration measured (needs a validation split)")
     if calibration:
         png = data_uri(plots.png_bytes(plots.reliability_figure(calibration)))
-        s.html = Markup(m.calibration({**calibration, "split": cal_split, "png": png}))
-    sections.append(s)
+        s.html = Markup(r.m.calibration({**calibration, "split": cal_split, "png": png}))
+    return s
 
+
+def _open_set_section(r: _Run) -> Section:
     s = Section("open-set", "Unknown images (open-set rejection)",
                 missing="no rejection threshold in the bundle (it is fitted on the validation split)")
-    if bundle.ood:
-        report = audit.get("open_set") if audit else None
+    if r.bundle.ood:
+        report = r.audit.get("open_set") if r.audit else None
         hint = None if report and report["auroc"] else (
             "AUROC needs test images of classes the model was not trained on: audit a folder "
-            "that also holds other classes" if audit else audit_hint)
-        s.html = Markup(m.open_set({**bundle.ood, "report": report, "hint": hint}))
-    sections.append(s)
+            "that also holds other classes" if r.audit else r.audit_hint)
+        s.html = Markup(r.m.open_set({**r.bundle.ood, "report": report, "hint": hint}))
+    return s
 
+
+def _top_losses_section(r: _Run) -> Section:
     s = Section("top-losses", "Top losses with heat maps", missing="no validation images to rank")
-    items = (top_losses(bundle_dir, inputs["split"], count=gallery, device=device, scored=scored)
-             if gallery else [])
+    items = (top_losses(r.bundle_dir, r.inputs["split"], count=r.gallery, device=r.device, scored=r.scored)
+             if r.gallery else [])
     if items:
-        s.html = Markup(m.top_losses({"images": items, "split": "validation"}))
-    sections.append(s)
+        s.html = Markup(r.m.top_losses({"images": items, "split": "validation"}))
+    return s
 
+
+def _data_check_section(r: _Run) -> Section:
     s = Section("data-check", "Data check",
-                missing=f"run `clarivis check DATA --json {run_dir / CHECK_NAME}` to fill this section")
-    if inputs["check"]:
-        s.html = Markup(m.data_check(_data_check(inputs["check"], run_dir / CHECK_NAME)))
-    sections.append(s)
+                missing=f"run `clarivis check DATA --json {r.run_dir / CHECK_NAME}` to fill this section")
+    if r.inputs["check"]:
+        s.html = Markup(r.m.data_check(_data_check(r.inputs["check"], r.run_dir / CHECK_NAME)))
+    return s
 
-    s = Section("subgroups", "Subgroups", missing=audit_hint)
-    if audit and audit["subgroups"].get("summary"):
-        s.html = Markup(m.subgroups(_subgroups(audit["subgroups"])))
-    elif audit:
+
+def _subgroups_section(r: _Run) -> Section:
+    s = Section("subgroups", "Subgroups", missing=r.audit_hint)
+    if r.audit and r.audit["subgroups"].get("summary"):
+        s.html = Markup(r.m.subgroups(_subgroups(r.audit["subgroups"])))
+    elif r.audit:
         s.missing = "the test data has no group attributes: audit a CSV manifest with extra columns"
-    sections.append(s)
+    return s
 
-    s = Section("robustness", "Robustness to corruptions", missing=audit_hint if not audit else
+
+def _robustness_section(r: _Run) -> Section:
+    s = Section("robustness", "Robustness to corruptions", missing=r.audit_hint if not r.audit else
                 "the audit ran with --no-robustness; audit again without it to fill this section")
-    if audit and audit.get("robustness"):
-        rob = audit["robustness"]
+    if r.audit and r.audit.get("robustness"):
+        rob = r.audit["robustness"]
         png = plots.png_bytes(plots.robustness_figure(rob))
-        s.html = Markup(m.robustness({**rob, "png": data_uri(png)}))
-    sections.append(s)
+        s.html = Markup(r.m.robustness({**rob, "png": data_uri(png)}))
+    return s
 
-    s = Section("adversarial", "Adversarial robustness", missing=audit_hint.replace(
+
+def _adversarial_section(r: _Run) -> Section:
+    s = Section("adversarial", "Adversarial robustness", missing=r.audit_hint.replace(
         "TEST_DATA", "TEST_DATA --adversarial"))
-    if audit and audit.get("adversarial"):
-        adv = audit["adversarial"]
+    if r.audit and r.audit.get("adversarial"):
+        adv = r.audit["adversarial"]
         eps = list(next(iter(adv["attacks"].values())).keys())
-        s.html = Markup(m.adversarial({**adv, "eps": eps}))
-    sections.append(s)
+        s.html = Markup(r.m.adversarial({**adv, "eps": eps}))
+    return s
 
-    sections.append(Section("model-card", "Model card", Markup(m.model_card(model_card(bundle, inputs)))))
-    return sections
+
+def _model_card_section(r: _Run) -> Section:
+    return Section("model-card", "Model card", Markup(r.m.model_card(model_card(r.bundle, r.inputs))))
+
+
+# The report's sections, in page order.
+_SECTION_BUILDERS = (_summary_section, _training_section, _metrics_section, _confusion_section,
+                     _calibration_section, _open_set_section, _top_losses_section, _data_check_section,
+                     _subgroups_section, _robustness_section, _adversarial_section, _model_card_section)
 
 
 def _saved_val_confusion(run_dir: Path) -> bytes | None:
