@@ -1,0 +1,112 @@
+"""The torch-free distribution (packages/clarivis-runtime): built offline, installed into a fresh
+venv that holds numpy, Pillow and onnxruntime (and what they need) but no torch, where it
+predicts from a bundle that the full package exported, as the full package's runtime does."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from tests.export.tiny_models import held_out
+from tests.installs import closure
+
+from clarivis.runtime import Predictor
+
+ROOT = Path(__file__).resolve().parents[2]
+DIST = ROOT / "packages" / "clarivis-runtime"
+RUNTIME_DEPS = ("numpy", "pillow", "onnxruntime")  # the wheel's Requires-Dist, and only these
+# pip without the network: no index, no version check (PIP_* are pip's own settings).
+OFFLINE = {"PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+
+pytestmark = pytest.mark.slow  # a venv and a wheel build: about 15 s on 2 cores
+
+
+def _run(*cmd, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, **OFFLINE, **kw.pop("env", {})}
+    done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, timeout=300, **kw)
+    assert done.returncode == 0, f"{cmd}\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def _link_site(names: set[str], folder: Path) -> Path:
+    """A folder of symlinks to exactly the top-level files and folders of the distributions
+    `names` (packages, their .libs and .dist-info): what a .pth file puts on the fresh venv's
+    path, without the network."""
+    folder.mkdir()
+    for dist in map(md.distribution, names):
+        for top in {Path(f).parts[0] for f in dist.files or [] if not str(f).startswith("..")}:
+            source = Path(dist.locate_file(top))
+            if source.exists() and not (folder / top).exists():
+                (folder / top).symlink_to(source)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runtime-wheel")
+    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", out, DIST)
+    (found,) = out.glob("clarivis_runtime-*.whl")
+    return found
+
+
+@pytest.fixture(scope="module")
+def runtime_venv(wheel, tmp_path_factory) -> Path:
+    """A fresh venv: the runtime wheel (--no-deps --no-index) plus numpy, Pillow and onnxruntime."""
+    base = tmp_path_factory.mktemp("runtime-venv")
+    _run(sys.executable, "-m", "venv", base / "venv")
+    python = base / "venv" / "bin" / "python"
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = Path(_run(python, "-c", purelib).stdout.strip())
+    deps = _link_site(closure(RUNTIME_DEPS), base / "deps")
+    (site / "runtime-deps.pth").write_text(f"{deps}\n")
+    _run(python, "-m", "pip", "install", "--no-deps", "--no-index", wheel)
+    return python
+
+
+def test_wheel_holds_the_runtime_and_requires_only_its_three_packages(wheel):
+    with zipfile.ZipFile(wheel) as whl:
+        names = whl.namelist()
+        meta = whl.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    requires = sorted(Requirement(line.split(":", 1)[1]).name.lower()
+                      for line in meta.splitlines() if line.startswith("Requires-Dist:"))
+    assert requires == sorted(RUNTIME_DEPS)
+    modules = {n for n in names if n.endswith(".py")}
+    assert "clarivis/runtime/predictor.py" in modules
+    # no torch-based module rides along (api, models, training, export, ...)
+    assert not {n for n in modules if n.split("/")[1] in ("api.py", "models", "training", "export")}
+
+
+def test_fresh_venv_without_torch_predicts_like_the_full_package(runtime_venv, cnn_export, export_base):
+    bundle, _ = cnn_export
+    images = sorted(str(p) for p in held_out(export_base).rglob("*") if p.is_file())[:12]
+    code = textwrap.dedent(f"""
+        import json, sys
+        try:
+            import torch  # noqa: F401
+            has_torch = True
+        except ModuleNotFoundError:
+            has_torch = False
+        import clarivis.runtime
+        rows = clarivis.runtime.Predictor({str(bundle)!r}).predict({images!r}, top_k=2)
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "timm"))
+        print(json.dumps({{"torch": has_torch, "heavy": heavy, "from": clarivis.runtime.__file__,
+                          "rows": [[r.label, r.confidence] for r in rows]}}))
+    """)
+    # Outside the repository, with a clean path: only the venv's own packages can be imported.
+    env = {"PYTHONPATH": "", "PYTHONNOUSERSITE": "1", "OMP_NUM_THREADS": "1"}
+    done = _run(runtime_venv, "-c", code, cwd=runtime_venv.parent, env=env)
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["torch"] is False and out["heavy"] == []
+    assert Path(out["from"]).is_relative_to(runtime_venv.parents[1])  # the wheel, not src/
+    expected = [[r.label, r.confidence] for r in Predictor(bundle).predict(images, top_k=2)]
+    assert [label for label, _ in out["rows"]] == [label for label, _ in expected]
+    assert [c for _, c in out["rows"]] == pytest.approx([c for _, c in expected], abs=1e-6)
+    _run(runtime_venv, "-m", "pip", "check", env=env)  # numpy, Pillow, onnxruntime satisfied
