@@ -184,8 +184,8 @@ def _fit(config, data, device, run_dir, start_state, console, started) -> Pretra
         for epoch in range(state["epoch"] + 1, config.epochs + 1):
             seed_everything(config.seed * 1000 + epoch)  # same views on resume
             batches.set_epoch(epoch)
-            stats = train_one_epoch(method, batches, optimizer, scheduler, budget, state, console,
-                                    epoch=epoch, epochs=config.epochs, total=total, warmup=warmup)
+            stats = train_one_epoch(method, batches, Steps(optimizer, scheduler, budget, total, warmup),
+                                    state, console, epoch=epoch, epochs=config.epochs)
             ips = stats["images_per_second"]
             record = {"epoch": epoch, **stats, "lr": optimizer.param_groups[0]["lr"]}
             state["history"].append(record)
@@ -226,9 +226,19 @@ def _batches(config: PretrainConfig, data: UnlabeledData, device) -> ViewBatches
                        seed=config.seed)
 
 
-def train_one_epoch(method: Method, batches: ViewBatches, optimizer, scheduler, budget: TimeBudget,
-                    state: dict, console: Console, *, epoch: int, epochs: int, total: int,
-                    warmup: int) -> dict:
+@dataclass
+class Steps:
+    """The optimizer and its schedule over the whole run (the clock of a time limit included)."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: object  # timm CosineLRScheduler (engine.warmup_cosine)
+    budget: TimeBudget
+    total: int  # optimizer steps in the planned run
+    warmup: int  # of which warm-up steps
+
+
+def train_one_epoch(method: Method, batches: ViewBatches, steps: Steps, state: dict, console: Console,
+                    *, epoch: int, epochs: int) -> dict:
     """One pass over the images (or until the time limit); returns the epoch's averages."""
     method.train()
     # Running sums stay on the device: no GPU->CPU sync per step.
@@ -237,21 +247,21 @@ def train_one_epoch(method: Method, batches: ViewBatches, optimizer, scheduler, 
     seen, dim, start = 0, 1, time.perf_counter()
     with _progress(console, epoch, epochs, len(batches)) as progress:
         for views in batches:
-            position = budget.position(state["global_step"])  # schedule step (time-aware)
-            method.momentum_update(position, total)
+            position = steps.budget.position(state["global_step"])  # schedule step (time-aware)
+            method.momentum_update(position, steps.total)
             loss, features = method(views)  # features: (V*B, D) backbone outputs
-            optimizer.zero_grad(set_to_none=True)
+            steps.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            method.before_optimizer_step(warming_up=position < warmup)
-            optimizer.step()
+            method.before_optimizer_step(warming_up=position < steps.warmup)
+            steps.optimizer.step()
             state["global_step"] += 1
-            scheduler.step_update(budget.position(state["global_step"]))
+            steps.scheduler.step_update(steps.budget.position(state["global_step"]))
             n, dim = views[0].shape[0], features.shape[1]
             loss_sum += loss.detach().float() * n
             std_sum += std_of_l2_normalized(features.detach().float()) * n
             seen += n
             progress.advance(loss_sum, seen)
-            if budget.spent:
+            if steps.budget.spent:
                 break  # the time limit is reached mid-epoch: save now
     if not torch.isfinite(loss_sum):
         raise ClarivisError(f"pretraining diverged (loss {loss_sum.item()}) in epoch {epoch}; "

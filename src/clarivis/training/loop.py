@@ -74,6 +74,7 @@ class RunPlace:
     world: ddp.World
     console: Console
     started: float  # time.perf_counter() at the start of the run: a time limit counts from it
+    logger: RunLogger | None = None  # metrics.jsonl and TensorBoard (rank 0 only), set by fit
 
 
 @dataclass
@@ -94,7 +95,7 @@ def fit(config: TrainConfig, data: PreparedData, place: RunPlace, *, start_state
     engine.seed_everything(config.seed)  # same initial weights on every rank (DDP also broadcasts them)
     job = _build(config, data, place, fresh=start_state is None, balanced=balanced)
     state = TrainState()
-    logger = RunLogger(place.run_dir) if place.world.is_main else None
+    place.logger = logger = RunLogger(place.run_dir) if place.world.is_main else None
     if start_state is not None:
         state = _restore(start_state, job)
         if logger is not None:
@@ -106,7 +107,7 @@ def fit(config: TrainConfig, data: PreparedData, place: RunPlace, *, start_state
                                         setup_s=time.perf_counter() - place.started)
     job.step.scheduler.step_update(job.step.budget.position(state.global_step))
     try:
-        stopped_early, ips = _run_epochs(config, data, place, job, state, logger)
+        stopped_early, ips = _run_epochs(config, data, place, job, state)
     finally:
         if logger is not None:
             logger.close()
@@ -172,7 +173,7 @@ def _create_model(config: TrainConfig, class_names: list[str], fresh: bool) -> n
 
 
 def _run_epochs(config: TrainConfig, data: PreparedData, place: RunPlace, job: Trainable,
-                state: TrainState, logger: RunLogger | None) -> tuple[bool, float]:
+                state: TrainState) -> tuple[bool, float]:
     """The epochs from state.epoch + 1: (stopped early, last epoch's images/s)."""
     world, step = place.world, job.step
     stopped_early, ips = False, 0.0
@@ -200,8 +201,8 @@ def _run_epochs(config: TrainConfig, data: PreparedData, place: RunPlace, job: T
         state.train_seconds = step.budget.elapsed()
         stopped_early = ddp.from_main(world, should_stop(config, state, step.budget))
         if world.is_main:
-            _save_epoch(config, data, place, job, state, logger, eval_model=eval_model,
-                        improved=improved, last=stopped_early or epoch == config.epochs)
+            _save_epoch(config, data, place, job, state, eval_model=eval_model, improved=improved,
+                        last=stopped_early or epoch == config.epochs)
         if stopped_early:
             break
     ddp.barrier(world)  # no rank leaves before rank 0 has written the bundle
@@ -209,12 +210,10 @@ def _run_epochs(config: TrainConfig, data: PreparedData, place: RunPlace, job: T
 
 
 def _save_epoch(config: TrainConfig, data: PreparedData, place: RunPlace, job: Trainable,
-                state: TrainState, logger: RunLogger, *, eval_model: nn.Module, improved: bool,
-                last: bool) -> None:
+                state: TrainState, *, eval_model: nn.Module, improved: bool, last: bool) -> None:
     """Rank 0, after each epoch: the log line, the bundle when it improved, the checkpoint."""
-    # 8 parameters + 3 flags: the epoch's whole context, passed explicitly rather than as a bag.
     record = state.history[-1]
-    logger.log_epoch(record)
+    place.logger.log_epoch(record)
     if improved:
         job.bundle_config.training = _training_summary(config, data, state, place.world)
         save_bundle(place.run_dir / runs.BUNDLE_DIR, eval_model, job.bundle_config)
