@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,47 +98,55 @@ class DataCheckResult:
         }
 
 
-def check_data(
-    data: str | Path,
-    *,
-    model: str | Path | None = None,
-    weights: str | Path | None = None,
-    pretrained: bool = False,
-    img_size: int | None = None,
-    cached: bool = True,
-    label_issues: bool = True,
-    folds: int = DEFAULT_FOLDS,
-    device: str | None = None,
-    console: Console | None = None,
-    near_distance: int = NEAR_DUPLICATE_DISTANCE,
-    train_settings: dict[str, Any] | None = None,
-    workers: int | None = None,
-) -> DataCheckResult:
+@dataclass(frozen=True)
+class CheckOptions:
+    """How check_data checks: one typed object (check_data also takes its fields by keyword,
+    as the CLI calls it)."""
+
+    model: str | Path | None = None  # features: a ModelBundle or a timm name
+    weights: str | Path | None = None  # local weights for `model` (or naming the architecture)
+    pretrained: bool = False  # hub weights for a timm `model`
+    img_size: int | None = None  # feature input size [the weights' pretrained size]
+    cached: bool = True  # with nothing given, efficientnet_lite0's hub weights if already cached
+    label_issues: bool = True  # False: file checks only
+    folds: int = DEFAULT_FOLDS  # cross-validation folds of the label check
+    device: str | None = None  # None: the best available
+    near_distance: int = NEAR_DUPLICATE_DISTANCE  # hash bits apart for a near duplicate (data/quality.py)
+    train_settings: dict[str, Any] | None = None  # per-fold training instead of features
+    workers: int | None = None  # file-check workers [CPU count, at most 16]
+
+
+def check_data(data: str | Path, options: CheckOptions | None = None, *,
+               console: Console | None = None, **fields: Any) -> DataCheckResult:
     """Check a dataset (folder, split folders or CSV): file findings, then suspected label
     errors by features + logistic regression or, without features, a small model trained per
-    fold. Features: `model` a ModelBundle, or a timm name with local `weights` or hub weights
-    (`pretrained`) at `img_size` [its pretrained size]; weights without `model` use the
-    architecture the file names, else efficientnet_lite0; with nothing given, efficientnet_lite0's
-    hub weights when they are already in the local cache (`cached`; never downloaded)."""
+    fold. `fields`: CheckOptions' fields by keyword, over `options`. Features: `model` a
+    ModelBundle, or a timm name with local `weights` or hub weights (`pretrained`) at
+    `img_size` [its pretrained size]; weights without `model` use the architecture the file
+    names, else efficientnet_lite0; with nothing given, efficientnet_lite0's hub weights when
+    they are already in the local cache (`cached`; never downloaded)."""
+    opts = replace(options or CheckOptions(), **fields)
     console = console or Console(stderr=True, quiet=True)
     # Resolved first: a wrong name or weights file fails before minutes of file checks.
-    source = choose_features(model, weights=weights, pretrained=pretrained, img_size=img_size,
-                             cached=cached and train_settings is None) if label_issues else None
+    source = choose_features(opts.model, weights=opts.weights, pretrained=opts.pretrained,
+                             img_size=opts.img_size, cached=opts.cached and opts.train_settings is None,
+                             ) if opts.label_issues else None
     index = index_dataset(data)
     started = time.perf_counter()
-    quality = check_quality(index, near_distance=near_distance, workers=workers)
+    quality = check_quality(index, near_distance=opts.near_distance, workers=opts.workers)
     seconds = {"files": round(time.perf_counter() - started, 3)}
     console.print(f"checked {len(quality.files)} files in {seconds['files']:.1f} s")
     result = DataCheckResult(str(data), index.layout, index.class_names, quality, None,
                              seconds=seconds)
-    if not label_issues:
+    if not opts.label_issues:
         result.label_check_note = "turned off"
         return result
     readable = quality.readable
     started = time.perf_counter()
     result.labels = find_label_issues(
         [Sample(f.path, f.label) for f in readable], [f.split for f in readable], model=source,
-        cached=False, folds=folds, device=device, train_settings=train_settings, console=console,
+        cached=False, folds=opts.folds, device=opts.device, train_settings=opts.train_settings,
+        console=console,
     )
     seconds["labels"] = round(time.perf_counter() - started, 3)
     return result
