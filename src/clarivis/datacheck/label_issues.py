@@ -23,9 +23,9 @@ from rich.console import Console
 from clarivis.classifier import Classifier
 from clarivis.config import build_config
 from clarivis.data.sources import Sample
+from clarivis.datacheck.label_features import FeatureSource, backbone_features, choose_features
 from clarivis.errors import DataError
 from clarivis.evaluate.inputs import load_labeled_pixels
-from clarivis.evaluate.label_features import FeatureSource, backbone_features, choose_features
 from clarivis.extras import needs
 from clarivis.training.dispatch import run_training
 

@@ -1,7 +1,7 @@
 """`clarivis check`: data quality findings and suspected label errors of a dataset, ranked.
 
 File checks (data.quality) run first and never need a model; the label check
-(evaluate.label_issues) runs on the readable images afterwards."""
+(datacheck.label_issues) runs on the readable images afterwards."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from clarivis.data.quality import (
 )
 from clarivis.data.sources import Sample, index_dataset
 from clarivis.data.thumbnails import FINDING_THUMBNAIL, thumbnail
-from clarivis.evaluate.label_features import choose_features
-from clarivis.evaluate.label_issues import DEFAULT_FOLDS, LabelIssueResult, find_label_issues
+from clarivis.datacheck.label_features import choose_features
+from clarivis.datacheck.label_issues import DEFAULT_FOLDS, LabelIssueResult, find_label_issues
 
 SEVERITIES = ("error", "warning", "info")
 # Within a severity: what breaks training or evaluation first, then what misleads it.

@@ -109,7 +109,7 @@ def test_check_command_on_backbone_features(tmp_path, capsys, name):
     (tests/evaluate/test_label_issues.py); here the check runs end to end through the CLI."""
     from tests.e2e.test_cli import run_cli
 
-    from clarivis.evaluate.label_issues import LOGREG_C_GRID
+    from clarivis.datacheck.label_issues import LOGREG_C_GRID
 
     weights = tmp_path / "w.safetensors"
     _save_tiny_weights(weights, name)

@@ -11,14 +11,14 @@ from tests.check_data_gen import flip_labels, make_colors
 from tests.conftest import CNN, VIT
 
 from clarivis.data.sources import Sample, index_dataset
-from clarivis.errors import DataError, ModelError
-from clarivis.evaluate import label_features, label_issues
-from clarivis.evaluate.label_issues import (
+from clarivis.datacheck.label_issues import (
     _assign_folds,
     find_label_issues,
     logreg_oof_probabilities,
     rank_label_issues,
 )
+from clarivis.errors import DataError, ModelError
+from clarivis.evaluate import label_features, label_issues
 
 
 def _blobs(n_per_class=60, classes=3, flips=9, seed=0):
