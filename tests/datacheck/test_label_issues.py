@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from tests.batch_predict.tiny_bundle import train_bundle
 from tests.check_data_gen import flip_labels, make_colors
-from tests.conftest import CNN, VIT
+from tests.tiny import CNN, VIT, train_bundle
 
 from clarivis.data.sources import Sample, index_dataset
+from clarivis.datacheck import label_features, label_issues
 from clarivis.datacheck.label_issues import (
     _assign_folds,
     find_label_issues,
@@ -18,7 +18,6 @@ from clarivis.datacheck.label_issues import (
     rank_label_issues,
 )
 from clarivis.errors import DataError, ModelError
-from clarivis.evaluate import label_features, label_issues
 
 
 def _blobs(n_per_class=60, classes=3, flips=9, seed=0):
