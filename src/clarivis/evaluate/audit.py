@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -49,73 +50,95 @@ class AuditResult:
         return asdict(self)
 
 
-def audit(
-    model,
-    data: str | Path,
-    *,
-    groups: list[str] | None = None,
-    robustness: bool = True,
-    robustness_images: int | None = None,
-    adversarial: bool = False,
-    adversarial_images: int = 256,
-    device: str | None = None,
-    on_stage: Callable[[str], None] | None = None,
-) -> AuditResult:
+@dataclass(frozen=True)
+class AuditOptions:
+    """What audit measures beyond metrics and calibration: one typed object (audit also takes
+    its fields by keyword, as the CLI calls it)."""
+
+    groups: list[str] | None = None  # manifest columns to split by [every extra column]
+    robustness: bool = True  # the corruption sweep
+    robustness_images: int | None = None  # images corrupted [corruption_robustness's default]
+    adversarial: bool = False  # FGSM/PGD attacks (slow on CPU)
+    adversarial_images: int = 256  # images attacked
+    device: str | None = None  # for a bundle path; None: the best available
+
+
+def audit(model, data: str | Path, options: AuditOptions | None = None, *,
+          on_stage: Callable[[str], None] | None = None, **fields: Any) -> AuditResult:
     """Audit `model` (bundle path or Classifier) on labeled `data` (folder, split folder or CSV
     manifest whose extra columns are group attributes). Images of classes the model was not
-    trained on are kept as the open-set test."""
-    clf = model if isinstance(model, Classifier) else Classifier.load(model, device=device)
+    trained on are kept as the open-set test. `fields`: AuditOptions' fields by keyword, over
+    `options`; `on_stage` is called with each stage's name as it starts."""
+    opts = replace(options or AuditOptions(), **fields)
+    clf = model if isinstance(model, Classifier) else Classifier.load(model, device=opts.device)
     stage = on_stage or (lambda _: None)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
 
     stage("loading test images")
+    test, columns = _load_test(clf, data, opts.groups)
+    logits = clf.pixel_logits(test.pixels)
+    seconds["inference"] = time.perf_counter() - started
+    notes: list[str] = []
+    probs, metrics, calibration = _known_class_metrics(clf, test, logits, notes)
+
+    stage("subgroups")
+    subgroups = _timed(seconds, "subgroups", _subgroups, test, probs.argmax(dim=1), columns,
+                       len(clf.class_names), notes)
+    open_set = _open_set(clf, logits, test.known, notes)
+
+    name = clf.config.architecture if isinstance(model, Classifier) else str(model)
+    result = AuditResult(name, str(data), len(test.samples), metrics,
+                         calibration, subgroups, open_set, None, None, test.skipped, notes, seconds)
+    # Both stages keep the images of known classes themselves (robustness.known_images).
+    if opts.robustness:
+        stage("corruption robustness")
+        result.robustness = _timed(seconds, "robustness", _robustness, clf, test,
+                                   opts.robustness_images)
+    if opts.adversarial:
+        stage("adversarial attacks")
+        result.adversarial = _timed(seconds, "adversarial", _adversarial, clf, test,
+                                    opts.adversarial_images)
+    seconds["total"] = time.perf_counter() - started
+    return result
+
+
+def _load_test(clf: Classifier, data: str | Path,
+               groups: list[str] | None) -> tuple[LabeledPixels, list[str]]:
+    """The decoded test images and the group columns to split them by."""
     samples = evaluation_samples(index_dataset(data))
     columns = _group_columns(samples, groups, data)
     test = load_labeled_pixels(clf, samples)
     if not bool(test.known.any()):
         raise DataError(f"no image in {data} belongs to the model's classes "
                         f"({', '.join(clf.class_names[:10])}); audit needs labeled test images")
-    logits = clf.pixel_logits(test.pixels)
-    seconds["inference"] = time.perf_counter() - started
-    notes: list[str] = []
+    return test, columns
 
-    known = test.known
-    t = clf.config.temperature
+
+def _known_class_metrics(clf: Classifier, test: LabeledPixels, logits: torch.Tensor,
+                         notes: list[str]) -> tuple[torch.Tensor, dict, dict]:
+    """(calibrated probabilities (K, C), metrics, calibration) on the K images of known classes."""
+    known, t = test.known, clf.config.temperature
     probs = torch.softmax(logits[known] / t, dim=1)
     metrics = compute_metrics(probs, test.targets[known], clf.class_names).to_dict()
     calibration = calibration_report(logits[known], test.targets[known], t)
     if t == 1.0:
         notes.append("the bundle has no fitted temperature (T = 1): " +
                      clf.config.calibration.get("note", "retrain with a validation split to fit one"))
+    return probs, metrics, calibration
 
-    stage("subgroups")
-    subgroups = _timed(seconds, "subgroups", _subgroups, test, probs.argmax(dim=1), columns,
-                       len(clf.class_names), notes)
 
-    open_set = None
+def _open_set(clf: Classifier, logits: torch.Tensor, known: torch.Tensor,
+              notes: list[str]) -> dict | None:
+    """Rejection of the images of unknown classes at the bundle's threshold (None: no threshold)."""
     if clf.config.ood is None:
         notes.append("open-set: the bundle has no rejection threshold (fitted on val in training)")
-    else:
-        open_set = rejection_report(logits, known, t, clf.config.ood)
-        if not open_set["auroc"]:
-            notes.append("open-set AUROC needs test images of classes the model was not trained "
-                         "on (add a folder of other classes to the test data)")
-
-    name = clf.config.architecture if isinstance(model, Classifier) else str(model)
-    result = AuditResult(name, str(data), len(test.samples), metrics,
-                         calibration, subgroups, open_set, None, None, test.skipped, notes, seconds)
-    # Both stages keep the images of known classes themselves (robustness.known_images).
-    if robustness:
-        stage("corruption robustness")
-        result.robustness = _timed(seconds, "robustness", _robustness, clf, test,
-                                   robustness_images)
-    if adversarial:
-        stage("adversarial attacks")
-        result.adversarial = _timed(seconds, "adversarial", _adversarial, clf, test,
-                                    adversarial_images)
-    seconds["total"] = time.perf_counter() - started
-    return result
+        return None
+    open_set = rejection_report(logits, known, clf.config.temperature, clf.config.ood)
+    if not open_set["auroc"]:
+        notes.append("open-set AUROC needs test images of classes the model was not trained "
+                     "on (add a folder of other classes to the test data)")
+    return open_set
 
 
 def _robustness(clf, data: LabeledPixels, max_images: int | None) -> dict:
