@@ -12,7 +12,7 @@ import csv
 import tempfile
 import warnings
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,25 +80,33 @@ class LabelIssueResult:
                 "issues": [asdict(i) for i in self.issues]}
 
 
-def find_label_issues(
-    samples: list[Sample],
-    splits: list[str],
-    *,
-    model: str | Path | FeatureSource | None = None,
-    weights: str | Path | None = None,
-    pretrained: bool = False,
-    img_size: int | None = None,
-    cached: bool = True,
-    folds: int = DEFAULT_FOLDS,
-    device: str | None = None,
-    seed: int = 0,
-    train_settings: dict[str, Any] | None = None,
-    console: Console | None = None,
-) -> LabelIssueResult:
+@dataclass(frozen=True)
+class LabelCheckOptions:
+    """How the label check gets its probabilities (find_label_issues also takes these fields by
+    keyword). Features of a bundle or pretrained backbone (`model`, `weights`, `pretrained`,
+    `img_size`; see label_features.choose_features, which also uses cached hub weights unless
+    `cached` is off or `train_settings` are given), else a small model trained per fold."""
+
+    model: str | Path | FeatureSource | None = None
+    weights: str | Path | None = None
+    pretrained: bool = False
+    img_size: int | None = None
+    cached: bool = True
+    folds: int = DEFAULT_FOLDS
+    device: str | None = None
+    seed: int = 0
+    train_settings: dict[str, Any] | None = None  # TrainConfig fields of the per-fold runs
+
+
+def find_label_issues(samples: list[Sample], splits: list[str], options: LabelCheckOptions | None = None,
+                      *, console: Console | None = None, **fields: Any) -> LabelIssueResult:
     """Suspected label errors among readable `samples` (with their split names), by (a) the
-    features of a bundle or pretrained backbone (`model`, `weights`, `pretrained`, `img_size`;
-    see label_features.choose_features, which also uses cached hub weights unless `cached` is
-    off or `train_settings` are given), or (b) training per fold when there are none."""
+    features of a bundle or pretrained backbone, or (b) training per fold when there are none.
+    `fields`: LabelCheckOptions' fields by keyword, over `options`."""
+    opts = replace(options or LabelCheckOptions(), **fields)
+    model, weights, pretrained, img_size = opts.model, opts.weights, opts.pretrained, opts.img_size
+    cached, folds, device, seed, train_settings = (opts.cached, opts.folds, opts.device, opts.seed,
+                                                   opts.train_settings)
     console = console or Console(stderr=True, quiet=True)
     source = choose_features(model, weights=weights, pretrained=pretrained, img_size=img_size,
                              cached=cached and train_settings is None)
