@@ -43,6 +43,7 @@ browser:
 	  echo "chromium not installed: the browser tests will skip"
 
 test: install browser
+	$(BIN)/lint-imports  # the layers of docs/DESIGN.md (pyproject.toml, [tool.importlinter])
 	$(BIN)/python -m pytest -n 2 --durations=15
 
 test-fast: install
