@@ -1,22 +1,30 @@
-"""Shared fixtures: small generated datasets and tiny timm models, no downloads."""
+"""Shared fixtures: small generated datasets and the tiny models of tests/tiny.py, built once
+per session where they are read-only. No downloads."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 # Two pytest-xdist workers share 2 cores in CI: one torch thread each avoids oversubscription.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
+from tests.tiny import (  # noqa: E402
+    CNN,
+    VIT,
+    TinyClip,
+    clip_images,
+    exported,
+    make_pool,
+    train_bundle,
+    train_red_blue,
+    write_images,
+    write_tiny_clip,
+)
 
 torch.set_num_threads(1)
-
-CNN = "test_resnet"
-VIT = "test_vit"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,22 +50,10 @@ def digits_dir(tmp_path_factory) -> Path:
     return make_digits(tmp_path_factory.mktemp("digits") / "digits", img_size=32)
 
 
-def write_image(path: Path, color=(200, 30, 30), size=(24, 24), mode="RGB", fmt=None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(abs(hash(str(path))) % 2**32)
-    arr = np.clip(np.array(color) + rng.integers(-20, 20, (size[1], size[0], 3)), 0, 255)
-    Image.fromarray(arr.astype(np.uint8)).convert(mode).save(path, format=fmt)
-    return path
-
-
 @pytest.fixture
 def tiny_folder(tmp_path) -> Path:
     """DIR/<class>/*.png with two easily separable classes, 12 images each."""
-    root = tmp_path / "tiny"
-    for i in range(12):
-        write_image(root / "red" / f"r{i}.png", (220, 20, 20))
-        write_image(root / "blue" / f"b{i}.png", (20, 20, 220))
-    return root
+    return write_images(tmp_path / "tiny", 12, nested=False)
 
 
 @pytest.fixture(scope="session")
@@ -81,16 +77,12 @@ def lighting_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def cnn_export(export_base):
     """A tiny CNN bundle exported to fp32 and int8 ONNX (tests/export and tests/runtime)."""
-    from tests.export.tiny_models import exported
-
     return exported(export_base, CNN, int8=True)
 
 
 @pytest.fixture(scope="session")
 def vit_export(export_base):
     """A tiny ViT bundle exported to fp32 ONNX."""
-    from tests.export.tiny_models import exported
-
     return exported(export_base, VIT, int8=False)
 
 
@@ -98,3 +90,39 @@ def vit_export(export_base):
 def export_base(tmp_path_factory):
     """Where the exported tiny models (and their held-out images) live for the session."""
     return tmp_path_factory.getbasetemp() / "export-models"
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """tests/tiny.train_bundle: test_resnet at 32 px told red from blue, for tests that only read
+    it (batch prediction, the service). A test that changes its bundle trains its own."""
+    return train_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="session")
+def active_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(run folder, its labeled training folder): test_resnet at 32 px with a linear-probe head
+    on 12 red and 12 blue images (seconds; the random conv features keep the colour)."""
+    root = tmp_path_factory.mktemp("active")
+    result = train_red_blue(root, per_class=12, size=(32, 32), nested=False, linear_probe=True,
+                            report=False, val_fraction=0.0, epochs=None, batch_size=None)
+    return result.run_dir, root / "train"
+
+
+@pytest.fixture
+def pool(tmp_path) -> Path:
+    """tests/tiny.make_pool: 10 red, 10 blue and 4 half-and-half images, unlabeled."""
+    return make_pool(tmp_path / "pool")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> TinyClip:
+    """tests/tiny.write_tiny_clip: an open_clip model of seeded random weights (zeroshot extra)."""
+    return write_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="session")
+def colour_data(tmp_path_factory) -> Path:
+    """tests/tiny.clip_images: DIR/<class>/*.png, the 3 colour classes of the tiny CLIP's labels
+    (folder names with underscores, as users name them)."""
+    return clip_images(tmp_path_factory.mktemp("colours") / "data")

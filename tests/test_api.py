@@ -6,7 +6,7 @@ import json
 
 import pytest
 from PIL import Image
-from tests.conftest import CNN, VIT, write_image
+from tests.tiny import CNN, VIT, write_image
 
 import clarivis
 

@@ -8,8 +8,8 @@ import csv
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from tests.conftest import CNN, VIT, write_image
 from tests.e2e.test_cli import assert_one_line_error, run_cli
+from tests.tiny import CNN, VIT, write_image
 
 import clarivis
 from clarivis.embeddings import embed_images, load_encoder

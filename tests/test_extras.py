@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.export.tiny_models import colour_images
 from tests.installs import ROOT, canonical, closure, core_names, extra_names, import_names, project
+from tests.tiny import colour_images
 
 from clarivis.extras import EXTRAS, MissingExtraError, available, needs, require
 

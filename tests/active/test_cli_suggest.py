@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from tests.active.conftest import make_pool
 from tests.e2e.test_cli import assert_one_line_error, run_cli
+from tests.tiny import make_pool
 
 
 def test_suggest_prints_the_top_of_the_queue(active_run, pool, tmp_path, capsys):

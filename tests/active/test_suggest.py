@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.active.conftest import BLUE, SIDE, make_pool
-from tests.conftest import CNN, VIT, write_image
+from tests.tiny import BLUE, CNN, SIDE, VIT, make_pool, tiny_classifier, write_image
 
 import clarivis
 from clarivis.active import queue
@@ -133,15 +132,7 @@ def test_default_out_folder(active_run, pool, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("arch", [CNN, VIT])
 def test_one_forward_pass_gives_the_models_logits_and_embeddings(arch):
-    from clarivis.data.transforms import Preprocess
-    from clarivis.models.bundle import make_bundle_config
-    from clarivis.models.factory import create_model
-
-    torch.manual_seed(0)
-    net = create_model(arch, num_classes=3, img_size=32)
-    config = make_bundle_config(architecture=arch, class_names=["a", "b", "c"],
-                                preprocess=Preprocess(img_size=32))
-    clf = clarivis.Classifier(net, config, torch.device("cpu"))
+    clf = tiny_classifier(arch, classes=["a", "b", "c"])
     pixels = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     emb, logits = forward_both(clf, pixels)
     assert torch.allclose(logits, clf.logits(clf.normalize(pixels)), atol=1e-5)

@@ -1,16 +1,11 @@
-"""Fixtures for the inference tests: one tiny trained bundle for the whole session."""
+"""Fixtures of the batch prediction tests (the bundle is tests/conftest.py's tiny_bundle)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from tests.batch_predict.tiny_bundle import train_bundle, write_images
-
-
-@pytest.fixture(scope="session")
-def bundle(tmp_path_factory) -> Path:
-    return train_bundle(tmp_path_factory.mktemp("bundle"))
+from tests.tiny import write_images
 
 
 @pytest.fixture

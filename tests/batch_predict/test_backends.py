@@ -4,7 +4,7 @@ the same rows from either backend for files, folders and globs."""
 from __future__ import annotations
 
 import pytest
-from tests.export.tiny_models import held_out
+from tests.tiny import held_out
 
 from clarivis.batch_predict.backends import BACKENDS, check_backend, load_predictor, predict_rows
 from clarivis.classifier import Classifier

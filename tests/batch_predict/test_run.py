@@ -30,12 +30,12 @@ def _rows(path: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
-def test_each_format_round_trips(bundle, images, tmp_path, suffix):
+def test_each_format_round_trips(tiny_bundle, images, tmp_path, suffix):
     out = tmp_path / "out" / f"preds{suffix}"
-    summary = predict_to_file(bundle, images, out, top_k=2, batch_size=4, device="cpu")
+    summary = predict_to_file(tiny_bundle, images, out, top_k=2, batch_size=4, device="cpu")
     assert (summary.predicted, summary.errors, summary.skipped) == (13, 0, 0)
     assert summary.line().endswith(f"wrote {out}")
-    expected = Classifier.load(bundle, device="cpu").predict(images, top_k=2)
+    expected = Classifier.load(tiny_bundle, device="cpu").predict(images, top_k=2)
     rows = _rows(out)
     assert [r["path"] for r in rows] == [p.source for p in expected]
     assert [r["label"] for r in rows] == [p.label for p in expected]
@@ -48,9 +48,9 @@ def test_each_format_round_trips(bundle, images, tmp_path, suffix):
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
-def test_resume_after_a_crash_predicts_only_the_rest(bundle, images, tmp_path, suffix):
+def test_resume_after_a_crash_predicts_only_the_rest(tiny_bundle, images, tmp_path, suffix):
     full = tmp_path / f"full{suffix}"
-    predict_to_file(bundle, images, full, batch_size=4, device="cpu")
+    predict_to_file(tiny_bundle, images, full, batch_size=4, device="cpu")
     # What a run killed after 5 rows leaves: complete lines and one torn line. For Parquet
     # the rows are in the hidden JSONL journal beside the (not yet written) target.
     out = tmp_path / f"preds{suffix}"
@@ -60,33 +60,33 @@ def test_resume_after_a_crash_predicts_only_the_rest(bundle, images, tmp_path, s
     header = 1 if suffix == ".csv" else 0
     journal.write_text("".join(lines[:header + 5]) + lines[header + 5][:17])
     with pytest.raises(OutputError, match="--resume"):
-        predict_to_file(bundle, images, out, device="cpu")
-    summary = predict_to_file(bundle, images, out, resume=True, batch_size=4, device="cpu")
+        predict_to_file(tiny_bundle, images, out, device="cpu")
+    summary = predict_to_file(tiny_bundle, images, out, resume=True, batch_size=4, device="cpu")
     assert (summary.predicted, summary.skipped) == (8, 5)
     assert [r["path"] for r in _rows(out)] == [r["path"] for r in _rows(full)]  # each once
     assert not journal.exists() or journal == out
     # Resuming a finished file predicts nothing and changes nothing.
     before = out.read_bytes()
-    summary = predict_to_file(bundle, images, out, resume=True, device="cpu")
+    summary = predict_to_file(tiny_bundle, images, out, resume=True, device="cpu")
     assert (summary.predicted, summary.skipped) == (0, 13) and out.read_bytes() == before
 
 
-def test_unreadable_and_missing_inputs_are_error_rows(bundle, images, tmp_path):
+def test_unreadable_and_missing_inputs_are_error_rows(tiny_bundle, images, tmp_path):
     (images / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     (images / "red" / "empty.png").write_bytes(b"")
     out = tmp_path / "preds.jsonl"
-    summary = predict_to_file(bundle, [images, tmp_path / "missing.png"], out, device="cpu")
+    summary = predict_to_file(tiny_bundle, [images, tmp_path / "missing.png"], out, device="cpu")
     assert (summary.predicted, summary.errors) == (13, 3)
     errors = {Path(r["path"]).name: r["error"] for r in _rows(out) if r["error"]}
     assert errors["missing.png"] == "file not found"
     assert "empty file" in errors["empty.png"] and "broken.jpg" in errors
 
 
-def test_user_errors_are_clarivis_errors(bundle, images, tmp_path):
+def test_user_errors_are_clarivis_errors(tiny_bundle, images, tmp_path):
     with pytest.raises(OutputError, match="unknown format"):
-        predict_to_file(bundle, images, tmp_path / "preds.xlsx")
+        predict_to_file(tiny_bundle, images, tmp_path / "preds.xlsx")
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match="choose another --out"):
-        predict_to_file(bundle, images, tmp_path / "file" / "preds.csv")
+        predict_to_file(tiny_bundle, images, tmp_path / "file" / "preds.csv")
     with pytest.raises(OutputError, match="is a folder"):
-        predict_to_file(bundle, images, tmp_path)
+        predict_to_file(tiny_bundle, images, tmp_path)

@@ -3,7 +3,7 @@ tests/data/test_expand.py)."""
 
 from __future__ import annotations
 
-from tests.conftest import write_image
+from tests.tiny import write_image
 
 from clarivis.api import Classifier
 from clarivis.batch_predict.stream import Source, iter_sources, predict_batch, shard, skip_done
@@ -36,9 +36,9 @@ def test_skip_done_skips_known_and_repeated_paths():
     assert [s.path for s in kept] == ["b.png", "c.png"] and len(skipped) == 2
 
 
-def test_predict_batch_matches_classifier_predict(bundle, images, tmp_path):
+def test_predict_batch_matches_classifier_predict(tiny_bundle, images, tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    clf = Classifier.load(bundle, device="cpu")
+    clf = Classifier.load(tiny_bundle, device="cpu")
     files = [path for path, _ in walk_images(str(images))][:4]
     batch = [Source(files[0]), Source(str(tmp_path / "bad.png")), Source("gone.png", "file not found"),
              *map(Source, files[1:])]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import write_image
+from tests.tiny import write_image
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 

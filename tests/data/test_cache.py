@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.conftest import write_image
+from tests.tiny import write_image
 
 from clarivis.data import cache
 from clarivis.data.dataset import pil_to_uint8

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from PIL import Image
-from tests.conftest import write_image
+from tests.tiny import write_image
 
 from clarivis.data.expand import expand_inputs, expand_path, walk_images
 from clarivis.data.io import is_image_path

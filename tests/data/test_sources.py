@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tests.conftest import write_image
+from tests.tiny import write_image
 
 from clarivis.data.sources import fingerprint, index_dataset
 from clarivis.data.splits import resolve_splits, stratified_split

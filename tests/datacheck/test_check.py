@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 from tests.check_data_gen import colour_image, flip_labels, make_colors
-from tests.conftest import CNN, VIT
+from tests.tiny import CNN, VIT
 
 from clarivis.datacheck import check_data, finding_thumbnails, save_check
 

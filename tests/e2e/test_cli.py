@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from tests.conftest import CNN, VIT, write_image
+from tests.tiny import CNN, VIT, write_image
 
 from clarivis.cli import main
 

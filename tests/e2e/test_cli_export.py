@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tests.batch_predict.tiny_bundle import train_bundle, write_images
 from tests.e2e.test_cli import assert_one_line_error, run_cli
+from tests.tiny import train_bundle, write_images
 
 
 def test_export_then_predict_with_onnx_matches_torch(tmp_path, capsys):

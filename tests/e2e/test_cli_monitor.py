@@ -6,8 +6,8 @@ import csv
 import json
 from datetime import UTC, datetime, timedelta
 
-from tests.batch_predict.tiny_bundle import train_bundle
 from tests.e2e.test_cli import assert_one_line_error, run_cli
+from tests.tiny import train_bundle
 
 from clarivis.models.bundle import bundle_version
 from clarivis.serve.predlog import LoggedPrediction, PredictionLog

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from tests.batch_predict.tiny_bundle import train_bundle, write_images
 from tests.e2e.test_cli import assert_one_line_error, run_cli
+from tests.tiny import train_bundle, write_images
 
 from clarivis.batch_predict.writers import read_csv_rows
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import shlex
 
-from tests.conftest import CNN, write_image
 from tests.e2e.test_cli import assert_one_line_error, run_cli
+from tests.tiny import CNN, write_image
 
 
 def test_pretrain_then_train_with_the_printed_command(tiny_folder, tmp_path, capsys):

@@ -9,8 +9,8 @@ import shutil
 import pytest
 from PIL import Image
 from tests.check_data_gen import flip_labels, make_colors
-from tests.conftest import CNN
 from tests.e2e.test_cli import assert_one_line_error, run_cli
+from tests.tiny import CNN
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 from tests.browser import BROKEN_IMAGES_JS, chromium_page
-from tests.serve.live import png_bytes, running_server, train_tiny_bundle
+from tests.serve.live import png_bytes, running_server
+from tests.tiny import train_bundle as train_tiny_bundle
 
 from clarivis.serve.app import create_app
 

@@ -7,8 +7,8 @@ from itertools import pairwise
 
 import pytest
 import torch
-from tests.conftest import CNN, VIT
 from tests.evaluate.test_robustness import train_stripes  # the same tiny stripe-orientation models
+from tests.tiny import CNN, VIT
 
 from clarivis.evaluate.adversarial import adversarial_robustness, attack, eps_name
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tests.conftest import write_image
+from tests.tiny import write_image
 
 from clarivis.errors import DataError
 from clarivis.evaluate.audit import audit

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.tiny import train_bundle
 
 from clarivis.evaluate.calibration import (
     MIN_CALIBRATION_IMAGES,
@@ -51,8 +52,6 @@ def test_reliability_bins_count_every_image_and_match_accuracy():
 
 
 def test_calibrate_bundle_stores_temperature_and_threshold(tmp_path):
-    from tests.batch_predict.tiny_bundle import train_bundle
-
     bundle = train_bundle(tmp_path)
     logits, targets = sampled_logits(n=200, classes=2, true_t=2.0)
     config = calibrate_bundle(bundle, logits, targets)
@@ -77,8 +76,6 @@ def test_prediction_baseline_shares_and_histogram():
 
 
 def test_bundle_version_changes_with_the_weights(tmp_path):
-    from tests.batch_predict.tiny_bundle import train_bundle
-
     from clarivis.models.bundle import bundle_version, update_bundle_config
 
     bundle = train_bundle(tmp_path)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.conftest import CNN, VIT
+from tests.tiny import CNN, VIT
 
 import clarivis
 from clarivis.api import Classifier

@@ -4,8 +4,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from tests.conftest import CNN, VIT, write_image
-from tests.explain.tiny_classifier import CLASSES, tiny_classifier
+from tests.tiny import CLASSES, CNN, VIT, tiny_classifier, write_image
 
 from clarivis.errors import ClarivisError
 from clarivis.explain import explain, overlay_png

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from tests.conftest import CNN, VIT
-from tests.explain.tiny_classifier import tiny_classifier
+from tests.tiny import CNN, VIT, tiny_classifier
 from torch import nn
 
 from clarivis.errors import ClarivisError, ModelError

@@ -5,8 +5,8 @@ share of the image area, for a tiny CNN and a tiny ViT trained here."""
 import numpy as np
 import pytest
 import torch
-from tests.conftest import CNN, VIT
 from tests.explain.evidence import evidence_test_set, mass_inside, write_evidence_dataset
+from tests.tiny import CNN, VIT
 
 import clarivis
 from clarivis.explain import heatmaps

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from tests.conftest import CNN, VIT
+from tests.tiny import CNN, VIT
 
 from clarivis.data.transforms import Preprocess
 from clarivis.errors import ModelError

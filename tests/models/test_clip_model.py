@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from tests.models.tiny_clip import write_tiny_clip
 
 from clarivis.api import Classifier
 from clarivis.data.transforms import Preprocess
@@ -18,8 +17,8 @@ from clarivis.models.factory import check_model_name, create_model, pretrained_c
 
 
 @pytest.fixture(scope="module")
-def clip_files(tmp_path_factory):
-    return write_tiny_clip(tmp_path_factory.mktemp("clip"))
+def clip_files(tiny_clip):
+    return tiny_clip.config, tiny_clip.weights
 
 
 @pytest.fixture(scope="module")

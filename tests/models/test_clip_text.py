@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from tests.models.tiny_clip import full_clip
+from tests.tiny import full_clip
 
 from clarivis.models.clip import class_text_embeddings, clip_text_classifier, text_initialized_model
 from clarivis.models.open_clip import clip_tokenizer, resolve_clip

@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 from safetensors.torch import save_file
-from tests.conftest import CNN, VIT
+from tests.tiny import CNN, VIT
 
 from clarivis.errors import ModelError
 from clarivis.models.factory import (

@@ -8,7 +8,7 @@ import json
 
 import pytest
 from PIL import Image
-from tests.conftest import CNN, VIT, write_image
+from tests.tiny import CNN, VIT, write_image
 
 import clarivis
 from clarivis.report.gallery import gallery_method, top_losses

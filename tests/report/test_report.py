@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 from tests.browser import BROKEN_IMAGES_JS, chromium_page
-from tests.conftest import write_image
 from tests.e2e.test_cli import run_cli
+from tests.tiny import write_image
 
 from clarivis.report.html import write_report
 

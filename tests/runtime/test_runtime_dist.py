@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
-from tests.export.tiny_models import held_out
 from tests.installs import closure
+from tests.tiny import held_out
 
 from clarivis.runtime import Predictor
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tests.export.tiny_models import held_out
+from tests.tiny import held_out
 
 from clarivis.errors import ModelError
 from clarivis.runtime import Predictor, RuntimePrediction, predict_files

@@ -1,5 +1,5 @@
-"""A real uvicorn server on a free loopback port, in a thread of the test process, and the tiny
-trained bundle it serves."""
+"""A real uvicorn server on a free loopback port, in a thread of the test process, and the image
+bytes a client uploads."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import uvicorn
@@ -37,12 +36,6 @@ def running_server(app) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
-
-
-def train_tiny_bundle(root: Path) -> Path:
-    from tests.batch_predict.tiny_bundle import train_bundle
-
-    return train_bundle(root)
 
 
 def png_bytes(color=(220, 20, 20), size=(40, 30), fmt="PNG") -> bytes:

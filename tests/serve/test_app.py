@@ -18,10 +18,10 @@ KEY = "s3cret-key"
 
 
 @pytest.fixture(scope="module")
-def server(served_bundle, tmp_path_factory):
+def server(tiny_bundle, tmp_path_factory):
     """(base URL, database URL) of a server without an API key, 4 files a request at most."""
     db = f"sqlite:///{tmp_path_factory.mktemp('db') / 'log.db'}"
-    app = create_app(served_bundle, db_url=db, max_files=4)
+    app = create_app(tiny_bundle, db_url=db, max_files=4)
     with running_server(app) as url:
         yield url, db
 
@@ -148,7 +148,7 @@ def test_explain_returns_a_png_overlay(client):
     assert_clean_error(client.post("/v1/explain", files=two), 422, "one image")
 
 
-def test_model_metadata(client, served_bundle):
+def test_model_metadata(client, tiny_bundle):
     m = client.get("/v1/model").json()
     assert m["architecture"] == "test_resnet" and m["class_names"] == ["blue", "red"]
     assert m["input_size"] == [3, 32, 32] and m["backend"] == "torch" and not m["auth_required"]
@@ -195,8 +195,8 @@ def test_web_page_and_assets_are_local(client):
     assert "http://" not in page.text and "https://" not in page.text  # no CDN
 
 
-def test_api_key(served_bundle, tmp_path):
-    app = create_app(served_bundle, api_key=KEY, db_url=f"sqlite:///{tmp_path / 'k.db'}")
+def test_api_key(tiny_bundle, tmp_path):
+    app = create_app(tiny_bundle, api_key=KEY, db_url=f"sqlite:///{tmp_path / 'k.db'}")
     with running_server(app) as url, httpx.Client(base_url=url) as c:
         img = files(("a.png", png_bytes()))
         assert_clean_error(c.post("/v1/predict", files=img), 401, "API key")
@@ -208,41 +208,41 @@ def test_api_key(served_bundle, tmp_path):
         assert logged(f"sqlite:///{tmp_path / 'k.db'}") == 1
 
 
-def test_request_timeout_is_504_and_not_logged(served_bundle, tmp_path):
+def test_request_timeout_is_504_and_not_logged(tiny_bundle, tmp_path):
     db = f"sqlite:///{tmp_path / 't.db'}"
-    app = create_app(served_bundle, db_url=db, timeout_s=1e-4)
+    app = create_app(tiny_bundle, db_url=db, timeout_s=1e-4)
     with running_server(app) as url, httpx.Client(base_url=url) as c:
         assert_clean_error(c.post("/v1/predict", files=files(("a.png", png_bytes()))), 504, "limit")
     assert logged(db) == 0
 
 
-def test_store_images_keeps_the_bytes_only_when_asked(served_bundle, tmp_path):
+def test_store_images_keeps_the_bytes_only_when_asked(tiny_bundle, tmp_path):
     data = png_bytes((20, 20, 220))
     for store in (False, True):
         db = f"sqlite:///{tmp_path / f'{store}.db'}"
-        with running_server(create_app(served_bundle, db_url=db, store_images=store)) as url:
+        with running_server(create_app(tiny_bundle, db_url=db, store_images=store)) as url:
             assert httpx.post(f"{url}/v1/predict", files=files(("b.png", data))).status_code == 200
         with PredictionLog(db) as log:
             (row,) = log.query()
         assert row.image == (data if store else None) and row.num_bytes == len(data)
 
 
-def test_bad_settings_fail_before_serving(served_bundle, tmp_path):
+def test_bad_settings_fail_before_serving(tiny_bundle, tmp_path):
     from clarivis.errors import ClarivisError
 
     with pytest.raises(ClarivisError, match="backend"):
-        create_app(served_bundle, backend="tensorrt")
+        create_app(tiny_bundle, backend="tensorrt")
     with pytest.raises(ClarivisError, match="max-batch"):
-        create_app(served_bundle, max_batch=0)
+        create_app(tiny_bundle, max_batch=0)
     with pytest.raises(ClarivisError, match="ModelBundle|does not exist"):
         create_app(tmp_path / "nothing")
     with pytest.raises(ClarivisError, match="export|runtime"):
-        create_app(served_bundle, backend="onnx")  # no model.onnx in this bundle
+        create_app(tiny_bundle, backend="onnx")  # no model.onnx in this bundle
 
 
-def test_chunked_body_over_the_limit_is_413(served_bundle, tmp_path):
+def test_chunked_body_over_the_limit_is_413(tiny_bundle, tmp_path):
     """No Content-Length: the body is counted as it streams in."""
-    app = create_app(served_bundle, db_url=f"sqlite:///{tmp_path / 'c.db'}", max_upload_mb=1)
+    app = create_app(tiny_bundle, db_url=f"sqlite:///{tmp_path / 'c.db'}", max_upload_mb=1)
     boundary = b"b0undary"
 
     def body():

@@ -48,11 +48,11 @@ async def hammer(url: str, n: int, images: list[bytes]) -> tuple[dict[int, int],
 
 
 @pytest.mark.slow
-def test_load_no_5xx_every_image_logged_once_memory_flat(served_bundle, tmp_path):
+def test_load_no_5xx_every_image_logged_once_memory_flat(tiny_bundle, tmp_path):
     db = f"sqlite:///{tmp_path / 'load.db'}"
     images = [png_bytes(color, size=(48 + 8 * k, 40)) for k, color in
               enumerate([(220, 20, 20), (20, 20, 220), (120, 120, 20), (20, 160, 60)])]
-    with running_server(create_app(served_bundle, db_url=db)) as url:
+    with running_server(create_app(tiny_bundle, db_url=db)) as url:
         warm, warm_predicted = asyncio.run(hammer(url, WARMUP, images))
         before = rss_mib()
         start = time.perf_counter()

@@ -10,7 +10,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import load_file
-from tests.conftest import CNN, VIT, write_image
+from tests.tiny import CNN, VIT, write_image
 
 import clarivis
 from clarivis.errors import ConfigError, DataError, ResumeError

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.conftest import CNN, VIT
+from tests.tiny import CNN, VIT
 
 from clarivis.models.factory import create_model
 from clarivis.ssl.config import METHODS

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
-from tests.conftest import CNN
+from tests.tiny import CNN
 
 import clarivis
 from clarivis.data.loaders import epoch_order

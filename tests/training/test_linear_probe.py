@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from sklearn.linear_model import LogisticRegression
-from tests.conftest import CNN, VIT
+from tests.tiny import CNN, VIT, write_image
 
 import clarivis
 from clarivis.training.linear_probe import fit_logistic_head
@@ -56,8 +56,6 @@ def test_class_without_training_images_is_never_predicted():
 @pytest.fixture(scope="module")
 def base_runs(tmp_path_factory):
     """Per model, a briefly trained bundle whose weights serve as the 'pretrained' backbone."""
-    from tests.conftest import write_image
-
     root = tmp_path_factory.mktemp("probe")
     data = root / "data"
     for i in range(12):

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.conftest import CNN, VIT, write_image
+from tests.tiny import CNN, VIT, write_image
 
 import clarivis
 from clarivis.config import build_config

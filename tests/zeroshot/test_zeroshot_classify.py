@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tests.models.tiny_clip import LABELS, full_clip
+from tests.tiny import LABELS, full_clip
 
 import clarivis
 from clarivis.api import Classifier
