@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from tests.tiny import write_image
 
+from clarivis.classifier import Classifier
 from clarivis.errors import DataError
 from clarivis.evaluate.audit import audit
 
@@ -20,6 +23,17 @@ def test_dark_group_is_flagged_for_a_model_trained_on_bright_images(lighting_run
     assert report.subgroups["summary"]["lighting"]["worst_group"] == "dark"
     assert report.metrics["num_samples"] == sum(g["count"] for g in lighting.values())
     assert report.adversarial is None and report.robustness is None
+
+
+def test_a_runs_bundle_is_audited_into_its_run_folder(lighting_run):
+    """Where `clarivis report` reads it, from Python as from the CLI; not for a loaded Classifier."""
+    result, manifest = lighting_run
+    report = audit(result.bundle_dir, manifest, groups=["lighting"], robustness=False)
+    assert report.run_file == result.bundle_dir.parent / "audit.json"
+    assert json.loads(report.run_file.read_text()) == json.loads(json.dumps(report.to_dict()))
+    assert "run_file" not in report.to_dict()
+    loaded = audit(Classifier.load(result.bundle_dir), manifest, groups=["lighting"], robustness=False)
+    assert loaded.run_file is None
 
 
 def test_every_manifest_column_is_audited_by_default(lighting_run):

@@ -1,6 +1,7 @@
 """`clarivis audit`: everything a reviewer asks of a model before it ships, measured on a test
 set in one pass: metrics, calibration, subgroups, open-set rejection, corruption robustness and
-(on request) adversarial robustness. The result is one JSON document that the report renders."""
+(on request) adversarial robustness. The result is one JSON document that the report renders;
+auditing a run's bundle saves it in the run folder, where `clarivis report` finds it."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from clarivis.evaluate.robustness import corruption_robustness
 from clarivis.evaluate.subgroups import subgroup_report
 from clarivis.fileio import atomic_write
 from clarivis.metrics import compute_metrics
+from clarivis.spec import resolve_bundle_path
 
 AUDIT_NAME = runs.AUDIT  # in the run folder, where `clarivis report` finds it
 
@@ -45,9 +47,14 @@ class AuditResult:
     skipped: list[dict] = field(default_factory=list)  # unreadable test files
     notes: list[str] = field(default_factory=list)  # why a section is empty
     seconds: dict = field(default_factory=dict)  # wall time per stage
+    # Where audit() saved this JSON in the model's run folder (RUN/audit.json); None when the
+    # model is not the bundle of a run. Not part of the JSON.
+    run_file: Path | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        del data["run_file"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,8 @@ def audit(model, data: str | Path, options: AuditOptions | None = None, *,
     """Audit `model` (bundle path or Classifier) on labeled `data` (folder, split folder or CSV
     manifest whose extra columns are group attributes). Images of classes the model was not
     trained on are kept as the open-set test. `fields`: AuditOptions' fields by keyword, over
-    `options`; `on_stage` is called with each stage's name as it starts."""
+    `options`; `on_stage` is called with each stage's name as it starts. When `model` is the
+    path of a run's bundle, the result is also saved as RUN/audit.json (result.run_file)."""
     opts = replace(options or AuditOptions(), **fields)
     clf = model if isinstance(model, Classifier) else Classifier.load(model, device=opts.device)
     stage = on_stage or (lambda _: None)
@@ -100,7 +108,16 @@ def audit(model, data: str | Path, options: AuditOptions | None = None, *,
         result.adversarial = _timed(seconds, "adversarial", _adversarial, clf, test,
                                     opts.adversarial_images)
     seconds["total"] = time.perf_counter() - started
+    result.run_file = _save_in_run(result, model)
     return result
+
+
+def _save_in_run(result: AuditResult, model) -> Path | None:
+    """RUN/audit.json when `model` is the path of a run's bundle (or of the run), else None."""
+    if isinstance(model, Classifier):
+        return None
+    run = run_folder_of(resolve_bundle_path(model))
+    return save_audit(result, run / AUDIT_NAME) if run is not None else None
 
 
 def _load_test(clf: Classifier, data: str | Path,
