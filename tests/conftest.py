@@ -20,6 +20,7 @@ from tests.tiny import (  # noqa: E402
     make_pool,
     train_bundle,
     train_red_blue,
+    write_image,
     write_images,
     write_tiny_clip,
 )
@@ -54,6 +55,17 @@ def digits_dir(tmp_path_factory) -> Path:
 def tiny_folder(tmp_path) -> Path:
     """DIR/<class>/*.png with two easily separable classes, 12 images each."""
     return write_images(tmp_path / "tiny", 12, nested=False)
+
+
+@pytest.fixture
+def flat_folder(tmp_path) -> Path:
+    """An unlabeled folder: 5 readable 40x30 images of different colours and a broken JPEG
+    (tests/test_embeddings.py and the `clarivis embed` tests)."""
+    folder = tmp_path / "unlabeled"
+    for i in range(5):
+        write_image(folder / f"img{i}.png", (40 * i, 90, 160), size=(40, 30))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    return folder
 
 
 @pytest.fixture(scope="session")

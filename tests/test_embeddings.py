@@ -1,5 +1,5 @@
-"""clarivis.embed and `clarivis embed`: rows per readable image, labels from labeled datasets,
-.npy/.parquet files, unreadable inputs listed, one-line errors."""
+"""clarivis.embed: rows per readable image, labels from labeled datasets, .npy/.parquet files,
+unreadable inputs listed. `clarivis embed` is tested in tests/e2e/test_cli_embed.py."""
 
 from __future__ import annotations
 
@@ -8,20 +8,10 @@ import csv
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from tests.e2e.test_cli import assert_one_line_error, run_cli
-from tests.tiny import CNN, VIT, write_image
+from tests.tiny import CNN, VIT
 
 import clarivis
 from clarivis.embeddings import embed_images, load_encoder
-
-
-@pytest.fixture
-def flat_folder(tmp_path):
-    folder = tmp_path / "unlabeled"
-    for i in range(5):
-        write_image(folder / f"img{i}.png", (40 * i, 90, 160), size=(40, 30))
-    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    return folder
 
 
 @pytest.mark.parametrize("model", [CNN, VIT])
@@ -52,28 +42,3 @@ def test_labeled_dataset_keeps_labels_and_writes_npy_and_parquet(tiny_folder, tm
     assert table.num_rows == 24 and table.column_names == ["path", "label", "embedding"]
     np.testing.assert_allclose(np.stack(table["embedding"].to_numpy(zero_copy_only=False)),
                                result.vectors)
-
-
-def test_cli_embed_writes_the_file_and_exits_1_for_unreadable_inputs(flat_folder, tmp_path, capsys):
-    out_file = tmp_path / "emb.parquet"
-    code, out, err = run_cli(["embed", flat_folder, "--model", CNN, "--img-size", "32",
-                              "--out", out_file], capsys)
-    assert code == 1 and "5 embeddings" in out and "broken.jpg" in err
-    assert pq.read_table(out_file).num_rows == 5  # the readable ones are written all the same
-
-
-@pytest.mark.parametrize("args, fragment", [
-    (["--model", CNN, "--out", "emb.txt"], "--out must end in .npy or .parquet"),
-    (["--model", "no_such_net", "--out", "emb.npy"], "unknown model 'no_such_net'"),
-    (["--model", CNN, "--weights", "missing.safetensors", "--out", "e.npy"], "weights file"),
-])
-def test_cli_embed_errors_are_one_line(flat_folder, tmp_path, capsys, args, fragment):
-    code, _, err = run_cli(["embed", flat_folder, *args], capsys)
-    assert_one_line_error(code, err, fragment)
-
-
-def test_cli_embed_with_no_readable_image_is_an_error(tmp_path, capsys):
-    (tmp_path / "empty").mkdir()
-    code, _, err = run_cli(["embed", tmp_path / "empty", "--model", CNN, "--out",
-                            tmp_path / "e.npy"], capsys)
-    assert_one_line_error(code, err, "no readable images")

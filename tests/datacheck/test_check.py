@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 from tests.check_data_gen import colour_image, flip_labels, make_colors
-from tests.tiny import CNN, VIT
+from tests.tiny import CNN
 
 from clarivis.datacheck import check_data, finding_thumbnails, save_check
 
@@ -100,61 +100,3 @@ def test_file_checks_alone(tmp_path, tiny_folder):
     assert [f.kind for f in result.findings] == ["conflicting_labels"]  # 13:12 is balanced enough
     assert set(report) >= {"label_issues", "duplicates", "corrupt", "imbalance", "size_outliers",
                            "odd_modes", "summary", "findings"}
-
-
-@pytest.mark.parametrize("name", [CNN, VIT])
-def test_check_command_on_backbone_features(tmp_path, capsys, name):
-    """`clarivis check DIR --model NAME --weights FILE --img-size 32`: no bundle trained first.
-    Random tiny weights rank 7-8 of 8 flipped labels into the first 16 suspects over 5 seeds
-    (tests/evaluate/test_label_issues.py); here the check runs end to end through the CLI."""
-    from tests.e2e.test_cli import run_cli
-
-    from clarivis.datacheck.label_issues import LOGREG_C_GRID
-
-    weights = tmp_path / "w.safetensors"
-    _save_tiny_weights(weights, name)
-    root = make_colors(tmp_path / "colors", per_class=30)
-    flipped = set(flip_labels(root, 8))
-    out = tmp_path / "check.json"
-    code, _, err = run_cli(["check", root, "--model", name, "--weights", weights, "--img-size", "32",
-                            "--json", out, "--device", "cpu"], capsys)
-    assert code == 0, err
-    report = json.loads(out.read_text())
-    assert report["label_check"]["method"] == "embeddings+logreg"
-    assert report["label_check"]["reg_c"] in LOGREG_C_GRID
-    first = {i["path"] for i in report["label_issues"][:16]}
-    assert len(first & flipped) >= 6, (first, flipped)
-
-
-def test_check_command_feature_errors_are_one_line(tmp_path, capsys, tiny_folder):
-    from tests.e2e.test_cli import assert_one_line_error, run_cli
-
-    weights = tmp_path / "w.safetensors"
-    _save_tiny_weights(weights, CNN)
-    cases = [
-        (["--model", "no_such_net", "--weights", weights], "unknown model"),
-        (["--model", CNN], "needs --weights FILE or --pretrained"),
-        (["--weights", tmp_path / "missing.pt"], "not found"),
-        (["--weights", weights, "--pretrained"], "not both"),
-    ]
-    for extra, fragment in cases:  # refused before the file checks: the error is all there is
-        code, _, err = run_cli(["check", tiny_folder, "--no-cached", *extra], capsys)
-        assert_one_line_error(code, err, fragment)
-    # Weights of another architecture show when the backbone is built, after the file checks.
-    code, _, err = run_cli(["check", tiny_folder, "--model", VIT, "--weights", weights,
-                            "--img-size", "32"], capsys)
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert code == 2 and len(errors) == 1 and "do not fit 'test_vit'" in errors[0], err
-    assert err.strip().splitlines()[-1] == errors[0] and "Traceback" not in err
-    code, _, err = run_cli(["check", tiny_folder, "--weights"], capsys)  # no file after it
-    assert code == 2 and "requires an argument" in err and "Traceback" not in err
-
-
-def _save_tiny_weights(path, name):
-    import timm
-    import torch
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    net = timm.create_model(name, num_classes=10, **({"img_size": 32} if name == VIT else {}))
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path)

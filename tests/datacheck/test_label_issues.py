@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from tests.check_data_gen import flip_labels, make_colors
-from tests.tiny import CNN, VIT, train_bundle
+from tests.tiny import CNN, VIT, random_weights, train_bundle
 
 from clarivis.data.sources import Sample, index_dataset
 from clarivis.datacheck import label_features, label_issues
@@ -106,25 +106,12 @@ def test_cross_validated_training_finds_flipped_labels(tmp_path):
     assert len(found & flipped) / len(flipped) >= 0.6, (found, flipped)
 
 
-def _tiny_weights(path, name, seed=0):
-    """A state dict of a randomly initialised tiny timm model (the stand-in for ImageNet weights)."""
-    import timm
-    import torch
-    from safetensors.torch import save_file
-
-    torch.manual_seed(seed)
-    net = timm.create_model(name, num_classes=10, **({"img_size": 32} if name == VIT else {}))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path)
-    return path
-
-
 @pytest.mark.parametrize("name", [CNN, VIT])
 def test_backbone_features_rank_flipped_labels_first(tmp_path, name):
     """(a) on a timm name + weights file: colours separate linearly even in random features.
     Measured over 5 seeds (data, flips and weights): test_resnet ranks 8/8 flipped labels into
     the first 16 suspects every time, test_vit 7-8/8; about 8 s each on one core."""
-    weights = _tiny_weights(tmp_path / "w.safetensors", name)
+    weights = random_weights(tmp_path / "w.safetensors", name)
     data = make_colors(tmp_path / "colors", per_class=30)
     flipped = set(flip_labels(data, 8))
     samples = index_dataset(data).all_samples
@@ -141,10 +128,10 @@ def test_weights_without_a_model_name_the_backbone(tmp_path):
     size), else from a timm-style file name, else the default backbone."""
     from safetensors.torch import load_file, save_file
 
-    plain = _tiny_weights(tmp_path / "weights.safetensors", CNN)
+    plain = random_weights(tmp_path / "weights.safetensors", CNN)
     source = label_features.choose_features(weights=plain)
     assert source.model == label_features.DEFAULT_BACKBONE and source.why == "default backbone"
-    named = _tiny_weights(tmp_path / f"{CNN}.r160_in1k.safetensors", CNN)
+    named = random_weights(tmp_path / f"{CNN}.r160_in1k.safetensors", CNN)
     assert label_features.choose_features(weights=named).model == CNN
     run = tmp_path / "run"
     run.mkdir()
@@ -170,7 +157,7 @@ def test_cached_hub_weights_are_used_offline(tmp_path, monkeypatch):
     repo = tmp_path / "hub" / "models--timm--test_resnet.r160_in1k"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("abc123")
-    cached = _tiny_weights(repo / "snapshots" / "abc123" / "model.safetensors", CNN)
+    cached = random_weights(repo / "snapshots" / "abc123" / "model.safetensors", CNN)
     source = label_features.choose_features()
     assert (source.model, source.weights, source.pretrained) == (CNN, str(cached), False)
     assert label_features.choose_features(cached=False) is None
@@ -179,7 +166,7 @@ def test_cached_hub_weights_are_used_offline(tmp_path, monkeypatch):
 
 
 def test_feature_errors_are_one_line(tmp_path):
-    weights = _tiny_weights(tmp_path / "w.safetensors", CNN)
+    weights = random_weights(tmp_path / "w.safetensors", CNN)
     cases = [
         (dict(model="no_such_net", weights=weights), "unknown model 'no_such_net'"),
         (dict(model=CNN, weights=tmp_path / "missing.safetensors"), "not found"),

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -100,30 +98,3 @@ def test_two_gloo_processes_train_like_one(tmp_path):
     acc_one = clarivis.Classifier.load(single.bundle_dir).evaluate(data / "test").accuracy
     assert acc_one > 0.5  # the comparison means something only if the task is learned
     assert abs(acc_ddp - acc_one) < 0.15, (acc_ddp, acc_one)
-
-
-@pytest.mark.slow
-def test_cli_nproc_runs_torchrun_and_resumes(tmp_path, shapes_dir):
-    run = tmp_path / "run"
-    flags = ["--model", CNN, "--epochs", "2", "--batch-size", "16", "--device", "cpu"]
-    _clarivis("train", str(shapes_dir / "train"), "--out", str(run), "--nproc", "2", *flags)
-    assert (run / "model" / "model.safetensors").exists()
-    summary = json.loads((run / "model" / "config.json").read_text())["training"]
-    assert summary["processes"] == 2
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # rank 0 logs alone
-
-    # The same run, as if cut off after epoch 2 of 3: both ranks resume from rank 0's checkpoint.
-    ckpt = torch.load(run / "last.ckpt", weights_only=True)
-    ckpt["finished"] = False
-    torch.save(ckpt, run / "last.ckpt")
-    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("epochs: 2", "epochs: 3"))
-    _clarivis("train", str(shapes_dir / "train"), "--resume", str(run), "--nproc", "2")
-    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2, 3]
-    assert json.loads((run / "model" / "config.json").read_text())["training"]["processes"] == 2
-
-
-def _clarivis(*args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "clarivis", *args], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -97,13 +97,3 @@ def test_probe_bundle_keeps_the_backbone_and_predicts_with_the_fitted_head(base_
                  clarivis.Classifier.load(result.bundle_dir, reject=False).predict(emb.paths)}
     assert [predicted[p] for p in emb.paths] == expected
     assert (np.array(expected) == np.array(emb.labels)).mean() == 1.0
-
-
-def test_cli_linear_probe_trains_a_bundle_and_warns_about_random_weights(tiny_folder, tmp_path, capsys):
-    from tests.e2e.test_cli import run_cli
-
-    code, out, err = run_cli(["train", tiny_folder, "--model", CNN, "--linear-probe", "--img-size",
-                              "32", "--out", tmp_path / "run", "--no-report"], capsys)
-    assert code == 0, err
-    assert "linear probe on" in err and "random weights" in err
-    assert (tmp_path / "run" / "model" / "config.json").is_file()
