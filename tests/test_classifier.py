@@ -1,25 +1,27 @@
-"""The Python API: Classifier.load restores everything from the bundle alone."""
+"""Classifier (classifier.py): load restores everything from the bundle alone; predict,
+evaluate and open-set rejection; the one batch loop, iter_batches, keeps the input order."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 from PIL import Image
-from tests.tiny import CNN, VIT, write_image
+from tests.tiny import BLUE, CNN, RED, VIT, train_red_blue, write_image
 
 import clarivis
+from clarivis import classifier
+from clarivis.classifier import Classifier, ImageBatch, Unusable
+from clarivis.errors import ClarivisError
 
 
 @pytest.fixture(scope="module", params=[CNN, VIT])
 def trained(request, tmp_path_factory):
+    """(data folder, TrainResult): 8 red and 8 blue 40x24 images, 2 epochs at 32 px."""
     root = tmp_path_factory.mktemp("api")
-    for i in range(8):
-        write_image(root / "data" / "red" / f"r{i}.png", (220, 20, 20), size=(40, 24))
-        write_image(root / "data" / "blue" / f"b{i}.png", (20, 20, 220), size=(40, 24))
-    result = clarivis.train(root / "data", out=root / "run", model=request.param, epochs=2,
-                            batch_size=8, workers=0, img_size=32)
-    return root / "data", result
+    result = train_red_blue(root, request.param, per_class=8, size=(40, 24), nested=False, epochs=2)
+    return root / "train", result
 
 
 def test_load_restores_preprocessing_and_classes(trained):
@@ -86,3 +88,66 @@ def test_open_set_rejection_answers_unknown_and_can_be_turned_off(trained, tmp_p
     kept = clarivis.Classifier.load(bundle, reject=False).predict(data / "red", top_k=2)
     assert [p.label for p in kept] == [p.top_k[0][0] for p in rejected]
     assert [p.ood_score for p in kept] == pytest.approx([p.ood_score for p in rejected])
+
+
+def _mixed_folder(root):
+    """a, c, d, e readable and b unreadable: sorted by name, the unreadable one second."""
+    for name, colour in [("a", RED), ("c", BLUE), ("d", RED), ("e", BLUE)]:
+        write_image(root / f"{name}.png", colour, size=(40, 30))
+    (root / "b.png").write_bytes(b"not a png")
+    return root
+
+
+def _name(source: str) -> str:
+    return source.rsplit("/", 1)[-1]
+
+
+@pytest.mark.parametrize("threads", [True, False])
+def test_iter_batches_keeps_the_input_order_around_unusable_inputs(tiny_bundle, tmp_path, threads):
+    """A batch is handed over before the next Unusable, so the stream is in input order."""
+    folder = _mixed_folder(tmp_path / "images")
+    clf = Classifier.load(tiny_bundle, device="cpu")
+    inputs = [folder, tmp_path / "missing.png", Image.new("RGB", (20, 50), RED), folder / "a.png"]
+    items = list(clf.iter_batches(inputs, batch_size=2, threads=threads))
+    kinds = [(type(item).__name__, [_name(s) for s in item.sources] if isinstance(item, ImageBatch)
+              else _name(item.source)) for item in items]
+    assert kinds == [
+        ("ImageBatch", ["a.png"]),  # cut short by the unreadable b.png that follows
+        ("Unusable", "b.png"),
+        ("ImageBatch", ["c.png", "d.png"]),  # full
+        ("ImageBatch", ["e.png"]),  # cut short by the missing file
+        ("Unusable", "missing.png"),
+        ("ImageBatch", ["<image 2>", "a.png"]),  # an in-memory image is named by its position
+    ]
+    unusable = [item for item in items if isinstance(item, Unusable)]
+    assert all(item.reason for item in unusable) and "not found" in unusable[1].reason
+    assert str(folder / "b.png") not in unusable[0].reason  # the reason, without the path again
+    for batch in (item for item in items if isinstance(item, ImageBatch)):
+        assert batch.pixels.dtype == torch.uint8 and batch.pixels.shape[1:] == (3, 32, 32)
+        assert len(batch.sources) == len(batch.pixels)
+
+
+def test_exclude_passes_files_over_without_decoding(tiny_bundle, tmp_path, monkeypatch):
+    folder = _mixed_folder(tmp_path / "images")
+    decoded = []
+    decode = classifier.model_pixels
+
+    def spy(path, img_size):
+        decoded.append(_name(path))
+        return decode(path, img_size)
+
+    monkeypatch.setattr(classifier, "model_pixels", spy)
+    clf = Classifier.load(tiny_bundle, device="cpu")
+    excluded = ("b.png", "d.png")  # b.png is unreadable: excluded, it is not an error either
+    items = list(clf.iter_batches(folder, batch_size=4, exclude=lambda path: path.endswith(excluded)))
+    assert [(type(i).__name__, [_name(s) for s in i.sources] if isinstance(i, ImageBatch) else
+             (_name(i.source), i.reason)) for i in items] == [
+        ("ImageBatch", ["a.png"]), ("Unusable", ("b.png", None)), ("ImageBatch", ["c.png"]),
+        ("Unusable", ("d.png", None)), ("ImageBatch", ["e.png"])]
+    assert sorted(decoded) == ["a.png", "c.png", "e.png"]
+
+
+def test_iter_batches_refuses_a_batch_size_below_one(tiny_bundle, tmp_path):
+    clf = Classifier.load(tiny_bundle, device="cpu")
+    with pytest.raises(ClarivisError, match="--batch-size must be at least 1"):
+        list(clf.iter_batches(_mixed_folder(tmp_path / "images"), batch_size=0))
