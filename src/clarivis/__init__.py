@@ -38,6 +38,14 @@ def __getattr__(name: str) -> Any:
     (numpy, Pillow and onnxruntime only) never imports torch."""
     if name not in _LAZY:
         raise AttributeError(f"module 'clarivis' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
+    try:
+        module = importlib.import_module(_LAZY[name])
+    except ModuleNotFoundError as err:
+        if err.name and err.name.split(".")[0] in ("clarivis", "torch", "torchvision", "timm"):
+            # the clarivis-runtime distribution: clarivis.runtime only, no torch
+            raise ImportError(f"clarivis.{name} needs the full package: pip install clarivis "
+                              "(clarivis-runtime only predicts, with clarivis.runtime)") from None
+        raise
+    value = getattr(module, name)
     globals()[name] = value  # the next access skips this function
     return value

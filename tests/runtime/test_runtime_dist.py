@@ -97,14 +97,20 @@ def test_fresh_venv_without_torch_predicts_like_the_full_package(runtime_venv, c
         import clarivis.runtime
         rows = clarivis.runtime.Predictor({str(bundle)!r}).predict({images!r}, top_k=2)
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "timm"))
+        try:
+            clarivis.train  # the torch API is not in this distribution
+            refusal = None
+        except ImportError as err:
+            refusal = str(err)
         print(json.dumps({{"torch": has_torch, "heavy": heavy, "from": clarivis.runtime.__file__,
-                          "rows": [[r.label, r.confidence] for r in rows]}}))
+                          "rows": [[r.label, r.confidence] for r in rows], "refusal": refusal}}))
     """)
     # Outside the repository, with a clean path: only the venv's own packages can be imported.
     env = {"PYTHONPATH": "", "PYTHONNOUSERSITE": "1", "OMP_NUM_THREADS": "1"}
     done = _run(runtime_venv, "-c", code, cwd=runtime_venv.parent, env=env)
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["torch"] is False and out["heavy"] == []
+    assert "pip install clarivis" in out["refusal"]  # one line saying what to install
     assert Path(out["from"]).is_relative_to(runtime_venv.parents[1])  # the wheel, not src/
     expected = [[r.label, r.confidence] for r in Predictor(bundle).predict(images, top_k=2)]
     assert [label for label, _ in out["rows"]] == [label for label, _ in expected]
