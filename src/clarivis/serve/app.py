@@ -21,14 +21,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from clarivis.batch_predict.backends import check_backend
+from clarivis.classifier import Classifier
 from clarivis.errors import ClarivisError
+from clarivis.explain import heatmaps, overlay_png
 from clarivis.extras import needs
 from clarivis.models.bundle import bundle_version, load_bundle_config, resolve_bundle_path
 from clarivis.serve import limits
 from clarivis.serve.backends import Backend, Scored, load_backend
 from clarivis.serve.batching import MAX_BATCH, MAX_WAIT_MS, MicroBatcher
 from clarivis.serve.metrics import MetricsMiddleware, ServiceMetrics
+from clarivis.serve.monitor import monitor_report
 from clarivis.serve.predlog import LoggedPrediction, PredictionLog
 from clarivis.spec import VERSION as __version__
 
@@ -114,8 +119,6 @@ class Service:
         own Classifier, whose batch may be running in the model thread at the same moment."""
         with self._explainer_lock:
             if self._explainer is None:
-                from clarivis.api import Classifier
-
                 self._explainer = Classifier.load(self.model_dir, device=self.settings.device)
             return self._explainer
 
@@ -199,8 +202,6 @@ def _add_model_routes(app: FastAPI, service: Service, auth: list) -> None:
     async def monitor(since: str | None = Query(None, description="24h, 7d or an ISO time [whole log]"),
                       review_limit: int = Query(20, ge=0, le=1000)) -> dict:
         """Volume, latency, confidence and class drift of served traffic (clarivis monitor)."""
-        from clarivis.serve.monitor import monitor_report
-
         return await run_in_threadpool(monitor_report, service.model_dir, service.settings.db_url, since,
                                        review_limit=review_limit)
 
@@ -331,10 +332,6 @@ async def _read_uploads(request: Request, service: Service) -> list[limits.Uploa
 def _overlay(service: Service, upload: limits.Upload, method: str,
              target: str | None) -> tuple[bytes, str, float]:
     """(PNG, predicted label, its calibrated probability) for one decoded upload."""
-    import torch
-
-    from clarivis.explain import heatmaps, overlay_png
-
     clf = service.explainer()
     _, pixels = clf.prepare(("upload", upload.image))
     if isinstance(pixels, str):  # decode_upload already read it; a failure here is not the client's
