@@ -120,7 +120,7 @@ def save_embeddings(result: Embeddings, path: str | Path) -> list[Path]:
             writer.writerow(["row", "path", "label"])
             writer.writerows((i, p, lbl) for i, (p, lbl) in enumerate(zip(result.paths, labels, strict=True)))
         return [path, rows]
-    import pyarrow as pa
+    import pyarrow as pa  # pyarrow (~0.3 s to import): only when writing .parquet
     import pyarrow.parquet as pq
 
     dim = result.dim

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import timm
+from safetensors import safe_open
 
 from clarivis import runs
 from clarivis.data.sources import Sample
@@ -127,13 +129,9 @@ def _backbone_info(weights: str | None) -> dict:
 def _named_architecture(weights: str) -> str | None:
     """The timm name a weights file is named after ('efficientnet_lite0.in1k.safetensors', as
     timm's hub tags name files), or the `architecture` a pretrain backbone stores in its metadata."""
-    import timm
-
     path = Path(weights)
     if path.suffix == ".safetensors":
         try:
-            from safetensors import safe_open
-
             with safe_open(str(path), framework="pt") as f:
                 name = (f.metadata() or {}).get("architecture")
             if name and timm.is_model(name):

@@ -19,6 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from sklearn.model_selection import PredefinedSplit, StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from clarivis.classifier import Classifier
 from clarivis.config import build_config
@@ -179,8 +184,6 @@ def _usable(samples: list[Sample], splits: list[str], folds: int):
 
 def _assign_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Fold number per image, stratified by class (every fold sees every class)."""
-    from sklearn.model_selection import StratifiedKFold
-
     fold_of = np.empty(len(labels), dtype=np.int64)
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
@@ -203,12 +206,6 @@ def logreg_oof_probabilities(
 ) -> tuple[np.ndarray, float]:
     """(N, C) out-of-fold probabilities of standardised features + logistic regression, at the
     C of `grid` with the lowest out-of-fold log loss, and that C."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import log_loss
-    from sklearn.model_selection import PredefinedSplit, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     best: tuple[float, np.ndarray, float] | None = None  # (log loss, probabilities, C)
     for reg_c in grid:
         classifier = make_pipeline(StandardScaler(),

@@ -87,7 +87,7 @@ def _layer_gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor, targets:
     """Grad-CAM (captum's LayerGradCam) of an NCHW layer, scaled as pytorch_grad_cam scales it:
     ReLU, min-max per image, bilinear resize to the input, min-max again.
     Normalised (N, 3, S, S) input -> float32 (N, S, S) in [0, 1]."""
-    from captum.attr import LayerGradCam
+    from captum.attr import LayerGradCam  # captum: imported when a map is drawn, not with explain
 
     with torch.enable_grad():
         # The input requires gradients so the activations do even when the weights do not.

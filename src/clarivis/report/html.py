@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
@@ -83,8 +84,6 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _read_inputs(run_dir: Path) -> dict:
-    import yaml
-
     history = []
     if (run_dir / "metrics.jsonl").is_file():
         for line in (run_dir / "metrics.jsonl").read_text().splitlines():

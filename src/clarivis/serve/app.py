@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import torch
 
@@ -414,7 +415,5 @@ def _check_settings(s: Settings) -> None:
 
 def _header_safe(text: str) -> str:
     """HTTP headers are latin-1: class names in other scripts travel percent-encoded."""
-    from urllib.parse import quote
-
     return quote(text, safe=" -_.()")
 

@@ -32,7 +32,7 @@ class RunLogger:
         self.writer = None
         if tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # the optional 'tensorboard' extra
 
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:  # the 'tensorboard' extra; never fail a run over logs

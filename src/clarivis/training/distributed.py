@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from clarivis.distributed import (  # noqa: F401  (barrier, from_main, sum_across: for the loop)
     World,
@@ -80,8 +81,6 @@ def wrap_model(model: nn.Module, world: World, device: torch.device) -> nn.Modul
     e.g. after a frozen-backbone warm-up: DDP registers the trainable ones at construction)."""
     if not world.distributed:
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
 
