@@ -1,0 +1,160 @@
+"""How good is a trained model: `evaluate`, `audit`, `explain` and `report`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from clarivis.api import Classifier, EvaluationResult, save_evaluation
+from clarivis.cli.output import stderr, stdout
+from clarivis.evaluate.audit import audit as audit_api
+from clarivis.evaluate.audit import save_audit
+from clarivis.explain import explain as explain_api
+from clarivis.report.html import write_report
+
+app = typer.Typer(rich_markup_mode=None)  # plain help: "[1000]" is a default, not a style
+Opt = typer.Option
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="ModelBundle folder (runs/NAME/model)")],
+    data: Annotated[str, typer.Argument(help="labeled images: folder, split folder or CSV")],
+    json_path: Annotated[Optional[str], Opt("--json", help="write metrics JSON (+ PNG)")] = None,
+    batch_size: Annotated[int, Opt(help="images per forward pass")] = 64,
+    device: Annotated[Optional[str], Opt()] = None,
+) -> None:
+    """Accuracy, top-5, balanced accuracy, precision/recall/F1, confusion matrix, ECE."""
+    result = Classifier.load(model, device=device).evaluate(data, batch_size=batch_size)
+    written = save_evaluation(result, json_path) if json_path else None  # before printing: a
+    print_evaluation(result)  # closed pipe (`| head`) must not cost the file
+    if written:
+        stderr.print(f"wrote {written[0]} and {written[1]}")
+
+
+@app.command()
+def explain(
+    model: Annotated[str, typer.Argument(help="ModelBundle folder (runs/NAME/model)")],
+    images: Annotated[list[str], typer.Argument(help="image files, folders or globs")],
+    method: Annotated[str, Opt(help="gradcam | gradcam++ | ig")] = "gradcam",
+    out_dir: Annotated[str, Opt("--out", help="folder for the PNG overlays")] = "explanations",
+    target: Annotated[Optional[str], Opt(help="class to explain [the predicted one]")] = None,
+    device: Annotated[Optional[str], Opt()] = None,
+) -> None:
+    """Heat maps of what the model looked at (Grad-CAM, Grad-CAM++, Integrated Gradients), as PNG
+    overlays next to the original with the predicted label and confidence."""
+    table = Table("label", "confidence", "overlay")
+    table.add_column("image", overflow="fold")
+    failed = 0
+    for e in explain_api(model, images, method=method, out=out_dir, target=target, device=device):
+        if e.error:
+            failed += 1
+            table.add_row("[red]error[/]", "", e.error, e.source)
+        else:
+            table.add_row(e.label, f"{e.confidence:.3f}", e.png, e.source)
+    stdout.print(table)
+    if failed:
+        stderr.print(f"[yellow]{failed} input(s) could not be read (see the error rows)")
+        raise typer.Exit(1)
+
+
+@app.command()
+def audit(  # one parameter a flag: Typer reads the option list from this signature
+    model: Annotated[str, typer.Argument(help="ModelBundle folder (runs/NAME/model)")],
+    data: Annotated[str, typer.Argument(help="labeled test images: folder, split folder or CSV "
+                                             "(extra CSV columns are group attributes)")],
+    groups: Annotated[Optional[str], Opt(help="group columns to audit, e.g. lighting,site [all]")] = None,
+    adversarial: Annotated[bool, Opt("--adversarial", help="FGSM/PGD attacks (slow on CPU)")] = False,
+    adversarial_images: Annotated[int, Opt(min=1, help="images attacked")] = 256,
+    robustness: Annotated[bool, Opt("--robustness/--no-robustness", help="corruption sweep")] = True,
+    robustness_images: Annotated[Optional[int], Opt(min=1, help="images corrupted [1000]")] = None,
+    json_path: Annotated[Optional[str], Opt("--json", help="also write the audit JSON here")] = None,
+    device: Annotated[Optional[str], Opt()] = None,
+) -> None:
+    """Calibration, subgroups, unknown-class rejection, corruptions and attacks on a test set;
+    saved as audit.json in the run folder (the report reads it) and printed as tables."""
+    columns = [c.strip() for c in groups.split(",") if c.strip()] if groups else None
+    with stderr.status("auditing") as status:
+        result = audit_api(model, data, groups=columns, adversarial=adversarial,
+                           adversarial_images=adversarial_images, robustness=robustness,
+                           robustness_images=robustness_images, device=device,
+                           on_stage=lambda name: status.update(f"audit: {name}"))
+    written = [save_audit(result, json_path)] if json_path else []
+    run = result.run_file.parent if result.run_file else None  # audit() saved it there
+    if result.run_file:
+        written.append(result.run_file)
+    print_audit(result.to_dict())
+    if written:
+        stderr.print("wrote " + " and ".join(map(str, written)) +
+                     (f"; `clarivis report {run}` adds it to the report" if run else ""))
+
+
+@app.command()
+def report(
+    run: Annotated[str, typer.Argument(help="run folder (runs/NAME)")],
+    out_file: Annotated[Optional[str], Opt("--out", help="HTML file [RUN/report.html]")] = None,
+    gallery: Annotated[int, Opt(min=0, help="top-loss images with Grad-CAM")] = 8,
+    device: Annotated[Optional[str], Opt()] = None,
+) -> None:
+    """One self-contained HTML report (opens offline) from what the run folder holds."""
+    path = write_report(run, out=out_file, gallery=gallery, device=device)
+    stdout.print(f"wrote {path}", soft_wrap=True, highlight=False)
+
+
+def print_evaluation(result: EvaluationResult) -> None:
+    summary = Table(title=f"evaluation on {result.num_samples} images", show_header=False)
+    rows = [("accuracy", result.accuracy), ("top-5 accuracy", result.top5_accuracy),
+            ("balanced accuracy", result.balanced_accuracy),
+            ("precision / recall / F1 (macro)",
+             f"{result.precision_macro:.4f} / {result.recall_macro:.4f} / {result.f1_macro:.4f}"),
+            ("precision / recall / F1 (weighted)",
+             f"{result.precision_weighted:.4f} / {result.recall_weighted:.4f} / "
+             f"{result.f1_weighted:.4f}"),
+            ("expected calibration error", result.ece)]
+    for name, value in rows:
+        if value is not None:
+            summary.add_row(name, f"{value:.4f}" if isinstance(value, float) else value)
+    stdout.print(summary)
+    per_class = Table("class", "precision", "recall", "f1", "support")
+    for row in result.per_class:
+        per_class.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}",
+                          f"{row['f1']:.3f}", str(row["support"]))
+    stdout.print(per_class)
+    if result.skipped:
+        stderr.print(f"[yellow]skipped {len(result.skipped)} unreadable file(s)")
+
+
+def print_audit(a: dict) -> None:
+    m, cal = a["metrics"], a["calibration"]
+    summary = Table(title=f"audit on {a['num_images']} images", show_header=False)
+    summary.add_row("accuracy (known classes)", f"{m['accuracy']:.4f}")
+    summary.add_row("ECE before / after temperature",
+                    f"{cal['ece_before']:.4f} / {cal['ece_after']:.4f} (T = {cal['temperature']:.2f})")
+    if a["open_set"]:
+        o = a["open_set"]
+        rate = o["rejection_rate_unknown"]
+        summary.add_row("known images rejected", f"{o['false_rejection_rate']:.3f}")
+        if rate is not None:
+            summary.add_row("unknown-class images rejected", f"{rate:.3f}")
+        for name, auc in o["auroc"].items():
+            summary.add_row(f"open-set AUROC ({name})", f"{auc:.4f}")
+    if a["robustness"]:
+        r = a["robustness"]
+        summary.add_row("mean corruption accuracy",
+                        f"{r['mean_corruption_accuracy']:.4f} (clean {r['clean_accuracy']:.4f}, "
+                        f"drop {100 * r['relative_drop']:.1f}%)")
+    if a["adversarial"]:
+        for attack, row in a["adversarial"]["attacks"].items():
+            summary.add_row(f"{attack.upper()} accuracy",
+                            ", ".join(f"{eps}: {acc:.3f}" for eps, acc in row.items()))
+    summary.add_row("time", f"{a['seconds'].get('total', 0):.1f} s")
+    stdout.print(summary)
+    for f in a["subgroups"].get("flagged", []):
+        stderr.print(f"[yellow]flagged[/]: {f['column']} = {f['group']}: accuracy {f['accuracy']:.3f} "
+                     f"vs {f['overall_accuracy']:.3f} overall ({f['count']} images)")
+    for note in a["notes"]:
+        stderr.print(f"note: {note}", highlight=False)
+    if a["skipped"]:
+        stderr.print(f"[yellow]skipped {len(a['skipped'])} unreadable file(s)")

@@ -1,0 +1,74 @@
+"""Where the commands write: results (tables, JSON, CSV) to stdout, progress and messages to
+stderr; and the prediction rows that `predict` and `zeroshot` print as a table, JSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterable
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from clarivis.errors import ClarivisError
+from clarivis.prediction import Prediction
+
+stdout = Console()  # results: tables, JSON, CSV
+stderr = Console(stderr=True, soft_wrap=True)  # progress and messages; logs keep one line each
+
+ROW_FORMATS = ("table", "json", "csv")
+
+
+def check_row_format(fmt: str) -> None:
+    """--format of the commands that print prediction rows."""
+    if fmt not in ROW_FORMATS:
+        raise ClarivisError(f"--format {fmt} is not supported; use table, json or csv")
+
+
+def print_rows(rows: Iterable[Prediction], fmt: str) -> int:
+    """Print prediction rows (clarivis or runtime ones: the same fields) in `fmt`; returns how
+    many were error rows (unreadable inputs)."""
+    return {"table": _print_table, "json": _print_json, "csv": _print_csv}[fmt](rows)
+
+
+def exit_if_unreadable(failed: int) -> None:
+    """After printing rows: name the error rows on stderr and exit with code 1."""
+    if failed:
+        stderr.print(f"[yellow]{failed} input(s) could not be read (see the error column)")
+        raise typer.Exit(1)
+
+
+def _print_table(rows: Iterable[Prediction]) -> int:
+    table = Table("label", "confidence", "top-k")
+    table.add_column("image", overflow="fold")  # full paths, wrapped rather than cut
+    failed = 0
+    for p in rows:
+        if p.error:
+            failed += 1
+            table.add_row("[red]error[/]", "", p.error, p.source)
+        else:
+            top = ", ".join(f"{lbl} {prob:.2f}" for lbl, prob in p.top_k)
+            table.add_row(p.label, f"{p.confidence:.3f}", top, p.source)
+    stdout.print(table)
+    return failed
+
+
+def _print_json(rows: Iterable[Prediction]) -> int:
+    items = [p.to_dict() for p in rows]
+    print(json.dumps(items, indent=2))
+    return sum(1 for p in items if p["error"])
+
+
+def _print_csv(rows: Iterable[Prediction]) -> int:
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["source", "label", "confidence", "top_k", "error"])
+    failed = 0
+    for p in rows:
+        failed += bool(p.error)
+        top = ";".join(f"{lbl}:{prob:.6f}" for lbl, prob in p.top_k)
+        conf = f"{p.confidence:.6f}" if p.confidence is not None else ""
+        writer.writerow([p.source, p.label or "", conf, top, p.error or ""])
+    sys.stdout.flush()
+    return failed

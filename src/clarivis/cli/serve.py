@@ -1,0 +1,107 @@
+"""A model in service (the 'serve' extra): `serve` and `monitor` (its prediction log)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from clarivis.cli.output import stderr, stdout
+from clarivis.serve.app import HOST, PORT, Settings
+from clarivis.serve.app import serve as serve_app
+from clarivis.serve.monitor import monitor_report, write_review_csv
+
+app = typer.Typer(rich_markup_mode=None)  # plain help: "[$CLARIVIS_API_KEY]" is not a style
+Opt = typer.Option
+
+
+@app.command()
+def serve(  # one parameter a flag: Typer reads the option list from this signature
+    model: Annotated[str, typer.Argument(help="ModelBundle folder (runs/NAME/model)")],
+    host: Annotated[str, Opt(help="address to listen on; 0.0.0.0 exposes it (set --api-key)")] = HOST,
+    port: Annotated[int, Opt(min=0, max=65535)] = PORT,
+    api_key: Annotated[Optional[str], Opt(envvar="CLARIVIS_API_KEY",
+                                          help="require X-API-Key on /v1/* [$CLARIVIS_API_KEY]")] = None,
+    backend: Annotated[str, Opt(help="torch | onnx (needs clarivis export)")] = Settings.backend,
+    db: Annotated[Optional[str], Opt(help="prediction log URL [$CLARIVIS_DB_URL, else "
+                                         "sqlite:///RUN/predictions.db]")] = None,
+    store_images: Annotated[bool, Opt("--store-images", help="keep uploaded images in the log")] = False,
+    max_upload_mb: Annotated[float, Opt(min=0.001, help="request body limit, MB")] = Settings.max_upload_mb,
+    max_pixels: Annotated[int, Opt(min=1, help="image size limit, pixels")] = Settings.max_pixels,
+    timeout: Annotated[float, Opt(min=0.001, help="request time limit, s")] = Settings.timeout_s,
+    max_batch: Annotated[int, Opt(min=1, help="images per model call")] = Settings.max_batch,
+    max_wait_ms: Annotated[float, Opt(
+        min=0, help="wait for a fuller batch, ms (GPU: 2-5)")] = Settings.max_wait_ms,
+    device: Annotated[Optional[str], Opt(help="torch backend device [cuda if available]")] = None,
+) -> None:
+    """HTTP API (/v1/predict, /v1/explain, /v1/model, /v1/monitor, /metrics, /docs) and a web page
+    at /, with every prediction logged."""
+    stderr.print(f"serving {model} on http://{host}:{port} (docs at /docs, Ctrl-C stops)")
+    serve_app(model, host=host, port=port, api_key=api_key, backend=backend, db_url=db,
+              store_images=store_images, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
+              timeout_s=timeout, max_batch=max_batch, max_wait_ms=max_wait_ms, device=device)
+
+
+@app.command()
+def monitor(
+    model: Annotated[str, typer.Argument(help="ModelBundle folder (runs/NAME/model)")],
+    db: Annotated[Optional[str], Opt(help="prediction log URL [$CLARIVIS_DB_URL, else "
+                                         "sqlite:///RUN/predictions.db]")] = None,
+    since: Annotated[Optional[str], Opt(help="24h, 7d, 30m or ISO date/time [whole log]")] = None,
+    json_path: Annotated[Optional[str], Opt("--json", help="write the full report as JSON")] = None,
+    review_csv: Annotated[Optional[str], Opt("--review-csv",
+                                             help="lowest-confidence predictions as CSV")] = None,
+    review_limit: Annotated[int, Opt(min=1, help="rows in the review queue")] = 100,
+) -> None:
+    """Traffic, latency, confidence and class drift of a served model, from its prediction log."""
+    report = monitor_report(model, db, since, review_limit=review_limit)
+    if json_path:  # files before printing: a closed pipe (`| head`) must not cost them
+        Path(json_path).write_text(json.dumps(report, indent=2))
+    if review_csv:
+        write_review_csv(report, review_csv)
+    print_monitor(report)
+    for path in (json_path, review_csv):
+        if path:
+            stderr.print(f"wrote {path}")
+
+
+def print_monitor(r: dict) -> None:
+    summary = Table(title=f"{r['total_predictions']} predictions, model {r['model_version']}",
+                    show_header=False)
+    start, end = (t[:16].replace("T", " ") if t else "first" for t in r["window"].values())
+    summary.add_row("window (UTC)", f"{start} to {end}")
+    summary.add_row("prediction log", r["db"])
+    if r["total_predictions"]:
+        buckets = [b["count"] for b in r["volume"]["buckets"]]
+        summary.add_row(f"predictions per {r['volume']['bucket']}",
+                        f"{sum(buckets) / len(buckets):.1f} mean, {max(buckets)} max, "
+                        f"{buckets.count(0)} empty")
+        lat = r["latency_ms"]
+        summary.add_row("latency p50 / p95 / p99",
+                        f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f} ms")
+        if r["confidence"]:
+            summary.add_row("mean confidence", f"{r['confidence']['mean']:.3f}")
+        summary.add_row("answered 'unknown'", f"{100 * r['unknown_rate']:.1f}%")
+    drift = r["drift"]
+    if drift:
+        summary.add_row("class drift PSI", f"{drift['psi']:.3f} (noise ~{drift['psi_noise_floor']:.3f})")
+        summary.add_row("chi-square p", f"{drift['chi_square']['p_value']:.3g}")
+        if drift["ks"]:
+            summary.add_row("confidence KS D / p",
+                            f"{drift['ks']['statistic']:.3f} / {drift['ks']['p_value']:.3g}")
+    summary.add_row("review queue", f"{len(r['review_queue'])} lowest-confidence predictions")
+    stdout.print(summary)
+    if drift:
+        shares = Table("class", "live share", "validation share")
+        for name, live, base in zip(drift["classes"], drift["live_shares"], drift["baseline_shares"],
+                                    strict=True):
+            shares.add_row(name, f"{live:.3f}", f"{base:.3f}")
+        stdout.print(shares)
+    for flag in r["flags"]:
+        color = "red" if flag["level"] == "significant" else "yellow"
+        stderr.print(f"[{color}]flagged[/]: {flag['message']}", highlight=False)
+    for note in r["notes"]:
+        stderr.print(f"note: {note}", highlight=False)
