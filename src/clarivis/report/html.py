@@ -14,21 +14,15 @@ import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
+from clarivis import runs
 from clarivis.data.thumbnails import FINDING_THUMBNAIL, data_uri, thumbnail
-from clarivis.errors import ClarivisError
 from clarivis.evaluate import plots
-from clarivis.evaluate.audit import AUDIT_NAME
 from clarivis.models.bundle import load_bundle_config, resolve_bundle_path
 from clarivis.report.card import model_card
 from clarivis.report.gallery import ScoredValidation, top_losses
 from clarivis.spec import VERSION as __version__
 from clarivis.spec import BundleConfig
 
-REPORT_NAME = "report.html"
-CHECK_NAME = "data_check.json"  # written by `clarivis check DATA --json RUN/data_check.json`
-VAL_CALIBRATION_NAME = "val_calibration.json"  # reliability bins on val, written by training
-VAL_METRICS_NAME = "val_metrics.json"  # written by training, with its confusion PNG beside it
-VAL_CONFUSION_NAME = "val_metrics_confusion.png"  # api.save_evaluation's name for that PNG
 MAX_FINDINGS = 40  # rows of the data-check table; the JSON file has them all
 
 
@@ -51,8 +45,8 @@ def write_report(run: str | Path, *, out: str | Path | None = None, gallery: int
     """Write RUN/report.html (or `out`) from the run folder's files; returns its path. `scored`:
     the validation split already through the bundle's model (the end of training passes it), so
     the gallery needs no second decode and forward pass."""
-    run_dir = _run_dir(run)
-    bundle_dir = resolve_bundle_path(run_dir / "model")
+    run_dir = runs.find_run_dir(run)
+    bundle_dir = resolve_bundle_path(run_dir / runs.BUNDLE_DIR)
     bundle = load_bundle_config(bundle_dir)
     inputs = _read_inputs(run_dir)
     macros = _env().get_template("sections.html.j2").module
@@ -61,19 +55,9 @@ def write_report(run: str | Path, *, out: str | Path | None = None, gallery: int
         title=f"{run_dir.name}: {bundle.architecture} on {Path(inputs['config'].get('data', '?')).name}",
         version=__version__, written=datetime.now().strftime("%Y-%m-%d %H:%M"), bundle=bundle,
         sections=sections)
-    target = Path(out) if out else run_dir / REPORT_NAME
+    target = Path(out) if out else run_dir / runs.REPORT
     target.write_text(html, encoding="utf-8")
     return target
-
-
-def _run_dir(run: str | Path) -> Path:
-    path = Path(run).expanduser()
-    if (path / "config.json").is_file() and (path.parent / "metrics.jsonl").is_file():
-        path = path.parent  # given the model/ folder of a run
-    if not path.is_dir() or not (path / "model").is_dir():
-        raise ClarivisError(f"{path} is not a run folder (no model/ inside); pass runs/NAME, "
-                            "the --out folder of `clarivis train`")
-    return path
 
 
 def _read_json(path: Path) -> dict | None:
@@ -85,21 +69,21 @@ def _read_json(path: Path) -> dict | None:
 
 def _read_inputs(run_dir: Path) -> dict:
     history = []
-    if (run_dir / "metrics.jsonl").is_file():
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+    if (run_dir / runs.METRICS_LOG).is_file():
+        for line in (run_dir / runs.METRICS_LOG).read_text().splitlines():
             try:
                 history.append(json.loads(line))
             except json.JSONDecodeError:
                 continue  # a torn last line of an interrupted run
-    config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+    config_text = (run_dir / runs.RUN_CONFIG).read_text() if (run_dir / runs.RUN_CONFIG).is_file() else ""
     return {
         "history": history, "config_text": config_text,
         "config": yaml.safe_load(config_text) or {} if config_text else {},
-        "val": _read_json(run_dir / VAL_METRICS_NAME),
-        "val_calibration": _read_json(run_dir / VAL_CALIBRATION_NAME),
-        "audit": _read_json(run_dir / AUDIT_NAME),
-        "check": _read_json(run_dir / CHECK_NAME),
-        "split": _read_json(run_dir / "split.json"),
+        "val": _read_json(run_dir / runs.VAL_METRICS),
+        "val_calibration": _read_json(run_dir / runs.VAL_CALIBRATION),
+        "audit": _read_json(run_dir / runs.AUDIT),
+        "check": _read_json(run_dir / runs.DATA_CHECK),
+        "split": _read_json(run_dir / runs.SPLIT),
     }
 
 
@@ -212,10 +196,11 @@ def _top_losses_section(r: _Run) -> Section:
 
 
 def _data_check_section(r: _Run) -> Section:
+    check_file = r.run_dir / runs.DATA_CHECK
     s = Section("data-check", "Data check",
-                missing=f"run `clarivis check DATA --json {r.run_dir / CHECK_NAME}` to fill this section")
+                missing=f"run `clarivis check DATA --json {check_file}` to fill this section")
     if r.inputs["check"]:
-        s.html = Markup(r.m.data_check(_data_check(r.inputs["check"], r.run_dir / CHECK_NAME)))
+        s.html = Markup(r.m.data_check(_data_check(r.inputs["check"], r.run_dir / runs.DATA_CHECK)))
     return s
 
 
@@ -262,7 +247,7 @@ def _saved_val_confusion(run_dir: Path) -> bytes | None:
     """The confusion PNG training saved beside val_metrics.json (the same figure of the same
     matrix: drawing it again costs 0.35 s of CPU for 10 classes), when it is no older than the
     metrics."""
-    png, metrics = run_dir / VAL_CONFUSION_NAME, run_dir / VAL_METRICS_NAME
+    png, metrics = run_dir / runs.VAL_CONFUSION, run_dir / runs.VAL_METRICS
     try:
         return png.read_bytes() if png.stat().st_mtime >= metrics.stat().st_mtime else None
     except OSError:

@@ -16,8 +16,6 @@ from datetime import datetime
 import numpy as np
 import torch
 from rich.console import Console
-from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-from sklearn.model_selection import StratifiedKFold
 from torch import nn
 
 from clarivis import runs
@@ -55,6 +53,10 @@ def fit_logistic_head(x: np.ndarray, y: np.ndarray, num_classes: int, *, seed: i
     """Multinomial logistic regression of `y` (N,) int on `x` (N, D) float. Features are
     standardized first (lbfgs converges fast and one C grid suits every backbone), and the
     scaling is folded back into the weights. `reg_c` None: chosen by stratified k-fold CV."""
+    # scikit-learn costs ~1 s to import on 2 cores: only --linear-probe runs pay it, not every run.
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
     x = np.asarray(x, dtype=np.float64)
     mean, std = x.mean(0), x.std(0) + 1e-6  # (D,); the floor guards dead features
     z = (x - mean) / std
@@ -77,7 +79,7 @@ def fit_logistic_head(x: np.ndarray, y: np.ndarray, num_classes: int, *, seed: i
     return LinearHead(weight.astype(np.float32), bias.astype(np.float32), reg_c, cv_accuracy)
 
 
-def _class_rows(model: LogisticRegression, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def _class_rows(model, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """(C, D) weights and (C,) biases in class-index order. sklearn keeps one row for two
     classes (the log-odds of class 1); split it as -z/2, +z/2, which gives the same softmax."""
     coef, intercept = model.coef_, model.intercept_
