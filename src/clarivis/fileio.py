@@ -1,7 +1,9 @@
-"""Atomic file writes: a reader (or a resumed run) sees the old file or the new one, never half."""
+"""Atomic file writes (a reader, or a resumed run, sees the old file or the new one, never half)
+and content digests of files."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -18,3 +20,13 @@ def atomic_write(target: Path, write: Callable[[str], object]) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def sha256_hex(*paths: str | Path) -> str:
+    """SHA-256 of the files' bytes, in order, read 1 MiB at a time (weights can be GBs)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

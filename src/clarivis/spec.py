@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from clarivis.errors import ModelError
+from clarivis.fileio import sha256_hex
 
 VERSION = "0.1.0"  # clarivis's version, written into every bundle
 SCHEMA_VERSION = 1  # config.json's layout; a newer one than this code knows is refused
@@ -184,3 +185,12 @@ def read_bundle_config(path: str | Path) -> BundleConfig:
 def bundle_config_text(config: BundleConfig) -> str:
     """config.json's text, as every writer formats it."""
     return json.dumps(config.to_dict(), indent=2)
+
+
+def bundle_version(path: str | Path) -> str:
+    """A short, stable identity of the bundle's contents (config and weights): the same files
+    give the same version on every machine; retraining gives a new one. 12 hex digits."""
+    folder = resolve_bundle_path(path)
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise ModelError(f"{folder} has no {WEIGHTS_NAME}; the bundle is incomplete, retrain")
+    return sha256_hex(folder / CONFIG_NAME, folder / WEIGHTS_NAME)[:12]

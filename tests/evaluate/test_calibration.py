@@ -76,7 +76,8 @@ def test_prediction_baseline_shares_and_histogram():
 
 
 def test_bundle_version_changes_with_the_weights(tmp_path):
-    from clarivis.models.bundle import bundle_version, update_bundle_config
+    from clarivis.models.bundle import update_bundle_config
+    from clarivis.spec import bundle_version
 
     bundle = train_bundle(tmp_path)
     first = bundle_version(bundle)

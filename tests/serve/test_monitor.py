@@ -224,8 +224,8 @@ def test_default_log_beside_the_bundle(bundle, monkeypatch):
 
 def test_version_and_unknown_label_match_the_torch_side(bundle):
     from clarivis.evaluate.ood import UNKNOWN_LABEL as OOD_UNKNOWN
-    from clarivis.models.bundle import bundle_version
     from clarivis.serve.monitor import UNKNOWN_LABEL
+    from clarivis.spec import bundle_version
 
     folder, version, _ = bundle
     assert version == bundle_version(folder) and UNKNOWN_LABEL == OOD_UNKNOWN

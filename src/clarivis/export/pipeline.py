@@ -3,7 +3,6 @@ held-out images and timed, with the results written into the bundle's config.jso
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,10 @@ from clarivis.export.check import Speed, measure_speed, top1_agreement
 from clarivis.export.images import choose_images
 from clarivis.export.onnx import OPSET, export_onnx
 from clarivis.export.quantize import quantize_int8
+from clarivis.fileio import sha256_hex
 from clarivis.models.bundle import WEIGHTS_NAME, load_bundle, resolve_bundle_path, update_bundle_config
+from clarivis.spec import INT8_ONNX_NAME, ONNX_NAME
 
-FP32_NAME = "model.onnx"
-INT8_NAME = "model.int8.onnx"
 # Top-1 agreement with PyTorch each file must reach on the check images. fp32 differs from
 # PyTorch only by float summation order, so more than 1 in 1,000 changed labels means a broken
 # export; int8 rounding legitimately flips near-ties, which a 2 % budget allows.
@@ -101,7 +100,7 @@ def export_bundle(model: str | Path, *, int8: bool = False, calibration_data: st
     reference = np.concatenate([clf.logits(torch.from_numpy(check[i:i + _BATCH])).numpy()
                                 for i in range(0, len(check), _BATCH)])
     cpu_model = clf.model if clf.device.type == "cpu" else load_bundle(folder, "cpu")[0]
-    fp32_path = export_onnx(cpu_model, folder / FP32_NAME, img_size=clf.config.preprocess.img_size)
+    fp32_path = export_onnx(cpu_model, folder / ONNX_NAME, img_size=clf.config.preprocess.img_size)
     fp32 = _check(fp32_path, check, reference, "fp32")
     quantized, calibration_count = None, 0
     if int8:
@@ -110,10 +109,10 @@ def export_bundle(model: str | Path, *, int8: bool = False, calibration_data: st
         if len(calibration) == 0:
             raise DataError(f"none of the {len(images.calibration)} calibration images could be read")
         calibration_count = len(calibration)
-        int8_path = quantize_int8(fp32_path, folder / INT8_NAME, calibration)
+        int8_path = quantize_int8(fp32_path, folder / INT8_ONNX_NAME, calibration)
         quantized = _check(int8_path, check, reference, "int8")
-    elif (folder / INT8_NAME).exists():
-        (folder / INT8_NAME).unlink()  # an int8 file from older weights would silently disagree
+    elif (folder / INT8_ONNX_NAME).exists():
+        (folder / INT8_ONNX_NAME).unlink()  # an int8 file from older weights would silently disagree
     torch_speed = measure_speed(lambda x: clf.logits(torch.from_numpy(x)), check)
     result = ExportResult(folder, OPSET, fp32, quantized, torch_speed, images.check_source,
                           images.calibration_source, calibration_count, skipped)
@@ -152,8 +151,4 @@ def _check(path: Path, pixels: np.ndarray, reference: np.ndarray, kind: str) -> 
 
 def _weights_digest(folder: Path) -> str:
     """Which weights the ONNX files were made from (a retrained bundle makes them stale)."""
-    digest = hashlib.sha256()
-    with open(folder / WEIGHTS_NAME, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return sha256_hex(folder / WEIGHTS_NAME)[:16]

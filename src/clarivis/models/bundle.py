@@ -3,7 +3,6 @@ It is the contract between training and every later stage (evaluate, predict, ex
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from clarivis.spec import (
     resolve_bundle_path,
 )
 
-__all__ = ["BundleConfig", "CONFIG_NAME", "WEIGHTS_NAME", "bundle_version", "load_bundle",
+__all__ = ["BundleConfig", "CONFIG_NAME", "WEIGHTS_NAME", "load_bundle",
            "load_bundle_config", "make_bundle_config", "resolve_bundle_path", "save_bundle",
            "update_bundle_config"]
 
@@ -54,18 +53,6 @@ def update_bundle_config(folder: str | Path, **changes: Any) -> BundleConfig:
     text = bundle_config_text(config)
     atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
     return config
-
-
-def bundle_version(path: str | Path) -> str:
-    """A short, stable identity of the bundle's contents (weights and config): the same files
-    give the same version on every machine; retraining gives a new one."""
-    folder = resolve_bundle_path(path)
-    digest = hashlib.sha256()
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        with open(folder / name, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:12]
 
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, BundleConfig]:

@@ -3,7 +3,6 @@ Torch is never imported here (a test checks sys.modules in a fresh interpreter).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from PIL import Image
 
 from clarivis.data.expand import ImageInput, expand_inputs
 from clarivis.errors import ClarivisError, ImageDecodeError, ModelError
+from clarivis.fileio import sha256_hex
 from clarivis.prediction import UNKNOWN_LABEL, Prediction
 from clarivis.runtime.preprocess import RuntimePreprocess, decode, normalize, resize
 from clarivis.spec import INT8_ONNX_NAME, ONNX_NAME, WEIGHTS_NAME, read_bundle_config, resolve_bundle_path
@@ -149,11 +149,7 @@ def _check_fresh(folder: Path, config: dict[str, Any]) -> None:
     weights = folder / WEIGHTS_NAME
     if not recorded or not weights.is_file():
         return
-    digest = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest()[:len(recorded)] != recorded:
+    if sha256_hex(weights)[:len(recorded)] != recorded:
         raise ModelError(f"the ONNX files in {folder} were exported from other weights; "
                          f"run `clarivis export {folder}` again")
 

@@ -29,7 +29,7 @@ from clarivis.classifier import Classifier
 from clarivis.errors import ClarivisError
 from clarivis.explain import heatmaps, overlay_png
 from clarivis.extras import needs
-from clarivis.models.bundle import bundle_version, load_bundle_config, resolve_bundle_path
+from clarivis.models.bundle import load_bundle_config, resolve_bundle_path
 from clarivis.serve import limits
 from clarivis.serve.backends import Backend, Scored, load_backend
 from clarivis.serve.batching import MAX_BATCH, MAX_WAIT_MS, MicroBatcher
@@ -37,6 +37,7 @@ from clarivis.serve.metrics import MetricsMiddleware, ServiceMetrics
 from clarivis.serve.monitor import monitor_report
 from clarivis.serve.predlog import LoggedPrediction, PredictionLog
 from clarivis.spec import VERSION as __version__
+from clarivis.spec import bundle_version
 
 with needs("serve", "clarivis serve"):
     from fastapi import Depends, FastAPI, HTTPException, Query, Request

@@ -7,8 +7,6 @@ Torch-free, like the prediction log: the service may call it from a process with
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import math
 import re
 from datetime import UTC, datetime, timedelta
@@ -16,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from clarivis.errors import ClarivisError, ModelError
+from clarivis.errors import ClarivisError
 from clarivis.extras import needs
 from clarivis.fileio import atomic_write
 from clarivis.prediction import UNKNOWN_LABEL
 from clarivis.serve.predlog import PredictionLog, as_utc, default_db_url, predictions, safe_url, to_naive_utc
+from clarivis.spec import bundle_version, read_bundle_config, resolve_bundle_path
 
 with needs("serve", "clarivis monitor"):
     from scipy import stats
@@ -73,25 +72,9 @@ def parse_since(value: str | datetime | None, now: datetime | None = None) -> da
 
 
 def bundle_info(model_dir: str | Path) -> tuple[Path, dict, str]:
-    """(bundle folder, config.json as a dict, model version) without importing torch. The version
-    is computed as models.bundle.bundle_version does (a test keeps the two equal)."""
-    folder = Path(model_dir).expanduser()
-    if not (folder / "config.json").is_file() and (folder / "model" / "config.json").is_file():
-        folder = folder / "model"  # a run folder was given
-    if not (folder / "config.json").is_file():
-        raise ModelError(f"{folder} is not a ModelBundle (no config.json); pass the model/ folder of a run")
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except json.JSONDecodeError:
-        raise ModelError(f"{folder / 'config.json'} is damaged; retrain or restore it") from None
-    digest = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
-        if not (folder / name).is_file():
-            raise ModelError(f"{folder} has no {name}; the bundle is incomplete, retrain")
-        with open(folder / name, "rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
-                digest.update(block)
-    return folder, config, digest.hexdigest()[:12]
+    """(bundle folder, config.json as a dict, model version) without importing torch."""
+    folder = resolve_bundle_path(model_dir)
+    return folder, read_bundle_config(folder).to_dict(), bundle_version(folder)
 
 
 def monitor_report(model_dir: str | Path, db_url: str | None = None, since: str | datetime | None = None,

@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from clarivis.errors import ClarivisError
+from clarivis.errors import ClarivisError, ModelError
 from clarivis.extras import needs
+from clarivis.spec import resolve_bundle_path
 
 with needs("serve", "the prediction log (clarivis serve, monitor)"):
     from sqlalchemy import (
@@ -119,9 +120,10 @@ def default_db_url(model_dir: str | Path) -> str:
     env = os.environ.get(ENV_VAR, "").strip()
     if env:
         return env
-    folder = Path(model_dir).expanduser()
-    if folder.is_dir() and not (folder / "config.json").is_file() and (folder / "model").is_dir():
-        folder = folder / "model"  # a run folder was given: its bundle is model/
+    try:
+        folder = resolve_bundle_path(model_dir)  # a run folder was given: its bundle is model/
+    except ModelError:
+        folder = Path(model_dir).expanduser()  # not a bundle (yet): the log goes beside it
     return f"sqlite:///{(folder.resolve().parent / DEFAULT_DB_NAME).as_posix()}"
 
 
