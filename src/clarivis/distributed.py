@@ -32,10 +32,6 @@ class World:
         return self.rank == 0
 
 
-def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 def world_from_env() -> World:
     """torchrun's RANK, WORLD_SIZE and LOCAL_RANK; one process when they are not set."""
     try:

@@ -15,7 +15,6 @@ from tests.tiny import CNN
 
 import clarivis
 from clarivis.data.loaders import epoch_order
-from clarivis.training.distributed import _without_option
 
 SETTINGS = dict(model=CNN, img_size=32, epochs=6, batch_size=16, lr=3e-3, patience=None,
                 val_fraction=0.0, hflip=False)
@@ -32,12 +31,6 @@ def test_ranks_get_disjoint_equal_shards_that_cover_the_epoch(balanced):
         assert len(set(shards[0]) | set(shards[1])) == 100
     again = epoch_order(targets, seed=0, epoch=4, balanced=balanced, num_classes=3, rank=0, world=2)
     assert again == shards[0]  # (seed, epoch) decide the order: resume-exact
-
-
-def test_nproc_is_removed_from_the_relaunched_command():
-    assert _without_option(["train", "d", "--nproc", "2", "--epochs", "3"], "--nproc") == [
-        "train", "d", "--epochs", "3"]
-    assert _without_option(["train", "d", "--nproc=2"], "--nproc") == ["train", "d"]
 
 
 def _free_port() -> int:

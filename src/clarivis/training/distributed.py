@@ -1,13 +1,12 @@
 """DistributedDataParallel for training, launched by torchrun: joining with the right backend,
-one GPU per process, the DDP wrapper, SyncBatchNorm, and `--nproc`. The generic helpers (World,
-barrier, sums over ranks) live in clarivis/distributed.py; a single process is the world of
-size 1, so the training loop has one code path."""
+one GPU per process, the DDP wrapper and SyncBatchNorm. The generic helpers (World, barrier,
+sums over ranks) live in clarivis/distributed.py, and `--nproc` (relaunching the command under
+torchrun, torch-free) in clarivis/torchrun.py; a single process is the world of size 1, so the
+training loop has one code path."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from datetime import timedelta
 
 import torch
@@ -19,33 +18,11 @@ from clarivis.distributed import (  # noqa: F401  (barrier, from_main, sum_acros
     barrier,
     from_main,
     join,
-    launched_by_torchrun,
     leave,
     sum_across,
     world_from_env,
 )
 from clarivis.errors import ConfigError
-
-
-def relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
-    """`clarivis train ... --nproc N`: run the same command under torchrun with N processes on
-    this machine; returns torchrun's exit code. (Several machines: call torchrun yourself.)"""
-    args = _without_option(argv, "--nproc")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "clarivis", *args]
-    return subprocess.call(command)
-
-
-def _without_option(argv: list[str], name: str) -> list[str]:
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == name:
-            skip = True  # "--nproc 2": drop the value too
-        elif not arg.startswith(name + "="):
-            kept.append(arg)
-    return kept
 
 
 def init_world(device: torch.device) -> World:
