@@ -12,8 +12,7 @@ from clarivis.api import train as train_api
 from clarivis.cli.options import default_text, given_settings, parse_model_kwargs
 from clarivis.cli.output import stderr, stdout
 from clarivis.config import TrainConfig
-from clarivis.distributed import launched_by_torchrun
-from clarivis.training.distributed import relaunch_with_torchrun
+from clarivis.torchrun import launched_by_torchrun, relaunch_with_torchrun
 
 app = typer.Typer(rich_markup_mode=None)  # plain help: "[30]" is a default, not a style
 Opt = typer.Option
