@@ -1,12 +1,23 @@
 """What a prediction is, for every backend: torch (clarivis.api), onnxruntime (clarivis.runtime)
-and the service. Torch-free, so the runtime can share it."""
+and the service; and which backends there are. Torch-free, so the runtime can share it and the
+CLI's help reads it without importing torch."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from clarivis.errors import ClarivisError
+
 UNKNOWN_LABEL = "unknown"  # the answer when the open-set check rejects an image
+# What runs the model: torch (clarivis.Classifier) or onnx (the runtime's Predictor on the
+# bundle's exported model.onnx); `predict --backend` and `serve --backend` take these names.
+BACKENDS = ("torch", "onnx")
+
+
+def check_backend(name: str) -> None:
+    if name not in BACKENDS:
+        raise ClarivisError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")
 
 
 @dataclass

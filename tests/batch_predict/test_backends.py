@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from tests.tiny import held_out
 
-from clarivis.batch_predict.backends import BACKENDS, check_backend, load_predictor, predict_rows
+from clarivis.batch_predict.backends import load_predictor, predict_rows
 from clarivis.classifier import Classifier
 from clarivis.errors import ClarivisError
+from clarivis.prediction import BACKENDS, check_backend
 from clarivis.runtime import Predictor
 from clarivis.serve.backends import OnnxBackend, TorchBackend, load_backend
 

@@ -1,7 +1,7 @@
 """What runs the model of a prediction: `torch` (clarivis.Classifier, on any device torch has) or
 `onnx` (the runtime's Predictor on the bundle's exported model.onnx, or model.int8.onnx: no
-torch in the model call). The one place that names the backends and loads one, for
-`clarivis predict --backend` and `clarivis serve --backend` alike."""
+torch in the model call). The one place that loads one, for `clarivis predict --backend` and
+`clarivis serve --backend` alike; their names (BACKENDS, check_backend) are in prediction.py."""
 
 from __future__ import annotations
 
@@ -10,16 +10,8 @@ from pathlib import Path
 
 from clarivis.classifier import Classifier
 from clarivis.data.expand import ImageInput
-from clarivis.errors import ClarivisError
-from clarivis.prediction import Prediction
+from clarivis.prediction import Prediction, check_backend
 from clarivis.runtime import Predictor, predict_files
-
-BACKENDS = ("torch", "onnx")
-
-
-def check_backend(name: str) -> None:
-    if name not in BACKENDS:
-        raise ClarivisError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")
 
 
 def load_predictor(backend: str, model: str | Path, *, device: str | None = None, reject: bool = True,

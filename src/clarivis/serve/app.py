@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,18 +24,19 @@ from urllib.parse import quote
 
 import torch
 
-from clarivis.batch_predict.backends import check_backend
 from clarivis.classifier import Classifier
 from clarivis.errors import ClarivisError
 from clarivis.explain import heatmaps, overlay_png
 from clarivis.extras import needs
 from clarivis.models.bundle import load_bundle_config, resolve_bundle_path
+from clarivis.prediction import check_backend
 from clarivis.serve import limits
 from clarivis.serve.backends import Backend, Scored, load_backend
-from clarivis.serve.batching import MAX_BATCH, MAX_WAIT_MS, MicroBatcher
+from clarivis.serve.batching import MicroBatcher
 from clarivis.serve.metrics import MetricsMiddleware, ServiceMetrics
 from clarivis.serve.monitor import monitor_report
 from clarivis.serve.predlog import LoggedPrediction, PredictionLog
+from clarivis.serve.settings import HOST, PORT, TIMEOUT_S, Settings
 from clarivis.spec import VERSION as __version__
 from clarivis.spec import bundle_version
 
@@ -50,11 +51,6 @@ with needs("serve", "clarivis serve"):
 log = logging.getLogger("clarivis.serve")
 
 STATIC_DIR = Path(__file__).parent / "static"
-HOST = "127.0.0.1"  # loopback: exposing the service is a deliberate --host 0.0.0.0
-PORT = 8000
-# A request (upload, decode, queue, model, log) that takes 30 s is stuck, not slow: a 64-image
-# request of 224 px photos on one CPU core takes ~3 s. The client gets 504 and may retry.
-TIMEOUT_S = 30.0
 # Connections (and so uploads held in memory, up to MAX_UPLOAD_MB each) served at once; uvicorn
 # answers 503 beyond it. 64 keeps the worst case near 2 GB and is 4x the load tested (16).
 MAX_CONNECTIONS = 64
@@ -71,24 +67,6 @@ _PREDICT_BODY = {
         }}},
     }
 }
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything create_app was asked for (one typed object, not a dozen parameters);
-    /v1/model shows it (without the key)."""
-
-    backend: str = "torch"
-    device: str | None = None
-    api_key: str | None = None
-    db_url: str | None = None
-    store_images: bool = False
-    max_upload_mb: float = limits.MAX_UPLOAD_MB
-    max_pixels: int = limits.MAX_PIXELS
-    max_files: int = limits.MAX_FILES
-    timeout_s: float = TIMEOUT_S
-    max_batch: int = MAX_BATCH
-    max_wait_ms: float = MAX_WAIT_MS
 
 
 class Service:

@@ -10,9 +10,10 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from clarivis.batch_predict.backends import check_backend, load_predictor
+from clarivis.batch_predict.backends import load_predictor
 from clarivis.classifier import Classifier
 from clarivis.errors import ModelError
+from clarivis.prediction import check_backend
 from clarivis.runtime import Predictor
 from clarivis.spec import ONNX_NAME
 

@@ -15,22 +15,15 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from clarivis.data.io import MAX_IMAGE_PIXELS, load_image
+from clarivis.data.io import load_image
 from clarivis.errors import ImageDecodeError
 from clarivis.extras import needs
+from clarivis.serve.settings import MAX_PIXELS  # the upload limits' defaults are Settings'
 
 with needs("serve", "clarivis serve"):
     from fastapi import HTTPException
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-# 32 MB a request holds a full-resolution photo from any phone or DSLR (a 48 MP JPEG is 12-25 MB)
-# and a handful of ordinary ones, and bounds what one request makes the server hold in memory.
-MAX_UPLOAD_MB = 32.0
-# The limit predict and training use (64 MP, ~192 MB decoded): the service reads every image the
-# CLI reads. Larger headers are rejected before decoding (decompression bombs).
-MAX_PIXELS = MAX_IMAGE_PIXELS
-# Images a request may carry: keeps one request from holding the batcher for long.
-MAX_FILES = 64
 FIELD = "file"  # the multipart field name of every image
 
 

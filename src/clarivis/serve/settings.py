@@ -1,0 +1,42 @@
+"""What the service may be asked for: one typed Settings object (create_app's options, the flags
+of `clarivis serve`) and the defaults it starts from. Torch-free and free of the web framework,
+so `clarivis serve --help` shows these defaults without importing torch or FastAPI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clarivis.data.io import MAX_IMAGE_PIXELS
+from clarivis.serve.batching import MAX_BATCH, MAX_WAIT_MS
+
+HOST = "127.0.0.1"  # loopback: exposing the service is a deliberate --host 0.0.0.0
+PORT = 8000
+# A request (upload, decode, queue, model, log) that takes 30 s is stuck, not slow: a 64-image
+# request of 224 px photos on one CPU core takes ~3 s. The client gets 504 and may retry.
+TIMEOUT_S = 30.0
+# 32 MB a request holds a full-resolution photo from any phone or DSLR (a 48 MP JPEG is 12-25 MB)
+# and a handful of ordinary ones, and bounds what one request makes the server hold in memory.
+MAX_UPLOAD_MB = 32.0
+# The limit predict and training use (64 MP, ~192 MB decoded): the service reads every image the
+# CLI reads. Larger headers are rejected before decoding (decompression bombs).
+MAX_PIXELS = MAX_IMAGE_PIXELS
+# Images a request may carry: keeps one request from holding the batcher for long.
+MAX_FILES = 64
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything create_app was asked for (one typed object, not a dozen parameters);
+    /v1/model shows it (without the key)."""
+
+    backend: str = "torch"
+    device: str | None = None
+    api_key: str | None = None
+    db_url: str | None = None
+    store_images: bool = False
+    max_upload_mb: float = MAX_UPLOAD_MB
+    max_pixels: int = MAX_PIXELS
+    max_files: int = MAX_FILES
+    timeout_s: float = TIMEOUT_S
+    max_batch: int = MAX_BATCH
+    max_wait_ms: float = MAX_WAIT_MS
