@@ -16,11 +16,9 @@ from clarivis.device import resolve_device
 from clarivis.models.bundle import make_bundle_config, save_bundle
 from clarivis.models.clip import clip_text_classifier
 from clarivis.models.open_clip import CLIP_PREFIX, clip_preprocess
-from clarivis.models.prompts import check_templates
+from clarivis.models.prompts import DEFAULT_CLIP, check_templates
 from clarivis.prediction import Prediction
 from clarivis.zeroshot.prompts import parse_labels, read_templates
-
-DEFAULT_CLIP = "ViT-B-32"  # 88M-parameter image tower, 4.4 GFLOPs at 224 px: fine on a CPU
 
 Templates = Sequence[str] | str | Path | None  # a list, a file with one a line, or the default
 
