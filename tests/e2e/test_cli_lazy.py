@@ -44,6 +44,23 @@ def test_a_command_imports_its_own_area_only():
     assert not loaded & {"clarivis.cli.train", "clarivis.cli.evaluate", "clarivis.cli.predict", "torch"}
 
 
+# What a command's --help must not import: the torch stack and the heavy extras (a 2-core box:
+# torch alone 2 s; the area modules importing them made `train --help` 11 s, now ~0.3-0.5 s).
+HEAVY = ("torch", "torchvision", "timm", "fastapi", "scipy", "sklearn", "onnxruntime", "open_clip",
+         "lightly", "cleanlab", "matplotlib")
+
+
+@pytest.mark.parametrize("args", [[name, "--help"] for name in COMMANDS] + [["datasets", "make", "--help"]],
+                         ids=lambda args: " ".join(args))
+def test_a_commands_help_imports_no_torch(args):
+    code = ("import sys\nfrom clarivis.cli import main\nsys.argv = ['clarivis', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+            f"print('heavy:', *sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage:" in proc.stdout and proc.stdout.splitlines()[-1] == "heavy:"
+
+
 def test_a_mistyped_command_gets_suggestions(capsys):
     code, _, err = run_cli(["trian"], capsys)
     assert code == 2 and "No such command 'trian'. Did you mean 'train', 'pretrain'?" in err

@@ -10,6 +10,7 @@ import pytest
 import typer
 from tests.e2e.test_cli import assert_one_line_error, run_cli
 
+import clarivis
 from clarivis.cli import pretrain as pretrain_cli
 from clarivis.cli import train as train_cli
 from clarivis.cli.options import default_text, given_settings, parse_model_kwargs
@@ -87,7 +88,7 @@ def test_train_flags_reach_the_api(monkeypatch, capsys, tmp_path):
         return SimpleNamespace(best_val_accuracy=0.5, best_epoch=1, epochs_run=2,
                                bundle_dir=tmp_path / "run" / "model", run_dir=tmp_path / "run")
 
-    monkeypatch.setattr(train_cli, "train_api", fake_train)
+    monkeypatch.setattr(clarivis, "train", fake_train)  # the command calls clarivis.train
     code, out, err = run_cli(["train", "DATA", "--out", tmp_path / "run", "--epochs", "3", "--no-hflip",
                               "--model-kwargs", "patch_size=8", "--resume", "R", "--compile"], capsys)
     assert code == 0, err

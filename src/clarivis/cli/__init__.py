@@ -1,8 +1,12 @@
 """The `clarivis` command: parse, call the package, print with rich. No logic lives here.
 
-One module per area, each importing what its commands call; the commands are imported when they
-run (cli/lazy.py), so `clarivis --help` stays fast and a command whose extra is not installed
-stops with one line naming it, without touching the others.
+One module per area; the commands are imported when they run or show their --help (cli/lazy.py),
+so `clarivis --help` imports none of them. An area module imports at the top only what its
+help needs and is cheap (typer, rich, the configs, errors, prediction rows, serve's settings,
+torch-free helpers) and calls the package through its lazy public API at run time
+(`clarivis.audit(...)`, `clarivis.serve_model(...)`: src/clarivis/__init__.py), so a command's
+--help imports no torch, and a command whose extra is not installed shows its help and stops
+with one line naming the extra when it runs.
 
     train.py     train
     pretrain.py  pretrain (the 'ssl' extra)

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+import clarivis
 from clarivis.cli.output import stderr, stdout
-from clarivis.datacheck import check_data, save_check
 
 app = typer.Typer(rich_markup_mode=None)  # plain help: "[on]" is a default, not a style
 Opt = typer.Option
@@ -36,9 +36,10 @@ def check(  # one parameter a flag: Typer reads the option list from this signat
     """Corrupt files, duplicates and train/test leaks, imbalance, odd sizes and modes, and
     suspected label errors (cleanlab). Exit code 1 when there are errors (corrupt, leaks, one
     image under two labels)."""
-    result = check_data(data, model=model, weights=weights, pretrained=pretrained, img_size=img_size,
-                        cached=cached, label_issues=labels, folds=folds, device=device, console=stderr)
-    written = save_check(result, json_path) if json_path else None  # before printing (| head)
+    result = clarivis.check_data(data, model=model, weights=weights, pretrained=pretrained,
+                                 img_size=img_size, cached=cached, label_issues=labels, folds=folds,
+                                 device=device, console=stderr)
+    written = clarivis.save_check(result, json_path) if json_path else None  # before printing (| head)
     findings = result.findings
     colours = {"error": "red", "warning": "yellow", "info": "dim"}
     table = Table("severity", "kind", "message", title=f"{len(findings)} findings in {data}")

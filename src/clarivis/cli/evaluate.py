@@ -7,12 +7,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from clarivis.api import Classifier, EvaluationResult, save_evaluation
+import clarivis
 from clarivis.cli.output import stderr, stdout
-from clarivis.evaluate.audit import audit as audit_api
-from clarivis.evaluate.audit import save_audit
-from clarivis.explain import explain as explain_api
-from clarivis.report.html import write_report
 
 app = typer.Typer(rich_markup_mode=None)  # plain help: "[1000]" is a default, not a style
 Opt = typer.Option
@@ -27,8 +23,8 @@ def evaluate(
     device: Annotated[Optional[str], Opt()] = None,
 ) -> None:
     """Accuracy, top-5, balanced accuracy, precision/recall/F1, confusion matrix, ECE."""
-    result = Classifier.load(model, device=device).evaluate(data, batch_size=batch_size)
-    written = save_evaluation(result, json_path) if json_path else None  # before printing: a
+    result = clarivis.Classifier.load(model, device=device).evaluate(data, batch_size=batch_size)
+    written = clarivis.save_evaluation(result, json_path) if json_path else None  # before printing: a
     print_evaluation(result)  # closed pipe (`| head`) must not cost the file
     if written:
         stderr.print(f"wrote {written[0]} and {written[1]}")
@@ -48,7 +44,7 @@ def explain(
     table = Table("label", "confidence", "overlay")
     table.add_column("image", overflow="fold")
     failed = 0
-    for e in explain_api(model, images, method=method, out=out_dir, target=target, device=device):
+    for e in clarivis.explain_images(model, images, method=method, out=out_dir, target=target, device=device):
         if e.error:
             failed += 1
             table.add_row("[red]error[/]", "", e.error, e.source)
@@ -77,11 +73,11 @@ def audit(  # one parameter a flag: Typer reads the option list from this signat
     saved as audit.json in the run folder (the report reads it) and printed as tables."""
     columns = [c.strip() for c in groups.split(",") if c.strip()] if groups else None
     with stderr.status("auditing") as status:
-        result = audit_api(model, data, groups=columns, adversarial=adversarial,
-                           adversarial_images=adversarial_images, robustness=robustness,
-                           robustness_images=robustness_images, device=device,
-                           on_stage=lambda name: status.update(f"audit: {name}"))
-    written = [save_audit(result, json_path)] if json_path else []
+        result = clarivis.audit(model, data, groups=columns, adversarial=adversarial,
+                                adversarial_images=adversarial_images, robustness=robustness,
+                                robustness_images=robustness_images, device=device,
+                                on_stage=lambda name: status.update(f"audit: {name}"))
+    written = [clarivis.save_audit(result, json_path)] if json_path else []
     run = result.run_file.parent if result.run_file else None  # audit() saved it there
     if result.run_file:
         written.append(result.run_file)
@@ -99,11 +95,11 @@ def report(
     device: Annotated[Optional[str], Opt()] = None,
 ) -> None:
     """One self-contained HTML report (opens offline) from what the run folder holds."""
-    path = write_report(run, out=out_file, gallery=gallery, device=device)
+    path = clarivis.write_report(run, out=out_file, gallery=gallery, device=device)
     stdout.print(f"wrote {path}", soft_wrap=True, highlight=False)
 
 
-def print_evaluation(result: EvaluationResult) -> None:
+def print_evaluation(result: clarivis.EvaluationResult) -> None:
     summary = Table(title=f"evaluation on {result.num_samples} images", show_header=False)
     rows = [("accuracy", result.accuracy), ("top-5 accuracy", result.top5_accuracy),
             ("balanced accuracy", result.balanced_accuracy),

@@ -6,8 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
+import clarivis
 from clarivis.cli.output import stderr, stdout
-from clarivis.export import export_bundle
 
 app = typer.Typer(rich_markup_mode=None)  # plain help: "[the run's val split]" is not a style
 Opt = typer.Option
@@ -26,8 +26,8 @@ def export(
     """model.onnx (and model.int8.onnx) in the bundle, checked against PyTorch on held-out images
     and timed on the CPU; results recorded in config.json."""
     with stderr.status("exporting, checking and timing"):
-        result = export_bundle(model, int8=int8, calibration_data=calibration_data,
-                               check_data=check_data, device=device)
+        result = clarivis.export_bundle(model, int8=int8, calibration_data=calibration_data,
+                                        check_data=check_data, device=device)
     for line in result.lines():
         stdout.print(line, markup=False, highlight=False, soft_wrap=True)
     if not result.passed:

@@ -1,9 +1,10 @@
 """A command group whose commands are imported when they run, so that `clarivis --help` imports
 neither torch nor any command's package (0.1 s, against seconds for torch and timm alone).
 
-Each command lives in an area module of clarivis.cli, which imports what its commands call at
-the top, like any module; the group imports that area module the first time the command is
-looked up (to run it or show its --help). The top-level help lists every command from the
+Each command lives in an area module of clarivis.cli; the group imports that area module the
+first time the command is looked up (to run it or show its --help). An area module imports only
+cheap modules at the top and calls the package through `clarivis.<name>` (the lazy facade), so
+showing a command's help imports no torch either. The top-level help lists every command from the
 summary line kept beside its module's name, importing none of them (a test checks each summary
 against the command's own help)."""
 

@@ -3,20 +3,16 @@ features) and `suggest` (which images to label next)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
-from clarivis.active.suggest import suggest as suggest_api
-from clarivis.batch_predict import PredictProgress, predict_to_file
-from clarivis.batch_predict.backends import check_backend, predict_rows
-from clarivis.batch_predict.run import PredictOptions
+import clarivis
 from clarivis.cli.output import check_row_format, exit_if_unreadable, print_rows, stderr, stdout
-from clarivis.embeddings import embed as embed_api
 from clarivis.errors import ClarivisError
-from clarivis.models.bundle import save_bundle
-from clarivis.zeroshot.classify import DEFAULT_CLIP, zeroshot_classifier
+from clarivis.models.prompts import DEFAULT_CLIP
+from clarivis.prediction import check_backend
 
 app = typer.Typer(rich_markup_mode=None)  # plain help: "[on]" is a default, not a style
 Opt = typer.Option
@@ -47,21 +43,21 @@ def predict(  # one parameter a flag: Typer reads the option list from this sign
         if fmt != "table":
             raise ClarivisError("--format is for printing; with --out the file name's suffix "
                                 "(.csv, .jsonl, .parquet) picks the format")
-        options = PredictOptions(resume=resume, top_k=top_k, batch_size=batch_size, device=device,
-                                 reject=reject)
+        options = dict(resume=resume, top_k=top_k, batch_size=batch_size, device=device, reject=reject)
         predict_into(model, images, out_file, options)
         return
     if resume:
         raise ClarivisError("--resume continues an --out file; add --out FILE")
-    rows = predict_rows(model, images, backend=backend, top_k=top_k, batch_size=batch_size,
-                        device=device, reject=reject, int8=int8)
+    rows = clarivis.predict_rows(model, images, backend=backend, top_k=top_k, batch_size=batch_size,
+                                 device=device, reject=reject, int8=int8)
     exit_if_unreadable(print_rows(rows, fmt))
 
 
-def predict_into(model: str, images: list[str], out_file: str, options: PredictOptions) -> None:
-    """`predict --out`: streaming into a file (under torchrun, split over the processes)."""
-    with PredictProgress(stderr) as progress:
-        summary = predict_to_file(model, images, out_file, options, on_progress=progress)
+def predict_into(model: str, images: list[str], out_file: str, options: dict[str, Any]) -> None:
+    """`predict --out`: streaming into a file (under torchrun, split over the processes);
+    `options` are PredictOptions' fields, which predict_to_file checks before anything runs."""
+    with clarivis.PredictProgress(stderr) as progress:
+        summary = clarivis.predict_to_file(model, images, out_file, on_progress=progress, **options)
     if not summary.is_main:  # rank 0 reports for all processes
         return
     stdout.print(summary.line(), markup=False, highlight=False, soft_wrap=True)
@@ -94,10 +90,11 @@ def zeroshot(  # one parameter a flag: Typer reads the option list from this sig
     if not images and not save_bundle_dir:
         raise ClarivisError("nothing to do: give images to classify and/or --save-bundle DIR")
     with stderr.status("loading CLIP and embedding the labels"):
-        clf = zeroshot_classifier(labels, clip=clip, clip_weights=clip_weights,
-                                  pretrained=pretrained, templates=templates, device=device)
+        clf = clarivis.zeroshot_classifier(labels, clip=clip, clip_weights=clip_weights,
+                                           pretrained=pretrained, templates=templates, device=device)
     if save_bundle_dir:
-        stderr.print(f"wrote the zero-shot model to {save_bundle(save_bundle_dir, clf.model, clf.config)}")
+        written = clarivis.save_bundle(save_bundle_dir, clf.model, clf.config)
+        stderr.print(f"wrote the zero-shot model to {written}")
     if not images:
         return
     exit_if_unreadable(print_rows(clf.iter_predict(images, top_k=top_k, batch_size=batch_size), fmt))
@@ -115,8 +112,8 @@ def embed(
 ) -> None:
     """Write the embeddings a model's head sees (one row per image) for your own analysis."""
     source = images[0] if len(images) == 1 else images
-    result = embed_api(source, model=model, weights=weights, img_size=img_size,
-                       batch_size=batch_size, device=device, out=out_file)
+    result = clarivis.embed(source, model=model, weights=weights, img_size=img_size,
+                            batch_size=batch_size, device=device, out=out_file)
     labeled = " with labels" if result.labels else ""
     stdout.print(f"{len(result.paths)} embeddings of {result.dim} dims{labeled}: {out_file}")
     if result.skipped:
@@ -145,8 +142,8 @@ def suggest(  # one parameter a flag: Typer reads the option list from this sign
     empty label column to fill in, queue.html with thumbnails). Exit code 1 when some inputs
     could not be read (they are listed in skipped.txt; the queue is still written)."""
     source = unlabeled[0] if len(unlabeled) == 1 else unlabeled
-    result = suggest_api(source, model=model, budget=budget, strategy=strategy, labeled=labeled,
-                         out=out_dir, batch_size=batch_size, device=device, console=stderr)
+    result = clarivis.suggest(source, model=model, budget=budget, strategy=strategy, labeled=labeled,
+                              out=out_dir, batch_size=batch_size, device=device, console=stderr)
     table = Table("rank", "predicted", "conf.", "runner-up", "margin", "entropy",
                   title=f"labeling queue: {len(result.rows)} of {result.pool} images ({strategy})")
     table.add_column("image", overflow="fold")

@@ -7,10 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
+import clarivis
 from clarivis.cli.options import default_text, given_settings, parse_model_kwargs
 from clarivis.cli.output import stderr, stdout
 from clarivis.ssl.config import PretrainConfig
-from clarivis.ssl.run import pretrain as pretrain_api
 
 app = typer.Typer(rich_markup_mode=None)  # plain help: "[100]" is a default, not a style
 Opt = typer.Option
@@ -45,7 +45,7 @@ def pretrain(  # one parameter a flag: Typer reads the option list from this sig
 ) -> None:
     """Self-supervised pretraining (no labels) of a backbone for `train --weights`."""
     settings = given_settings(PretrainConfig, ctx.params)  # data and out are fields too
-    result = pretrain_api(**settings, resume=resume, config=config, console=stderr)
+    result = clarivis.pretrain(**settings, resume=resume, config=config, console=stderr)
     why = " (time limit)" if result.stopped_early else ""
     stderr.print(f"[bold green]done[/]: {result.epochs_run} epochs{why}")
     stdout.print(f"backbone: {result.backbone_path}\nrun:      {result.run_dir}\n"

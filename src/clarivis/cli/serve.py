@@ -9,10 +9,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+import clarivis
 from clarivis.cli.output import stderr, stdout
-from clarivis.serve.app import HOST, PORT, Settings
-from clarivis.serve.app import serve as serve_app
-from clarivis.serve.monitor import monitor_report, write_review_csv
+from clarivis.serve.settings import HOST, PORT, Settings
 
 app = typer.Typer(rich_markup_mode=None)  # plain help: "[$CLARIVIS_API_KEY]" is not a style
 Opt = typer.Option
@@ -39,10 +38,11 @@ def serve(  # one parameter a flag: Typer reads the option list from this signat
 ) -> None:
     """HTTP API (/v1/predict, /v1/explain, /v1/model, /v1/monitor, /metrics, /docs) and a web page
     at /, with every prediction logged."""
+    serve_model = clarivis.serve_model  # imports the service first: without the extra, only the error line
     stderr.print(f"serving {model} on http://{host}:{port} (docs at /docs, Ctrl-C stops)")
-    serve_app(model, host=host, port=port, api_key=api_key, backend=backend, db_url=db,
-              store_images=store_images, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
-              timeout_s=timeout, max_batch=max_batch, max_wait_ms=max_wait_ms, device=device)
+    serve_model(model, host=host, port=port, api_key=api_key, backend=backend, db_url=db,
+                store_images=store_images, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
+                timeout_s=timeout, max_batch=max_batch, max_wait_ms=max_wait_ms, device=device)
 
 
 @app.command()
@@ -57,11 +57,11 @@ def monitor(
     review_limit: Annotated[int, Opt(min=1, help="rows in the review queue")] = 100,
 ) -> None:
     """Traffic, latency, confidence and class drift of a served model, from its prediction log."""
-    report = monitor_report(model, db, since, review_limit=review_limit)
+    report = clarivis.monitor_report(model, db, since, review_limit=review_limit)
     if json_path:  # files before printing: a closed pipe (`| head`) must not cost them
         Path(json_path).write_text(json.dumps(report, indent=2))
     if review_csv:
-        write_review_csv(report, review_csv)
+        clarivis.write_review_csv(report, review_csv)
     print_monitor(report)
     for path in (json_path, review_csv):
         if path:

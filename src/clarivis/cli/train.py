@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from clarivis.api import train as train_api
+import clarivis
 from clarivis.cli.options import default_text, given_settings, parse_model_kwargs
 from clarivis.cli.output import stderr, stdout
 from clarivis.config import TrainConfig
@@ -87,7 +87,7 @@ def train(  # one parameter a flag: Typer reads the option list from this signat
     if nproc is not None and nproc > 1 and not launched_by_torchrun():
         raise typer.Exit(relaunch_with_torchrun(nproc, sys.argv[1:]))
     settings = given_settings(TrainConfig, ctx.params)  # data and out are TrainConfig fields too
-    result = train_api(**settings, resume=resume, config=config, console=stderr)
+    result = clarivis.train(**settings, resume=resume, config=config, console=stderr)
     acc = result.best_val_accuracy
     stderr.print(
         f"[bold green]done[/]: {result.epochs_run} epochs"
