@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from tests.e2e.test_cli import assert_one_line_error, run_cli
 from tests.tiny import train_bundle
 
-from clarivis.models.bundle import bundle_version
 from clarivis.serve.predlog import LoggedPrediction, PredictionLog
+from clarivis.spec import bundle_version
 
 
 def test_monitor_reports_the_logged_traffic(tmp_path, capsys):
