@@ -32,9 +32,8 @@ from safetensors.torch import save_file
 import clarivis
 from clarivis.api import TrainResult
 from clarivis.classifier import Classifier
-from clarivis.models.bundle import make_bundle_config
 from clarivis.models.factory import create_model
-from clarivis.spec import Preprocess
+from clarivis.spec import BundleConfig, Preprocess
 
 CNN = "test_resnet"  # timm's test ResNet: 0.37 M parameters with 10 classes
 VIT = "test_vit"  # timm's test ViT: 0.31 M parameters, 16 px patches unless told otherwise
@@ -124,7 +123,7 @@ def tiny_classifier(name: str, size: int = 32, classes: list[str] = CLASSES) -> 
     torch.manual_seed(0)
     kwargs = {"patch_size": 8} if name == VIT else {}
     model = create_model(name, num_classes=len(classes), img_size=size, **kwargs)
-    config = make_bundle_config(architecture=name, class_names=list(classes),
+    config = BundleConfig.for_model(architecture=name, class_names=list(classes),
                                 preprocess=Preprocess(img_size=size), model_kwargs=kwargs)
     return Classifier(model, config, torch.device("cpu"))
 

@@ -101,7 +101,7 @@ class TrainConfig(BaseModel):
         if self.pretrained and self.weights:
             raise ValueError("use either --pretrained (hub) or --weights FILE, not both")
         taken = {"img_size": "--img-size", "num_classes": "the data's classes",
-                 "drop_rate": "--drop-rate", "pretrained": "--pretrained"}
+                 "drop_rate": "drop_rate in the YAML config", "pretrained": "--pretrained"}
         for key in self.model_kwargs.keys() & taken.keys():
             raise ValueError(f"model_kwargs may not set {key}; it comes from {taken[key]}")
         if self.freeze_epochs and self.freeze_epochs >= self.epochs:

@@ -13,7 +13,7 @@ from clarivis.evaluate.calibration import (
     fit_temperature,
     reliability_bins,
 )
-from clarivis.models.bundle import load_bundle_config
+from clarivis.spec import read_bundle_config
 
 
 def sampled_logits(n=4000, classes=5, true_t=1.0, scale=3.0, seed=0):
@@ -55,7 +55,7 @@ def test_calibrate_bundle_stores_temperature_and_threshold(tmp_path):
     bundle = train_bundle(tmp_path)
     logits, targets = sampled_logits(n=200, classes=2, true_t=2.0)
     config = calibrate_bundle(bundle, logits, targets)
-    stored = load_bundle_config(bundle)
+    stored = read_bundle_config(bundle)
     assert stored.temperature == config.temperature == pytest.approx(2.0, rel=0.35)
     assert stored.calibration["ece_after"] <= stored.calibration["ece_before"]
     assert stored.ood["score"] == "energy" and stored.ood["accept_rate"] == 0.95

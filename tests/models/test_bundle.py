@@ -10,15 +10,16 @@ from tests.tiny import CNN, VIT
 
 from clarivis.data.transforms import Preprocess
 from clarivis.errors import ModelError
-from clarivis.models.bundle import load_bundle, make_bundle_config, save_bundle
+from clarivis.models.bundle import load_bundle, save_bundle
 from clarivis.models.factory import create_model
+from clarivis.spec import BundleConfig
 
 
 @pytest.mark.parametrize("name, size", [(CNN, 32), (VIT, 48)])
 def test_bundle_round_trip_gives_identical_outputs(tmp_path, name, size):
     model = create_model(name, num_classes=3, img_size=size).eval()
     pp = Preprocess(img_size=size, resize_mode="squash", interpolation="bicubic")
-    config = make_bundle_config(
+    config = BundleConfig.for_model(
         architecture=name, class_names=["a", "b", "c"], preprocess=pp,
         model_kwargs={"img_size": size} if name == VIT else {},
     )
@@ -39,7 +40,7 @@ def test_bundle_round_trip_gives_identical_outputs(tmp_path, name, size):
 
 
 def test_run_folder_is_accepted_for_its_bundle(tmp_path):
-    config = make_bundle_config(architecture=CNN, class_names=["a", "b"],
+    config = BundleConfig.for_model(architecture=CNN, class_names=["a", "b"],
                                 preprocess=Preprocess(img_size=32))
     save_bundle(tmp_path / "run" / "model", create_model(CNN, num_classes=2), config)
     _, loaded = load_bundle(tmp_path / "run")

@@ -11,9 +11,10 @@ import torch
 from clarivis.api import Classifier
 from clarivis.data.transforms import Preprocess
 from clarivis.errors import ModelError
-from clarivis.models.bundle import load_bundle, make_bundle_config, save_bundle
+from clarivis.models.bundle import load_bundle, save_bundle
 from clarivis.models.clip import CLIPClassifier
 from clarivis.models.factory import check_model_name, create_model, pretrained_cfg, set_backbone_trainable
+from clarivis.spec import BundleConfig
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def test_bundle_round_trip(tmp_path, name, clip_files):
     model = create_model(name, num_classes=3, weights=clip_files[1]).eval()
     torch.nn.init.normal_(model.head.weight)
     pp = Preprocess(img_size=32, resize_mode="crop", interpolation="bicubic")
-    save_bundle(tmp_path / "m", model, make_bundle_config(architecture=name, class_names=["a", "b", "c"],
+    save_bundle(tmp_path / "m", model, BundleConfig.for_model(architecture=name, class_names=["a", "b", "c"],
                                                           preprocess=pp))
     stored = json.loads((tmp_path / "m" / "config.json").read_text())["model_kwargs"]["clip_config"]
     assert stored == json.loads(clip_files[0].read_text())
@@ -92,7 +93,7 @@ def test_bundle_round_trip(tmp_path, name, clip_files):
 def test_linear_probe_embeddings(name, clip_files):
     """What train --linear-probe fits its head on: forward_features + forward_head(pre_logits)."""
     model = create_model(name, num_classes=0, weights=clip_files[1])
-    config = make_bundle_config(architecture=name, class_names=[], preprocess=Preprocess(img_size=32))
+    config = BundleConfig.for_model(architecture=name, class_names=[], preprocess=Preprocess(img_size=32))
     clf = Classifier(model, config, torch.device("cpu"))
     pixels = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     embeddings = clf.pixel_embeddings(pixels, batch_size=2)

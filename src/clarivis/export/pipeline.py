@@ -18,8 +18,8 @@ from clarivis.export.images import choose_images
 from clarivis.export.onnx import OPSET, export_onnx
 from clarivis.export.quantize import quantize_int8
 from clarivis.fileio import sha256_hex
-from clarivis.models.bundle import WEIGHTS_NAME, load_bundle, resolve_bundle_path, update_bundle_config
-from clarivis.spec import INT8_ONNX_NAME, ONNX_NAME
+from clarivis.models.bundle import load_bundle, update_bundle_config
+from clarivis.spec import INT8_ONNX_NAME, ONNX_NAME, WEIGHTS_NAME, resolve_bundle_path
 
 # Top-1 agreement with PyTorch each file must reach on the check images. fp32 differs from
 # PyTorch only by float summation order, so more than 1 in 1,000 changed labels means a broken

@@ -22,13 +22,6 @@ from clarivis.spec import (
     resolve_bundle_path,
 )
 
-__all__ = ["BundleConfig", "CONFIG_NAME", "WEIGHTS_NAME", "load_bundle",
-           "load_bundle_config", "make_bundle_config", "resolve_bundle_path", "save_bundle",
-           "update_bundle_config"]
-
-load_bundle_config = read_bundle_config  # the one parse of config.json (spec.py), torch or not
-make_bundle_config = BundleConfig.for_model
-
 
 def save_bundle(folder: str | Path, model: nn.Module, config: BundleConfig) -> Path:
     """Write weights then config, each atomically, so a reader never sees a half-written file."""

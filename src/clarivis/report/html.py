@@ -17,11 +17,10 @@ from markupsafe import Markup
 from clarivis import runs
 from clarivis.data.thumbnails import FINDING_THUMBNAIL, data_uri, thumbnail
 from clarivis.evaluate import plots
-from clarivis.models.bundle import load_bundle_config, resolve_bundle_path
 from clarivis.report.card import model_card
 from clarivis.report.gallery import ScoredValidation, top_losses
 from clarivis.spec import VERSION as __version__
-from clarivis.spec import BundleConfig
+from clarivis.spec import BundleConfig, read_bundle_config, resolve_bundle_path
 
 MAX_FINDINGS = 40  # rows of the data-check table; the JSON file has them all
 
@@ -47,7 +46,7 @@ def write_report(run: str | Path, *, out: str | Path | None = None, gallery: int
     the gallery needs no second decode and forward pass."""
     run_dir = runs.find_run_dir(run)
     bundle_dir = resolve_bundle_path(run_dir / runs.BUNDLE_DIR)
-    bundle = load_bundle_config(bundle_dir)
+    bundle = read_bundle_config(bundle_dir)
     inputs = _read_inputs(run_dir)
     macros = _env().get_template("sections.html.j2").module
     sections = _sections(_Run(run_dir, bundle_dir, bundle, inputs, macros, gallery, device, scored))

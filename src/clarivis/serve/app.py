@@ -28,7 +28,6 @@ from clarivis.classifier import Classifier
 from clarivis.errors import ClarivisError
 from clarivis.explain import heatmaps, overlay_png
 from clarivis.extras import needs
-from clarivis.models.bundle import load_bundle_config, resolve_bundle_path
 from clarivis.prediction import check_backend
 from clarivis.serve import limits
 from clarivis.serve.backends import Backend, Scored, load_backend
@@ -38,7 +37,7 @@ from clarivis.serve.monitor import monitor_report
 from clarivis.serve.predlog import LoggedPrediction, PredictionLog
 from clarivis.serve.settings import HOST, PORT, TIMEOUT_S, Settings
 from clarivis.spec import VERSION as __version__
-from clarivis.spec import bundle_version
+from clarivis.spec import bundle_version, read_bundle_config, resolve_bundle_path
 
 with needs("serve", "clarivis serve"):
     from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -76,7 +75,7 @@ class Service:
         _check_settings(settings)
         self.settings = settings
         self.model_dir = resolve_bundle_path(model_dir)
-        self.config = load_bundle_config(self.model_dir)
+        self.config = read_bundle_config(self.model_dir)
         self.version = bundle_version(self.model_dir)
         self.backend: Backend = load_backend(settings.backend, self.model_dir, settings.device)
         self._explainer = None  # a torch Classifier of its own, loaded on the first explain

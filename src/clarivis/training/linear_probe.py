@@ -23,8 +23,9 @@ from clarivis.classifier import Classifier
 from clarivis.config import TrainConfig
 from clarivis.embeddings import embed_samples
 from clarivis.errors import ModelError
-from clarivis.models.bundle import make_bundle_config, save_bundle
+from clarivis.models.bundle import save_bundle
 from clarivis.models.factory import create_model, pretrained_cfg
+from clarivis.spec import BundleConfig
 from clarivis.training.callbacks import RunLogger
 from clarivis.training.prepare import preprocess_for
 from clarivis.training.result import TrainResult
@@ -115,7 +116,7 @@ def fit_linear_probe(config: TrainConfig, data, device: torch.device, run_dir, c
     model = create_model(config.model, num_classes=len(class_names), img_size=config.img_size,
                          pretrained=config.pretrained, weights=config.weights, **config.model_kwargs)
     cfg = pretrained_cfg(config.model)
-    bundle_config = make_bundle_config(
+    bundle_config = BundleConfig.for_model(
         architecture=config.model, class_names=class_names, preprocess=preprocess_for(config, cfg),
         model_kwargs={**config.model_kwargs,
                       **({"img_size": config.img_size} if cfg.get("fixed_input_size") else {})},

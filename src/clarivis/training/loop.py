@@ -19,9 +19,10 @@ from torch import nn
 from clarivis import runs
 from clarivis.config import TrainConfig
 from clarivis.data.loaders import epoch_order
-from clarivis.models.bundle import make_bundle_config, save_bundle
+from clarivis.models.bundle import save_bundle
 from clarivis.models.clip import text_initialized_model
 from clarivis.models.factory import create_model, pretrained_cfg, set_backbone_trainable
+from clarivis.spec import BundleConfig
 from clarivis.training import distributed as ddp
 from clarivis.training import engine
 from clarivis.training.batches import batch_sources, epoch_batches
@@ -151,7 +152,7 @@ def _build(config: TrainConfig, data: PreparedData, place: RunPlace, *, fresh: b
         ema=ModelEmaV3(model, decay=config.ema_decay) if config.ema else None, mixup=mixup,
         world=world, device=device,
     )
-    bundle_config = make_bundle_config(
+    bundle_config = BundleConfig.for_model(
         architecture=config.model, class_names=data.class_names, preprocess=preprocess,
         model_kwargs={**config.model_kwargs,
                       **({"img_size": config.img_size} if cfg.get("fixed_input_size") else {})},

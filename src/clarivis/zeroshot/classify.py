@@ -13,11 +13,12 @@ from typing import TypedDict, Unpack
 from clarivis.classifier import Classifier
 from clarivis.data.expand import ImageInput
 from clarivis.device import resolve_device
-from clarivis.models.bundle import make_bundle_config, save_bundle
+from clarivis.models.bundle import save_bundle
 from clarivis.models.clip import clip_text_classifier
 from clarivis.models.open_clip import CLIP_PREFIX, clip_preprocess
 from clarivis.models.prompts import DEFAULT_CLIP, check_templates
 from clarivis.prediction import Prediction
+from clarivis.spec import BundleConfig
 from clarivis.zeroshot.prompts import parse_labels, read_templates
 
 Templates = Sequence[str] | str | Path | None  # a list, a file with one a line, or the default
@@ -50,7 +51,7 @@ def zeroshot_classifier(
               "clip_weights": Path(clip_weights).name if clip_weights else None,
               "pretrained": None if clip_weights else pretrained,
               "trained_at": datetime.now().isoformat(timespec="seconds")}
-    config = make_bundle_config(architecture=CLIP_PREFIX + spec.name, class_names=names,
+    config = BundleConfig.for_model(architecture=CLIP_PREFIX + spec.name, class_names=names,
                                 preprocess=clip_preprocess(spec), training=source)
     return Classifier(model, config, dev, reject=False)
 
