@@ -13,7 +13,6 @@ from PIL import Image
 from clarivis.batch_predict.backends import load_predictor
 from clarivis.classifier import Classifier
 from clarivis.errors import ModelError
-from clarivis.prediction import check_backend
 from clarivis.runtime import Predictor
 from clarivis.spec import ONNX_NAME
 
@@ -59,7 +58,6 @@ class OnnxBackend:
 
 
 def load_backend(name: str, model_dir: str | Path, device: str | None = None) -> Backend:
-    check_backend(name)
     folder = Path(model_dir)
     if name == "onnx" and not (folder / ONNX_NAME).is_file():  # the service's advice
         raise ModelError(f"{folder} has no {ONNX_NAME}; run clarivis export {folder} first, "

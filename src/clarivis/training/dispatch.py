@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
 from rich.console import Console
 
 from clarivis import runs
@@ -37,22 +38,22 @@ def run_training(
         console = console or Console(stderr=True, soft_wrap=True)
         if not world.is_main:
             console = Console(quiet=True)
-        return _run(config, resume, RunPlace(Path(), device, world, console, started))
+        return _run(config, resume, device=device, world=world, console=console, started=started)
     finally:
         ddp.close_world(world)
 
 
-def _run(config: TrainConfig, resume: str | Path | None, place: RunPlace) -> TrainResult:
-    world, console = place.world, place.console
+def _run(config: TrainConfig, resume: str | Path | None, *, device: torch.device, world: ddp.World,
+         console: Console, started: float) -> TrainResult:
     if config.linear_probe and world.distributed:  # one forward pass and a CPU fit: no sharing
         raise ClarivisError("--linear-probe runs in one process; drop --nproc")
     start_state = None
     if resume is not None:
-        place.run_dir = Path(resume)
-        start_state, config = _load_resume(place.run_dir, config, console)
+        run_dir = Path(resume)
+        start_state, config = _load_resume(run_dir, config, console)
     else:
-        new_dir = runs.new_run_dir(config.data, config.out) if world.is_main else None
-        place.run_dir = ddp.from_main(world, new_dir)
+        run_dir = ddp.from_main(world, runs.new_run_dir(config.data, config.out) if world.is_main else None)
+    place = RunPlace(run_dir, device, world, console, started)
     _check_model(config, resumed=start_state is not None)
     data = _prepare(config, place)
     if start_state is not None and start_state["fingerprint"] != data.fingerprint:

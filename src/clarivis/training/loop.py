@@ -87,6 +87,7 @@ class Trainable:
     train_batches: object  # TensorBatches | StreamBatches (data/loaders.py)
     val_batches: object
     order: partial  # order(epoch=E) -> this rank's sample indices for epoch E
+    steps_per_epoch: int  # optimizer steps of one epoch on this rank
     bundle_config: object  # spec.BundleConfig of the bundle to save
 
 
@@ -102,8 +103,7 @@ def fit(config: TrainConfig, data: PreparedData, place: RunPlace, *, start_state
         if logger is not None:
             logger.truncate_after(state.epoch)
         place.console.print(f"resuming {place.run_dir} after epoch {state.epoch}")
-    steps_per_epoch = len(epoch_batches(job.order(epoch=1), config.batch_size))
-    job.step.budget = engine.TimeBudget(config.time_limit, config.epochs * steps_per_epoch, place.world,
+    job.step.budget = engine.TimeBudget(config.time_limit, config.epochs * job.steps_per_epoch, place.world,
                                         spent_s=state.train_seconds,
                                         setup_s=time.perf_counter() - place.started)
     job.step.scheduler.step_update(job.step.budget.position(state.global_step))
@@ -157,7 +157,7 @@ def _build(config: TrainConfig, data: PreparedData, place: RunPlace, *, fresh: b
         model_kwargs={**config.model_kwargs,
                       **({"img_size": config.img_size} if cfg.get("fixed_input_size") else {})},
     )
-    return Trainable(model, step, train_batches, val_batches, order, bundle_config)
+    return Trainable(model, step, train_batches, val_batches, order, steps_per_epoch, bundle_config)
 
 
 def _create_model(config: TrainConfig, class_names: list[str], fresh: bool) -> nn.Module:
