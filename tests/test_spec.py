@@ -41,7 +41,7 @@ def test_round_trip_keeps_the_keys_this_version_does_not_know():
     raw = {**_config(temperature=1.7).to_dict(), "export": EXPORT_RECORD, "written_by": "v9"}
     config = BundleConfig.from_dict(json.loads(json.dumps(raw)))
     assert config.extra == {"export": EXPORT_RECORD, "written_by": "v9"}
-    assert config.get("export") == EXPORT_RECORD and config.get("temperature") == 1.7
+    assert config.extra["export"] == EXPORT_RECORD and config.temperature == 1.7
     assert config.to_dict() == raw  # nothing dropped, nothing added
     assert config.num_classes == 2 and config.input_size == (3, 32, 32)
     assert config.preprocess == Preprocess(img_size=32, resize_mode="crop", crop_pct=0.875,

@@ -149,10 +149,6 @@ class BundleConfig:
         extra = {**self.extra, **{k: v for k, v in changes.items() if k not in known}}
         return replace(self, **{k: v for k, v in changes.items() if k in known}, extra=extra)
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """A key outside the schema (e.g. "export"), or a schema field, by name."""
-        return self.extra.get(key, getattr(self, key, default))
-
 
 def resolve_bundle_path(path: str | Path) -> Path:
     """Accept the bundle folder itself or the run folder that contains it as model/."""
