@@ -23,6 +23,7 @@ _LAZY = {
     "audit": "clarivis.evaluate.audit",
     "save_audit": "clarivis.evaluate.audit",
     "explain_images": "clarivis.explain:explain",
+    "explain_overlay": "clarivis.explain",
     "write_report": "clarivis.report.html",
     "check_data": "clarivis.datacheck",
     "save_check": "clarivis.datacheck",
@@ -37,14 +38,15 @@ _LAZY = {
     "zeroshot_classify": "clarivis.zeroshot.classify",
     "PretrainResult": "clarivis.ssl.run",
     "pretrain": "clarivis.ssl.run",
-    "serve_model": "clarivis.serve.app:serve",
+    "serve_model": "clarivis.serve.runner:serve",
     "monitor_report": "clarivis.serve.monitor",
     "write_review_csv": "clarivis.serve.monitor",
 }
 # every _LAZY name (a literal list: linters read it)
 __all__ = ["Classifier", "EvaluationResult", "Prediction", "PredictProgress", "PretrainResult",
            "SuggestResult", "TrainResult", "audit", "check_data", "embed", "explain_images",
-           "export_bundle", "monitor_report", "predict_rows", "predict_to_file", "pretrain",
+           "explain_overlay", "export_bundle", "monitor_report", "predict_rows", "predict_to_file",
+           "pretrain",
            "save_audit", "save_bundle", "save_check", "save_evaluation", "serve_model", "suggest",
            "train", "write_report", "write_review_csv", "zeroshot_classifier", "zeroshot_classify",
            "__version__"]
@@ -58,11 +60,12 @@ if TYPE_CHECKING:
     from clarivis.embeddings import embed
     from clarivis.evaluate.audit import audit, save_audit
     from clarivis.explain import explain as explain_images
+    from clarivis.explain import explain_overlay
     from clarivis.export import export_bundle
     from clarivis.models.bundle import save_bundle
     from clarivis.report.html import write_report
-    from clarivis.serve.app import serve as serve_model
     from clarivis.serve.monitor import monitor_report, write_review_csv
+    from clarivis.serve.runner import serve as serve_model
     from clarivis.ssl.run import PretrainResult, pretrain
     from clarivis.zeroshot.classify import zeroshot_classifier, zeroshot_classify
 

@@ -161,7 +161,7 @@ def test_health_readiness_metrics_docs(client):
     client.post("/v1/predict", files=files(("a.png", b"junk")))
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"model": True, "prediction_log": True}
+    assert ready.status_code == 200 and ready.json()["checks"]["model"] is True
     text = client.get("/metrics").text
     assert 'clarivis_http_requests_total{endpoint="/v1/predict",method="POST",status="200"}' in text
     assert 'clarivis_http_requests_total{endpoint="/v1/predict",method="POST",status="415"}' in text
@@ -182,9 +182,19 @@ def test_monitor_and_recent(client, server):
     report = client.get("/v1/monitor").json()
     assert report["total_predictions"] == logged(server[1]) and report["latency_ms"]["p50"] > 0
     assert_clean_error(client.get("/v1/monitor", params={"since": "yesterday-ish"}), 422, "since")
-    recent = client.get("/v1/recent", params={"limit": 2}).json()["predictions"]
-    assert len(recent) == 2 and set(recent[0]) >= {"time", "label", "confidence", "latency_ms", "sha256"}
-    assert "filename" not in recent[0]
+    assert report["review_queue"] == [] and "--expose-recent" in " ".join(report["notes"])
+    assert_clean_error(client.get("/v1/recent"), 404, "--expose-recent")  # every client's traffic
+
+
+def test_recent_and_review_queue_only_when_exposed(tiny_bundle, tmp_path):
+    app = create_app(tiny_bundle, db_url=f"sqlite:///{tmp_path / 'r.db'}", expose_recent=True)
+    with running_server(app) as url, httpx.Client(base_url=url) as c:
+        for _ in range(2):
+            c.post("/v1/predict", files=files(("a.png", png_bytes())))
+        recent = c.get("/v1/recent", params={"limit": 2}).json()["predictions"]
+        assert len(recent) == 2 and set(recent[0]) >= {"time", "label", "confidence", "latency_ms", "sha256"}
+        assert "filename" not in recent[0]
+        assert len(c.get("/v1/monitor").json()["review_queue"]) == 2
 
 
 def test_web_page_and_assets_are_local(client):
@@ -204,8 +214,59 @@ def test_api_key(tiny_bundle, tmp_path):
         assert_clean_error(c.get("/v1/model"), 401, "API key")
         assert c.post("/v1/predict", files=img, headers={"X-API-Key": KEY}).status_code == 200
         assert c.get("/v1/model", headers={"Authorization": f"Bearer {KEY}"}).json()["auth_required"]
-        assert c.get("/healthz").status_code == 200 and c.get("/").status_code == 200  # open
         assert logged(f"sqlite:///{tmp_path / 'k.db'}") == 1
+        # open: liveness only; everything else, the page, docs and metrics included, needs the key
+        assert c.get("/healthz").status_code == 200 and c.get("/v2/health/live").status_code != 401
+        for path in ("/", "/docs", "/openapi.json", "/metrics", "/readyz", "/static/app.js", "/v1/monitor"):
+            assert_clean_error(c.get(path), 401, "API key")
+            assert c.get(path, headers={"X-API-Key": KEY}).status_code == 200, path
+        scheme = c.get("/openapi.json", headers={"X-API-Key": KEY}).json()["components"]["securitySchemes"]
+        assert scheme["ApiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+
+
+def test_browser_signs_in_with_a_cookie(tiny_bundle, tmp_path):
+    app = create_app(tiny_bundle, api_key=KEY, db_url=f"sqlite:///{tmp_path / 'k.db'}")
+    with running_server(app) as url, httpx.Client(base_url=url) as c:
+        page = c.get("/", headers={"Accept": "text/html"})
+        assert page.status_code == 401 and 'action="/login"' in page.text
+        assert c.post("/login", data={"key": "wrong"}).status_code == 401
+        signed = c.post("/login", data={"key": KEY})
+        assert signed.status_code == 303 and "HttpOnly" in signed.headers["set-cookie"]
+        assert "SameSite=Strict" in signed.headers["set-cookie"]
+        assert c.get("/v1/model").status_code == 200  # the cookie, no header
+
+
+@pytest.mark.parametrize(("bind", "allowed", "host", "status"), [
+    ("127.0.0.1", (), "localhost:8000", 200),
+    ("127.0.0.1", (), "evil.example", 400),  # DNS rebinding from a web page
+    ("127.0.0.1", ("clarivis.lan",), "clarivis.lan", 200),
+    ("127.0.0.1", ("clarivis.lan",), "127.0.0.1", 400),
+    ("0.0.0.0", (), "anything.example", 200),
+    ("0.0.0.0", ("*",), "anything.example", 200),
+])
+def test_host_header_is_checked(tiny_bundle, tmp_path, bind, allowed, host, status):
+    app = create_app(tiny_bundle, db_url=f"sqlite:///{tmp_path / 'h.db'}", host=bind, allowed_hosts=allowed)
+    with running_server(app) as url, httpx.Client(base_url=url) as c:
+        r = c.get("/v1/model", headers={"Host": host})
+        assert r.status_code == status, r.text
+        assert c.get("/healthz", headers={"Host": "evil.example"}).status_code == 200  # probes: any
+
+
+def test_public_metrics_opens_metrics_only(tiny_bundle, tmp_path):
+    app = create_app(tiny_bundle, api_key=KEY, public_metrics=True, db_url=f"sqlite:///{tmp_path / 'm.db'}")
+    with running_server(app) as url, httpx.Client(base_url=url) as c:
+        assert c.get("/metrics").status_code == 200
+        assert c.get("/v1/model").status_code == 401
+
+
+def test_no_server_paths_in_answers(tiny_bundle, tmp_path):
+    db_file = tmp_path / "p.db"
+    app = create_app(tiny_bundle, db_url=f"sqlite:///{db_file}", expose_recent=True)
+    with running_server(app) as url, httpx.Client(base_url=url) as c:
+        c.post("/v1/predict", files=files(("a.png", png_bytes())))
+        answers = [c.get(p).text for p in ("/v1/model", "/v1/monitor", "/readyz", "/openapi.json")]
+    for text in answers:
+        assert str(tmp_path) not in text and str(tiny_bundle) not in text and "p.db" not in text
 
 
 def test_request_timeout_is_504_and_not_logged(tiny_bundle, tmp_path):

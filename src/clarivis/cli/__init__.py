@@ -57,8 +57,8 @@ COMMANDS: dict[str, LazyCommand] = {
                           "checked against PyTorch on held-out images and timed on the CPU; results "
                           "recorded in config.json."),
     "serve": LazyCommand("clarivis.cli.serve", "HTTP API (/v1/predict, /v1/explain, /v1/model, "
-                         "/v1/monitor, /metrics, /docs) and a web page at /, with every prediction "
-                         "logged."),
+                         "/v1/monitor, the Open Inference Protocol under /v2, /metrics, /docs) and a "
+                         "web page at /, with every prediction logged."),
     "monitor": LazyCommand("clarivis.cli.serve", "Traffic, latency, confidence and class drift of a "
                            "served model, from its prediction log."),
     "embed": LazyCommand("clarivis.cli.predict", "Write the embeddings a model's head sees (one row "

@@ -23,7 +23,18 @@ def serve(  # one parameter a flag: Typer reads the option list from this signat
     host: Annotated[str, Opt(help="address to listen on; 0.0.0.0 exposes it (set --api-key)")] = HOST,
     port: Annotated[int, Opt(min=0, max=65535)] = PORT,
     api_key: Annotated[Optional[str], Opt(envvar="CLARIVIS_API_KEY",
-                                          help="require X-API-Key on /v1/* [$CLARIVIS_API_KEY]")] = None,
+                                          help="require this key on every endpoint but /healthz "
+                                               "[$CLARIVIS_API_KEY]")] = None,
+    workers: Annotated[int, Opt(min=1, max=64, help="server processes, each with the model "
+                                                    "(CPU: about one per 2-4 cores)")] = 1,
+    model_name: Annotated[Optional[str], Opt(help="name clients use (/v2/models/NAME) "
+                                                  "[the run folder's name]")] = None,
+    allowed_hosts: Annotated[Optional[str], Opt(help="comma-separated Host names to answer besides "
+                                                     "the bind address ('*': any)")] = None,
+    public_metrics: Annotated[bool, Opt("--public-metrics",
+                                        help="serve /metrics without the key (for a scraper)")] = False,
+    expose_recent: Annotated[bool, Opt("--expose-recent", help="serve /v1/recent and the review "
+                                                               "queue (every client's traffic)")] = False,
     backend: Annotated[str, Opt(help="torch | onnx (needs clarivis export)")] = Settings.backend,
     db: Annotated[Optional[str], Opt(help="prediction log URL [$CLARIVIS_DB_URL, else "
                                          "sqlite:///RUN/predictions.db]")] = None,
@@ -36,11 +47,14 @@ def serve(  # one parameter a flag: Typer reads the option list from this signat
         min=0, help="wait for a fuller batch, ms (GPU: 2-5)")] = Settings.max_wait_ms,
     device: Annotated[Optional[str], Opt(help="torch backend device [cuda if available]")] = None,
 ) -> None:
-    """HTTP API (/v1/predict, /v1/explain, /v1/model, /v1/monitor, /metrics, /docs) and a web page
-    at /, with every prediction logged."""
+    """HTTP API (/v1/predict, /v1/explain, /v1/model, /v1/monitor, the Open Inference Protocol under
+    /v2, /metrics, /docs) and a web page at /, with every prediction logged."""
     serve_model = clarivis.serve_model  # imports the service first: without the extra, only the error line
     stderr.print(f"serving {model} on http://{host}:{port} (docs at /docs, Ctrl-C stops)")
-    serve_model(model, host=host, port=port, api_key=api_key, backend=backend, db_url=db,
+    hosts = tuple(h.strip() for h in (allowed_hosts or "").split(",") if h.strip())
+    serve_model(model, host=host, port=port, workers=workers, api_key=api_key, backend=backend, db_url=db,
+                model_name=model_name, allowed_hosts=hosts, public_metrics=public_metrics,
+                expose_recent=expose_recent,
                 store_images=store_images, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
                 timeout_s=timeout, max_batch=max_batch, max_wait_ms=max_wait_ms, device=device)
 

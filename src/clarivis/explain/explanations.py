@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from clarivis.classifier import Classifier, Unusable
 from clarivis.data.expand import ImageInput
@@ -115,3 +116,23 @@ def _unique(name: str, used: set[str]) -> str:
         candidate = f"{name}-{n}"
     used.add(candidate)
     return candidate
+
+
+def explain_overlay(clf: Classifier, image: Image.Image, *, method: str = "gradcam",
+                    target: str | None = None) -> tuple[bytes, str, float]:
+    """One decoded image -> (overlay PNG: the model input | the map over it, predicted label, its
+    calibrated probability). `target` names the class to explain [the predicted one]. The
+    service's /v1/explain calls this through the facade, so serving ONNX never imports torch."""
+    _, pixels = clf.prepare(("upload", image))
+    if isinstance(pixels, str):  # the caller decoded it already; a failure here is not the client's
+        raise RuntimeError(pixels)
+    batch = pixels.unsqueeze(0)
+    probs = clf.predict_proba(clf.normalize(batch.to(clf.device)))[0]
+    index = int(probs.argmax())
+    label, confidence = clf.class_names[index], float(probs[index])
+    target_index = index if target is None else clf.class_names.index(target)
+    heat = heatmaps(clf, batch, method=method, targets=torch.tensor([target_index]))[0]
+    text = f"{label} {confidence:.0%} · {method}"
+    if target_index != index:
+        text += f" · map for {target}"
+    return overlay_png(pixels, heat, text), label, confidence

@@ -1,6 +1,9 @@
 """What the service predicts with: torch (clarivis.Classifier) or ONNX (clarivis.runtime.Predictor),
-as batch_predict/backends.py chooses and loads them, behind one small protocol. Both take decoded
-RGB PIL images, so the service decodes uploads once, safely, whatever runs the model."""
+behind one small protocol. Both take decoded RGB PIL images, so the service decodes uploads once,
+safely, whatever runs the model.
+
+The torch side is reached through the lazy facade (`clarivis.Classifier`), so a service on
+`--backend onnx` never imports torch: it runs from the runtime's dependencies and the web stack."""
 
 from __future__ import annotations
 
@@ -10,9 +13,9 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from clarivis.batch_predict.backends import load_predictor
-from clarivis.classifier import Classifier
+import clarivis
 from clarivis.errors import ModelError
+from clarivis.prediction import check_backend
 from clarivis.runtime import Predictor
 from clarivis.spec import ONNX_NAME
 
@@ -38,7 +41,7 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, classifier: Classifier) -> None:
+    def __init__(self, classifier: Any) -> None:  # a clarivis.Classifier
         self.classifier = classifier
 
     def predict(self, images: list[Image.Image], top_k: int) -> list[Scored]:
@@ -62,8 +65,10 @@ def load_backend(name: str, model_dir: str | Path, device: str | None = None) ->
     if name == "onnx" and not (folder / ONNX_NAME).is_file():  # the service's advice
         raise ModelError(f"{folder} has no {ONNX_NAME}; run clarivis export {folder} first, "
                          "or serve with --backend torch")
-    model = load_predictor(name, folder, device=device)
-    return TorchBackend(model) if isinstance(model, Classifier) else OnnxBackend(model)
+    check_backend(name)
+    if name == "onnx":
+        return OnnxBackend(Predictor(folder, reject=True))
+    return TorchBackend(clarivis.Classifier.load(folder, device=device, reject=True))
 
 
 def _scored(p: Any) -> Scored:

@@ -1,15 +1,32 @@
 """Prometheus metrics of one app: requests by endpoint and status, request latency, batch sizes,
-model time per batch and predictions by label. Each app has its own registry, so two apps in one
-process (tests, a server restarted in place) never share or clash on counters."""
+model time per batch and predictions by label, plus the process' CPU, memory and file handles.
+Each app has its own registry, so two apps in one process (tests, a server restarted in place)
+never share or clash on counters.
+
+Under `--workers N` (PROMETHEUS_MULTIPROC_DIR set by serve/runner.py before the workers start)
+every worker writes its values to files in that folder and /metrics, whichever worker answers,
+sums them all (prometheus_client's multiprocess mode). That mode has no per-process collectors,
+so the process_* metrics are only there with one worker.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 
 from clarivis.extras import needs
 
 with needs("serve", "clarivis serve"):
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        PLATFORM_COLLECTOR,
+        CollectorRegistry,
+        Counter,
+        Histogram,
+        ProcessCollector,
+        generate_latest,
+        multiprocess,
+    )
     from starlette.routing import Match
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,9 +36,19 @@ LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_mode() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
 class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        if not multiprocess_mode():
+            ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, resident memory, fds
+            self.registry.register(PLATFORM_COLLECTOR)  # python_info
         self.requests = Counter("clarivis_http_requests_total", "HTTP requests by endpoint and status",
                                 ["endpoint", "method", "status"], registry=self.registry)
         self.latency = Histogram("clarivis_http_request_duration_seconds", "HTTP request latency",
@@ -38,7 +65,16 @@ class ServiceMetrics:
         self.batch_seconds.observe(seconds)
 
     def exposition(self) -> tuple[bytes, str]:
+        if multiprocess_mode():  # every worker's files, summed; a fresh registry each time, as documented
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def close(self) -> None:
+        """A worker going away: its live gauges stop counting (counters keep their totals)."""
+        if multiprocess_mode():
+            multiprocess.mark_process_dead(os.getpid())
 
 
 class MetricsMiddleware:
@@ -71,6 +107,12 @@ class MetricsMiddleware:
 
 
 def route_template(scope: Scope) -> str:
+    """The route's path template. Starlette's router leaves the route it picked in the scope
+    (1.x); else, and for answers given before routing (the guard's 401s), the route list is
+    matched again."""
+    route = scope.get("route")
+    if route is not None and hasattr(route, "path"):
+        return route.path
     app = scope.get("app")
     for route in getattr(getattr(app, "router", None), "routes", []):
         match, _ = route.matches(scope)

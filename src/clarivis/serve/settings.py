@@ -30,6 +30,7 @@ class Settings:
     /v1/model shows it (without the key)."""
 
     backend: str = "torch"
+    model_name: str | None = None  # the name clients address (v2 /v2/models/NAME) [the run folder's]
     device: str | None = None
     api_key: str | None = None
     db_url: str | None = None
@@ -40,3 +41,10 @@ class Settings:
     timeout_s: float = TIMEOUT_S
     max_batch: int = MAX_BATCH
     max_wait_ms: float = MAX_WAIT_MS
+    # Who may connect (serve/security.py): the bind address decides the Host names allowed.
+    host: str = HOST
+    allowed_hosts: tuple[str, ...] = ()  # Host header names besides the bind address; "*" = any
+    public_metrics: bool = False  # /metrics without the key, for a Prometheus scraper
+    # /v1/recent and the monitor's review queue show every client's traffic (labels, hashes):
+    # off unless the operator asks, so one client never sees what another sent.
+    expose_recent: bool = False
