@@ -1,5 +1,6 @@
-"""The service's web page in headless Chromium: pick an image, see the top-k bars, the Grad-CAM
-overlay, the recent-predictions row and the monitor summary; no request leaves loopback."""
+"""The service's web page in headless Chromium: sign in with the API key, pick an image, see the
+top-k bars, the Grad-CAM overlay, the recent-predictions row and the monitor summary; no request
+leaves loopback."""
 
 from __future__ import annotations
 
@@ -10,13 +11,24 @@ from tests.tiny import train_bundle as train_tiny_bundle
 
 from clarivis.serve.app import create_app
 
+KEY = "page-key"
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("page")
     bundle = train_tiny_bundle(root)
-    with running_server(create_app(bundle, db_url=f"sqlite:///{root / 'log.db'}")) as url:
+    app = create_app(bundle, db_url=f"sqlite:///{root / 'log.db'}", api_key=KEY, expose_recent=True)
+    with running_server(app) as url:
         yield url
+
+
+def sign_in(page, url: str) -> None:
+    """The server has a key: the page first shows its login form."""
+    page.goto(url + "/")
+    page.fill("input[name=key]", KEY)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#file-input", state="attached")
 
 
 def test_page_predicts_and_explains_an_uploaded_image(server, tmp_path):
@@ -26,7 +38,7 @@ def test_page_predicts_and_explains_an_uploaded_image(server, tmp_path):
         outside = []
         local = (server, "blob:" + server)  # blob: URLs are the page's own object URLs
         page.on("request", lambda r: None if r.url.startswith(local) else outside.append(r.url))
-        page.goto(server + "/")
+        sign_in(page, server)
         page.wait_for_function("document.querySelector('#model-info').textContent.includes('test_resnet')")
         page.set_input_files("#file-input", str(image))
         page.wait_for_selector(".result .bar")
@@ -55,7 +67,7 @@ def test_page_shows_a_refused_upload_as_one_line(server, tmp_path):
     junk = tmp_path / "notes.png"
     junk.write_bytes(b"this is not an image" * 5)
     with chromium_page() as page:
-        page.goto(server + "/")
+        sign_in(page, server)
         page.set_input_files("#file-input", str(junk))
         page.wait_for_selector("#error:not([hidden])")
         text = page.locator("#error").inner_text()

@@ -1,27 +1,20 @@
 // The clarivis page: drop or pick images -> POST v1/predict (top-k bars), then v1/explain per
-// image (Grad-CAM overlay), then the recent table and the monitor summary. No libraries, no build.
+// image (Grad-CAM overlay), then the recent table (when the server exposes it). The monitor
+// summary loads with the page and on "refresh" only: it aggregates the whole log.
+// No libraries, no build. With an API key the server's login form has set an HttpOnly cookie,
+// which fetch sends by itself (same origin): the key is never in this page's reach.
 "use strict";
 
 const $ = (sel, root = document) => root.querySelector(sel);
-const keyInput = $("#api-key");
 const MAX_EXPLAIN = 8; // overlays drawn per drop: each is a Grad-CAM pass on the server
-
-keyInput.value = localStorage.getItem("clarivis-api-key") || "";
-keyInput.addEventListener("change", () => {
-  localStorage.setItem("clarivis-api-key", keyInput.value);
-  refresh();
-});
-
-function headers() {
-  return keyInput.value ? { "X-API-Key": keyInput.value } : {};
-}
+let exposeRecent = false; // the server's --expose-recent, from v1/model
 
 async function call(path, options = {}) {
-  const response = await fetch(path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
+  const response = await fetch(path, { credentials: "same-origin", ...options });
   if (!response.ok) {
     let detail = response.statusText;
     try { detail = (await response.json()).detail || detail; } catch (_) { /* not JSON */ }
-    if (response.status === 401) $("#key-box").open = true;
+    if (response.status === 401) detail += " (reload the page to sign in again)";
     throw new Error(`${response.status}: ${detail}`);
   }
   return response;
@@ -77,7 +70,7 @@ async function predict(files) {
     }
     results.append(card);
   });
-  refresh();
+  loadRecent();
   // Overlays one at a time: the server explains one image per request, under a lock.
   const cards = results.querySelectorAll(".result");
   for (let i = 0; i < files.length && i < MAX_EXPLAIN; i++) await explain(files[i], cards[i]);
@@ -102,12 +95,15 @@ async function loadModel() {
     $("#model-info").textContent = `${m.name} · ${m.architecture} · ${m.num_classes} classes · ` +
       `version ${m.model_version} · ${m.backend}`;
     $("#limits").textContent = `up to ${m.limits.max_files} images, ${m.limits.max_upload_mb} MB a request`;
+    exposeRecent = Boolean(m.expose_recent);
+    $("#recent-section").hidden = !exposeRecent;
   } catch (err) {
     $("#model-info").textContent = `model info unavailable (${err.message})`;
   }
 }
 
 async function loadRecent() {
+  if (!exposeRecent) return;
   const body = $("#recent tbody");
   try {
     const { predictions } = await (await call("v1/recent?limit=20")).json();
@@ -152,10 +148,6 @@ async function loadMonitor() {
   }
 }
 
-function refresh() {
-  loadRecent();
-  loadMonitor();
-}
 
 const drop = $("#drop");
 $("#file-input").addEventListener("change", (e) => predict([...e.target.files]));
@@ -167,5 +159,7 @@ drop.addEventListener("drop", (e) => {
   predict([...e.dataTransfer.files].filter((f) => f.type.startsWith("image/") || !f.type));
 });
 
-loadModel();
-refresh();
+$("#monitor-refresh").addEventListener("click", loadMonitor);
+
+loadModel().then(loadRecent);
+loadMonitor();
