@@ -19,6 +19,7 @@ from clarivis.errors import ClarivisError
 from clarivis.extras import needs
 from clarivis.serve import limits
 from clarivis.serve.predlog import LoggedPrediction
+from clarivis.serve.schemas import ModelInfo, MonitorReport, PredictResponse, RecentResponse, errors
 from clarivis.serve.uploads import read_uploads
 
 with needs("serve", "clarivis serve"):
@@ -46,32 +47,35 @@ PREDICT_BODY = {
 
 
 def add_v1_routes(app: FastAPI, service: Service) -> None:
-    @app.post("/v1/predict", openapi_extra=PREDICT_BODY, tags=["predict"])
+    @app.post("/v1/predict", openapi_extra=PREDICT_BODY, tags=["predict"], response_model=PredictResponse,
+              responses=errors(400, 401, 413, 415, 422, 503, 504))
     async def predict(request: Request, top_k: int = Query(TOP_K, ge=1, le=1000,
                                                            description="labels per image")) -> dict:
         """Top-k labels with calibrated probabilities for every image in the `file` fields."""
         return await predict_uploads(request, service, top_k)
 
-    @app.post("/v1/explain", openapi_extra=PREDICT_BODY, tags=["predict"],
-              response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    @app.post("/v1/explain", openapi_extra=PREDICT_BODY, tags=["predict"], response_class=Response,
+              responses={200: {"content": {"image/png": {}}}, **errors(400, 401, 413, 415, 422, 504)})
     async def explain(request: Request, method: str = Query("gradcam", description="gradcam | gradcam++"),
                       target: str | None = Query(None, description="class to explain [the predicted one]"),
                       ) -> Response:
         """Grad-CAM overlay (PNG: the model input | the heat map over it) of one image."""
         return await _explain(request, service, method, target)
 
-    @app.get("/v1/model", tags=["model"])
+    @app.get("/v1/model", tags=["model"], response_model=ModelInfo, responses=errors(400, 401))
     def model() -> dict:
         """What is served: name, version, architecture, classes, preprocessing, limits."""
         return model_info(service)
 
-    @app.get("/v1/monitor", tags=["monitor"])
+    @app.get("/v1/monitor", tags=["monitor"], response_model=MonitorReport,
+             responses=errors(400, 401, 422, 503))
     async def monitor(since: str | None = Query(None, description="24h, 7d or an ISO time [whole log]"),
                       review_limit: int = Query(20, ge=0, le=1000)) -> dict:
         """Volume, latency, confidence and class drift of served traffic (clarivis monitor)."""
         return await run_in_threadpool(service.monitor, since, review_limit)
 
-    @app.get("/v1/recent", tags=["monitor"])
+    @app.get("/v1/recent", tags=["monitor"], response_model=RecentResponse,
+             responses=errors(400, 401, 404, 422))
     def recent(limit: int = Query(20, ge=1, le=RECENT)) -> dict:
         """The latest predictions of this server process, newest first (no file names, no
         images); only on a server started with --expose-recent: it shows every client's traffic."""

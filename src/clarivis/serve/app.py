@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 import clarivis
@@ -30,8 +31,10 @@ from clarivis.extras import needs
 from clarivis.prediction import check_backend
 from clarivis.serve import limits
 from clarivis.serve.api_v1 import RECENT, add_v1_routes
+from clarivis.serve.api_v2 import add_v2_routes
 from clarivis.serve.backends import Backend, Scored, load_backend
 from clarivis.serve.batching import MicroBatcher
+from clarivis.serve.docs import add_docs_routes
 from clarivis.serve.metrics import MetricsMiddleware, ServiceMetrics
 from clarivis.serve.monitor import monitor_report
 from clarivis.serve.ops import add_ops_routes
@@ -76,9 +79,22 @@ class Service:
         self.warmed_up = False  # set once the model has answered one inference (readiness)
 
     def _run_batch(self, payloads: list[tuple[Any, int]]) -> list[Scored]:
-        """In the model thread: one backend call for the batch, at the largest top-k asked."""
+        """In the model thread: a payload is (decoded PIL image | preprocessed float32 (3, S, S)
+        array of a v2 FP32 input, top-k). One backend call per kind in the batch, each at the
+        largest top-k asked; the results go back in the payloads' order."""
         k = max(k for _, k in payloads)
-        return self.backend.predict([image for image, _ in payloads], top_k=k)
+        images = [n for n, (item, _) in enumerate(payloads) if isinstance(item, Image.Image)]
+        arrays = [n for n, (item, _) in enumerate(payloads) if not isinstance(item, Image.Image)]
+        results: list[Scored | None] = [None] * len(payloads)
+        if images:
+            scored = self.backend.predict([payloads[n][0] for n in images], top_k=k)
+            for n, s in zip(images, scored, strict=True):
+                results[n] = s
+        if arrays:
+            scored = self.backend.predict_pixels(np.stack([payloads[n][0] for n in arrays]), top_k=k)
+            for n, s in zip(arrays, scored, strict=True):
+                results[n] = s
+        return results  # type: ignore[return-value]  # every slot filled above
 
     async def warm_up(self) -> None:
         """One inference on a blank image through the batcher: the first call pays for lazy
@@ -149,12 +165,15 @@ def create_app(model_dir: str | Path, settings: Settings | None = None, **option
             service.close()
 
     app = FastAPI(title="clarivis", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,  # add_docs_routes: the same pages without a CDN
                   description=f"Image classifier {service.name}: {service.config.architecture} "
                               f"({service.config.num_classes} classes), model version {service.version}.")
     app.state.service = service
     _add_error_handlers(app)
     add_v1_routes(app, service)
+    add_v2_routes(app, service)
     add_ops_routes(app, service)
+    add_docs_routes(app)
     _add_openapi_security(app, settings)
     # Outermost last: metrics see every answer, the guard's 400/401s and the body limit's 413s.
     app.add_middleware(limits.BodyLimit, max_bytes=int(settings.max_upload_mb * 1e6))

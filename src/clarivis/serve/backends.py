@@ -1,6 +1,8 @@
 """What the service predicts with: torch (clarivis.Classifier) or ONNX (clarivis.runtime.Predictor),
 behind one small protocol. Both take decoded RGB PIL images, so the service decodes uploads once,
-safely, whatever runs the model.
+safely, whatever runs the model; and both take pixels a client preprocessed itself (the Open
+Inference Protocol's FP32 input: float32 [N, 3, S, S], normalised as the bundle says), scored with
+the same temperature and open-set check as images.
 
 The torch side is reached through the lazy facade (`clarivis.Classifier`), so a service on
 `--backend onnx` never imports torch: it runs from the runtime's dependencies and the web stack."""
@@ -11,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 from PIL import Image
 
 import clarivis
 from clarivis.errors import ModelError
-from clarivis.prediction import check_backend
-from clarivis.runtime import Predictor
+from clarivis.prediction import UNKNOWN_LABEL, check_backend
+from clarivis.runtime import Predictor, ood_score, softmax
 from clarivis.spec import ONNX_NAME
 
 
@@ -35,6 +38,10 @@ class Backend(Protocol):
 
     def predict(self, images: list[Image.Image], top_k: int) -> list[Scored]: ...
 
+    def predict_pixels(self, pixels: np.ndarray, top_k: int) -> list[Scored]:
+        """float32 (N, 3, S, S), preprocessed and normalised as the bundle says -> one Scored each."""
+        ...
+
 
 class TorchBackend:
     """clarivis.Classifier: the reference implementation (any device torch has)."""
@@ -46,6 +53,14 @@ class TorchBackend:
 
     def predict(self, images: list[Image.Image], top_k: int) -> list[Scored]:
         return [_scored(p) for p in self.classifier.predict(images, top_k=top_k, batch_size=len(images))]
+
+    def predict_pixels(self, pixels: np.ndarray, top_k: int) -> list[Scored]:
+        import torch  # here: the onnx backend's service never imports torch
+
+        logits = self.classifier.logits(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)))
+        c = self.classifier.config
+        return score_logits(logits.numpy(), self.classifier.class_names, temperature=c.temperature,
+                            ood=c.ood or None, reject=self.classifier.reject, top_k=top_k)
 
 
 class OnnxBackend:
@@ -59,6 +74,11 @@ class OnnxBackend:
     def predict(self, images: list[Image.Image], top_k: int) -> list[Scored]:
         return [_scored(p) for p in self.predictor.predict(images, top_k=top_k)]
 
+    def predict_pixels(self, pixels: np.ndarray, top_k: int) -> list[Scored]:
+        p = self.predictor
+        return score_logits(p.predict_pixels(pixels), p.class_names, temperature=p.temperature,
+                            ood=p.ood, reject=p.reject, top_k=top_k)
+
 
 def load_backend(name: str, model_dir: str | Path, device: str | None = None) -> Backend:
     folder = Path(model_dir)
@@ -69,6 +89,25 @@ def load_backend(name: str, model_dir: str | Path, device: str | None = None) ->
     if name == "onnx":
         return OnnxBackend(Predictor(folder, reject=True))
     return TorchBackend(clarivis.Classifier.load(folder, device=device, reject=True))
+
+
+def score_logits(logits: np.ndarray, class_names: list[str], *, temperature: float, ood: dict | None,
+                 reject: bool, top_k: int) -> list[Scored]:
+    """(N, C) raw logits -> Scored, as both backends' predict do after their forward pass:
+    probabilities calibrated by the temperature, the top k best first (ties in class order), and
+    the open-set score, below whose threshold the label is "unknown" when `reject`."""
+    logits = np.asarray(logits, dtype=np.float32)
+    probs = softmax(logits / np.float32(temperature))  # (N, C)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :min(top_k, len(class_names))]
+    scores = ood_score(logits, temperature, ood["score"]) if ood else None
+    out = []
+    for n in range(len(logits)):
+        top = [(class_names[i], float(probs[n, i])) for i in order[n]]
+        score = None if scores is None else float(scores[n])
+        rejected = reject and score is not None and score < float(ood["threshold"])  # type: ignore[index]
+        out.append(Scored(label=UNKNOWN_LABEL if rejected else top[0][0], confidence=top[0][1], top_k=top,
+                          ood_score=score))
+    return out
 
 
 def _scored(p: Any) -> Scored:

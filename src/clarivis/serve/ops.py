@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clarivis.extras import needs
+from clarivis.serve.schemas import Health, Readiness, errors
 
 with needs("serve", "clarivis serve"):
     from fastapi import FastAPI
@@ -22,14 +23,15 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 
 def add_ops_routes(app: FastAPI, service: Service) -> None:
-    @app.get("/healthz", tags=["ops"])
+    @app.get("/healthz", tags=["ops"], response_model=Health)
     async def healthz() -> dict:
         """Liveness: the process answers. Touches nothing else (no database, no model, no thread
         pool: an async route runs on the event loop itself), so a slow database or a busy model
         never makes a healthy process look dead."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get("/readyz", tags=["ops"], response_model=Readiness,
+             responses={503: {"model": Readiness, "description": "not ready yet"}, **errors(400, 401)})
     async def readyz() -> JSONResponse:
         """Readiness: the model has answered its warm-up inference and its worker runs. The
         prediction log's state is shown but does not decide: with the database down, predictions
@@ -40,7 +42,8 @@ def add_ops_routes(app: FastAPI, service: Service) -> None:
                              "model_name": service.name, "model_version": service.version},
                             status_code=200 if ready else 503)
 
-    @app.get("/metrics", tags=["ops"], response_class=Response)
+    @app.get("/metrics", tags=["ops"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}}, **errors(400, 401)})
     def metrics() -> Response:
         """Prometheus text format (every worker's counts summed under --workers N)."""
         body, content_type = service.metrics.exposition()

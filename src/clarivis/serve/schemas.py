@@ -1,0 +1,234 @@
+"""The JSON the service answers, as pydantic models: routes name them as `response_model`, so
+/openapi.json (and /docs) describe every answer, and a route that drifts from its model fails
+loudly instead of sending clients something undocumented.
+
+clarivis' own API (v1, ops) answers errors as {"detail": "one line"}; the Open Inference
+Protocol (v2) as {"error": "one line"}, as that protocol says.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# ----------------------------------------------------------------------------- errors
+
+
+class ErrorDetail(BaseModel):
+    """Every 4xx/5xx of clarivis' own API: one line, never a traceback."""
+
+    detail: str = Field(description="what went wrong and what to do, in one line")
+
+
+class V2Error(BaseModel):
+    """Every 4xx/5xx of the Open Inference Protocol routes (its $inference_error_response)."""
+
+    error: str = Field(description="what went wrong and what to do, in one line")
+
+
+_ERROR_TEXT = {
+    400: "Bad request (v2: any invalid request); or a Host header this server does not answer to",
+    401: "Missing or wrong API key (the server was started with --api-key)",
+    404: "Not found: an unknown model name or version, or a feature the server does not expose",
+    413: "Body over the upload limit, or an image over the pixel limit",
+    415: "Not an image clarivis reads, or not multipart/form-data",
+    422: "Invalid request: a parameter out of range, an empty or corrupt image, no `file` field",
+    503: "Not ready, or the prediction could not be logged",
+    504: "The request took longer than the server's time limit",
+}
+
+
+def errors(*statuses: int, model: type[BaseModel] = ErrorDetail) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: the error statuses it may answer, each with its body's model."""
+    return {s: {"model": model, "description": _ERROR_TEXT[s]} for s in statuses}
+
+
+# ----------------------------------------------------------------------------- v1 and ops
+
+
+class TopLabel(BaseModel):
+    label: str
+    probability: float = Field(description="calibrated probability (the bundle's temperature applied)")
+
+
+class ImagePrediction(BaseModel):
+    filename: str = Field(description="the client's file name, base name only")
+    label: str = Field(description="the top class, or 'unknown' when the open-set check rejects the image")
+    confidence: float = Field(description="calibrated probability of the top class")
+    top_k: list[TopLabel] = Field(description="best first")
+    ood_score: float | None = Field(description="in-distribution score (higher: more like the training "
+                                                "data); null when the bundle has no open-set check")
+    width: int = Field(description="pixels, as stored in the file")
+    height: int
+    sha256: str = Field(description="of the uploaded bytes, hex")
+
+
+class PredictResponse(BaseModel):
+    model_name: str
+    model_version: str
+    backend: str = Field(description="torch | onnx")
+    latency_ms: float = Field(description="from the request's arrival to the model's answer")
+    predictions: list[ImagePrediction] = Field(description="one per `file` field, in request order")
+
+
+class Limits(BaseModel):
+    max_upload_mb: float
+    max_pixels: int
+    max_files: int
+    timeout_s: float
+
+
+class Batching(BaseModel):
+    max_batch: int
+    max_wait_ms: float
+
+
+class PredictionLogInfo(BaseModel):
+    database: str = Field(description="the database's dialect (sqlite, postgresql, ...), never its URL")
+    store_images: bool
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(description="the name clients address, e.g. /v2/models/NAME")
+    model_version: str = Field(description="first 12 hex digits of the weights' SHA-256")
+    clarivis_version: str = Field(description="the clarivis that trained the bundle")
+    architecture: str
+    num_classes: int
+    class_names: list[str] = Field(description="index i is the model's output i")
+    input_size: list[int] = Field(description="[3, S, S]: channels, height, width")
+    resize_mode: str = Field(description="pad | crop | squash")
+    temperature: float = Field(description="calibration: probabilities are softmax(logits / temperature)")
+    open_set_threshold: float | None = Field(description="below it the label is 'unknown'")
+    training: dict[str, Any] = Field(description="the training summary (no data path)")
+    backend: str
+    started_at: str = Field(description="ISO 8601, UTC")
+    limits: Limits
+    batching: Batching
+    prediction_log: PredictionLogInfo
+    auth_required: bool
+    expose_recent: bool
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadinessChecks(BaseModel):
+    model_config = ConfigDict(extra="allow")  # checks may be added; clients read the ones they know
+
+    model: bool = Field(description="the model answered its warm-up inference and its worker runs")
+    prediction_log: str = Field(description="the log's database dialect (shown, does not decide)")
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    checks: ReadinessChecks
+    model_name: str
+    model_version: str
+
+
+class MonitorReport(BaseModel):
+    """clarivis monitor's report for this server's log (serve/monitor.py); its sections are
+    documented there. Fields beyond these are part of the report too."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model_version: str
+    generated_at: str
+    total_predictions: int
+    review_queue: list[dict[str, Any]] = Field(description="empty unless the server runs --expose-recent")
+    notes: list[str]
+
+
+class RecentPrediction(BaseModel):
+    time: str
+    label: str
+    confidence: float
+    latency_ms: float
+    width: int
+    height: int
+    sha256: str = Field(description="first 12 hex digits of the upload's SHA-256")
+
+
+class RecentResponse(BaseModel):
+    predictions: list[RecentPrediction] = Field(description="newest first")
+
+
+# ----------------------------------------------------------------------------- v2 (Open Inference Protocol)
+
+# A parameter's value is a string, a number or a boolean in the protocol; clarivis also puts lists
+# (the class names) in the model metadata's parameters.
+Parameters = dict[str, Any]
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ServerLive(BaseModel):
+    live: bool
+
+
+class ServerReady(BaseModel):
+    ready: bool
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str = Field(description="BYTES | FP32")
+    shape: list[int] = Field(description="-1: any size")
+    parameters: Parameters | None = None
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata] = Field(description="send exactly one of these inputs per request")
+    outputs: list[TensorMetadata]
+    parameters: Parameters | None = None
+
+
+class RequestInput(BaseModel):
+    name: str
+    shape: list[int] = Field(description="the whole batch's shape, each dimension >= 0")
+    datatype: str
+    parameters: Parameters | None = None
+    data: list[Any] = Field(description="row-major, flat or nested; BYTES elements are base64 strings")
+
+
+class RequestOutput(BaseModel):
+    name: str
+    parameters: Parameters | None = None
+
+
+class InferenceRequest(BaseModel):
+    id: str | None = Field(None, description="echoed in the response")
+    parameters: Parameters | None = Field(None, description="top_k: labels per image in top_labels "
+                                                            "and top_probabilities [5]")
+    inputs: list[RequestInput]
+    outputs: list[RequestOutput] | None = Field(None, description="the outputs to return [all]")
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: Parameters | None = None
+    data: list[Any] = Field(description="row-major, flat")
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: Parameters | None = None
+    outputs: list[ResponseOutput]
