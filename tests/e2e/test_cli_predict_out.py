@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 from tests.e2e.test_cli import assert_one_line_error, run_cli
-from tests.tiny import train_bundle, write_images
+from tests.tiny import train_bundle, write_image, write_images
 
 from clarivis.batch_predict.writers import read_csv_rows
 
@@ -42,6 +43,31 @@ def test_existing_out_needs_resume(bundle, tmp_path, capsys):
     code, stdout, _ = run_cli(["predict", bundle, images, "--out", out, "--resume"], capsys)
     assert code == 0 and stdout.startswith("3 predicted, 0 errors, 13 already done")
     assert len(out.read_text().splitlines()) == 16
+
+
+def test_files_that_are_not_predicted_are_reported(bundle, tmp_path, capsys):
+    # Issue 14: a .ico in the folder gave no row and no message.
+    images = write_images(tmp_path / "images")
+    write_image(images / "icon.ico", fmt="ICO")
+    (images / "notes.txt").write_text("not a photo")
+    (images / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    out = tmp_path / "preds.csv"
+    code, stdout, stderr = run_cli(["predict", bundle, images, "--out", out], capsys)
+    assert code == 1  # the icon is an image the user gets no label for: an error row
+    assert stdout.strip() == f"13 predicted, 1 error, 1 non-image skipped; wrote {out}"
+    assert stderr.strip().splitlines()[-2:] == [
+        "skipped 1 file that is not an image (and 1 hidden or system file):",
+        f"  {images / 'notes.txt'}: not an image (extension .txt)"]
+    errors = {r[0]: r[4] for r in read_csv_rows(out) if r[4]}
+    assert list(errors) == [str(images / "icon.ico")]
+    assert errors[str(images / "icon.ico")].startswith("ICO image: clarivis reads JPEG, PNG")
+    # Printed rather than streamed: the same rows and report; notes alone change no exit code.
+    (images / "icon.ico").unlink()
+    code, stdout, stderr = run_cli(["predict", bundle, images, "--format", "json"], capsys)
+    assert code == 0 and len(json.loads(stdout)) == 13
+    assert stderr.strip().splitlines() == [
+        "skipped 1 file that is not an image (and 1 hidden or system file):",
+        f"  {images / 'notes.txt'}: not an image (extension .txt)"]
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from clarivis.batch_predict.outputs import (
 from clarivis.batch_predict.stream import Source, iter_sources, predict_batch, shard, skip_done
 from clarivis.batch_predict.writers import RowWriter, chunked
 from clarivis.classifier import Classifier
+from clarivis.data.expand import SkippedFiles
 from clarivis.distributed import (
     World,
     barrier,
@@ -42,9 +43,15 @@ class PredictSummary:
     skipped: int = 0  # inputs already in the output (--resume)
     processes: int = 1
     is_main: bool = True  # rank 0: the process that merged the output and reports it
+    # Files the folder walk left out (not images; hidden and system files): no row in the
+    # output. Every process walks all the inputs, so each one's count is already the total.
+    left_out: SkippedFiles = field(default_factory=SkippedFiles)
 
     def line(self) -> str:
         text = f"{self.predicted:,} predicted, {self.errors:,} error{'' if self.errors == 1 else 's'}"
+        if self.left_out.not_images:
+            n = self.left_out.not_images
+            text += f", {n:,} non-image{'' if n == 1 else 's'} skipped"
         if self.skipped:
             text += f", {self.skipped:,} already done"
         if self.processes > 1:
@@ -88,7 +95,8 @@ def predict_to_file(
     device, reject), over `options`. `resume=True` skips paths already in `out`; without it an
     existing `out` is an error. Under torchrun each process predicts every WORLD_SIZE-th file
     into a part file and rank 0 merges the parts. `on_progress` is called after each batch on
-    rank 0."""
+    rank 0. Files in a folder that are not images get no row: the summary counts them and
+    `summary.left_out` names the first few (clarivis.data.expand says which files those are)."""
     opts = replace(options or PredictOptions(), **fields)
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)  # the arguments only
     target = Path(out).expanduser()
@@ -125,7 +133,8 @@ def _share(inputs: list[str | Path], world: World, done: set[str],
     def count_skip() -> None:
         summary.skipped += 1
 
-    return skip_done(shard(iter_sources(inputs), world.rank, world.size), done, count_skip)
+    return skip_done(shard(iter_sources(inputs, summary.left_out), world.rank, world.size), done,
+                     count_skip)
 
 
 def _write_predictions(clf: Classifier, sources: Iterable[Source], writer: RowWriter,

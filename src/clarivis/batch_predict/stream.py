@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from clarivis.classifier import Classifier
-from clarivis.data.expand import expand_path
+from clarivis.data.expand import SkipHandler, expand_path
 from clarivis.data.io import load_image
 from clarivis.errors import ImageDecodeError
 from clarivis.prediction import Prediction
@@ -28,11 +28,12 @@ class Source:
     error: str | None = None
 
 
-def iter_sources(inputs: Iterable[str | Path]) -> Iterator[Source]:
+def iter_sources(inputs: Iterable[str | Path], on_skip: SkipHandler | None = None) -> Iterator[Source]:
     """Every image under the inputs, in the order `Classifier.predict` uses (the same lazy
-    expansion, clarivis.data.expand)."""
+    expansion, clarivis.data.expand); `on_skip` hears of the files a folder walk leaves out
+    (not images, hidden or system files)."""
     for item in inputs:
-        for path, error in expand_path(str(item)):
+        for path, error in expand_path(str(item), on_skip):
             yield Source(path, error)
 
 

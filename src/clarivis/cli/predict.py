@@ -48,9 +48,14 @@ def predict(  # one parameter a flag: Typer reads the option list from this sign
         return
     if resume:
         raise ClarivisError("--resume continues an --out file; add --out FILE")
+    from clarivis.data.expand import SkippedFiles  # here: --help imports no PIL
+
+    left_out = SkippedFiles()
     rows = clarivis.predict_rows(model, images, backend=backend, top_k=top_k, batch_size=batch_size,
-                                 device=device, reject=reject, int8=int8)
-    exit_if_unreadable(print_rows(rows, fmt))
+                                 device=device, reject=reject, int8=int8, on_skip=left_out)
+    failed = print_rows(rows, fmt)
+    report_left_out(left_out.lines())
+    exit_if_unreadable(failed)
 
 
 def predict_into(model: str, images: list[str], out_file: str, options: dict[str, Any]) -> None:
@@ -61,8 +66,17 @@ def predict_into(model: str, images: list[str], out_file: str, options: dict[str
     if not summary.is_main:  # rank 0 reports for all processes
         return
     stdout.print(summary.line(), markup=False, highlight=False, soft_wrap=True)
+    report_left_out(summary.left_out.lines())
     if summary.errors:
         raise typer.Exit(1)
+
+
+def report_left_out(lines: list[str]) -> None:
+    """The files a folder walk left out (not images), on stderr: they change no exit code (a
+    README beside the photos is no failure), and files in an image format clarivis does not read
+    are error rows instead."""
+    for line in lines:
+        stderr.print(line, style="yellow", markup=False, highlight=False)
 
 
 @app.command()
