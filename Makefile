@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_DATA ?= data/digits
 DEMO_RUN ?= runs/demo
 
-.PHONY: install browser demo test test-fast lint clean
+.PHONY: install browser postgres demo test test-fast lint clean
 
 # Installs from the package registries only; the stamp re-installs when pyproject changes.
 $(VENV)/.installed: pyproject.toml
@@ -42,7 +42,17 @@ browser:
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
 	  echo "chromium not installed: the browser tests will skip"
 
-test: install browser
+# The prediction log's PostgreSQL tests start a throwaway server (initdb, pg_ctl in a temporary
+# folder) from the machine's binaries: on PATH, or Debian's /usr/lib/postgresql/VERSION/bin.
+# Installed here when this machine lets us (root + apt); else those tests skip and say why.
+postgres:
+	@{ command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; } || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q postgresql >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q postgresql >/dev/null 2>&1; }; }; } || \
+	  echo "postgresql not installed: the prediction log's PostgreSQL tests will skip"
+
+test: install browser postgres
 	$(BIN)/lint-imports  # the layers of docs/DESIGN.md (pyproject.toml, [tool.importlinter])
 	$(BIN)/python -m pytest -n 2 --durations=15
 

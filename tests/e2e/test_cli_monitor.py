@@ -40,3 +40,5 @@ def test_monitor_bad_since(tmp_path, capsys):
     capsys.readouterr()  # training's own output
     code, _, err = run_cli(["monitor", bundle, "--since", "last week"], capsys)
     assert_one_line_error(code, err, "24h")
+    code, _, err = run_cli(["monitor", bundle, "--since", "99999999d"], capsys)  # no OverflowError
+    assert_one_line_error(code, err, "days back")

@@ -13,6 +13,7 @@ import pytest
 from clarivis.errors import ClarivisError
 from clarivis.serve.monitor import (
     PSI_SIGNIFICANT,
+    ServiceMonitor,
     bundle_info,
     monitor_report,
     parse_since,
@@ -234,3 +235,99 @@ def test_version_and_unknown_label_match_the_torch_side(bundle):
 def test_not_a_bundle(tmp_path):
     with pytest.raises(ClarivisError, match="ModelBundle"):
         monitor_report(tmp_path)
+
+
+def test_absurd_since_is_a_user_error(bundle):
+    folder, _, url = bundle
+    for bad in ("99999999d", "9" * 400 + "d", "0001-01-01", "2999-01-01", "11y"):
+        with pytest.raises(ClarivisError, match="since") as info:
+            monitor_report(folder, url, bad, now=NOW)
+        assert "\n" not in str(info.value)
+    assert parse_since("3650d", NOW) == NOW - timedelta(days=3650)  # ten years back is fine
+
+
+def test_histogram_and_time_buckets_match_numpy(bundle):
+    """The SQL bins and buckets give numpy's figures, values on the bin edges included."""
+    folder, version, url = bundle
+    rng = np.random.default_rng(3)
+    conf = np.concatenate([np.linspace(0, 1, 11), rng.uniform(0.2, 1.0, 289)])  # every edge once
+    times = [NOW - timedelta(minutes=int(m)) for m in rng.integers(0, 47 * 60, conf.size)]
+    log(url, labels_with_shares(SHARES, 300), version=version, confidences=conf, times=times)
+    report = monitor_report(folder, url, "48h", now=NOW)
+    edges = np.linspace(0, 1, 11)
+    assert report["confidence"]["live_counts"] == np.histogram(conf, bins=edges)[0].tolist()
+    assert report["confidence"]["mean"] == pytest.approx(conf.mean())
+    hours = np.array([(NOW - t).total_seconds() for t in times])
+    for bucket in report["confidence"]["over_time"]:
+        start = datetime.fromisoformat(bucket["start"])
+        inside = conf[[start <= t < start + timedelta(hours=1) for t in times]]
+        assert bucket["count"] == inside.size
+        if inside.size:
+            assert bucket["mean"] == pytest.approx(inside.mean())
+            assert abs(bucket["p10"] - np.percentile(inside, 10)) <= 0.01  # read off 0.01-wide bins
+    assert sum(b["count"] for b in report["volume"]["buckets"]) == 300 and hours.max() < 48 * 3600
+
+
+def test_client_report_names_no_server_path(bundle, tmp_path):
+    folder, version, url = bundle
+    log(url, labels_with_shares(SHARES, 50), version=version)
+    report = monitor_report(folder, url, now=NOW, for_client=True)
+    assert "model_dir" not in report and report["db"] == "sqlite:///log.db"
+    assert str(tmp_path) not in json.dumps(report)
+    assert report["total_predictions"] == 50
+    empty = monitor_report(folder, f"sqlite:///{tmp_path / 'none.db'}", now=NOW, for_client=True)
+    assert str(tmp_path) not in json.dumps(empty)  # the "no log yet" note too
+
+
+def test_service_monitor_counts_what_its_log_just_recorded(bundle, tmp_path):
+    folder, version, url = bundle
+    with PredictionLog(url) as db:
+        monitor = ServiceMonitor(folder, db, version=version)
+        db.record([LoggedPrediction(time=NOW - timedelta(minutes=i), model_version=version, label="cat",
+                                    confidence=0.9, latency_ms=5, width=1, height=1, num_bytes=1,
+                                    sha256=f"{i:064x}") for i in range(12)])
+        report = monitor.report(now=NOW)  # written first, within its flush wait
+        assert report["total_predictions"] == 12 and report["latency_ms"]["p50"] == 5
+        assert report["prediction_log"]["db_reachable"] is True
+        assert report["prediction_log"]["pending_rows"] == 0
+        assert str(tmp_path) not in json.dumps(report) and "model_dir" not in report
+        with pytest.raises(ClarivisError, match="since"):
+            monitor.report("99999999d", now=NOW)
+
+
+def test_same_report_on_sqlite_and_postgresql(bundle, postgres_url):
+    folder, version, url = bundle
+    rng = np.random.default_rng(4)
+    n = 400
+    labels = [str(x) for x in rng.choice(CLASSES + ["unknown"], size=n, p=[0.4, 0.3, 0.2, 0.1])]
+    kwargs = dict(version=version, confidences=rng.uniform(0.3, 1, n), latencies=rng.lognormal(3, 0.5, n),
+                  times=[NOW - timedelta(minutes=int(m)) for m in rng.integers(0, 5 * 1440, n)])
+    reports = []
+    for db_url in (url, postgres_url):
+        log(db_url, labels, **kwargs)
+        log(db_url, ["fox"] * 20, version="old")
+        reports.append({since: monitor_report(folder, db_url, since, now=NOW, review_limit=5)
+                        for since in (None, "24h", "3d")})
+    for since, lite in reports[0].items():
+        pg = reports[1][since]
+        for key in ("db", "model_dir"):
+            lite.pop(key), pg.pop(key)
+        for row in lite["review_queue"] + pg["review_queue"]:
+            row.pop("id")
+        assert_same(json.loads(json.dumps(lite)), json.loads(json.dumps(pg)), since)
+
+
+def assert_same(a, b, where) -> None:
+    """Equal JSON, floats to 1e-9 (the two databases sum in different orders)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12), where
+    else:
+        assert a == b, where

@@ -334,14 +334,21 @@ def _bucket_start(key, dialect: str, size: int) -> int:
 
 
 def _percentile_of_bins(counts: np.ndarray, q: float) -> float:
-    """The q-th percentile (numpy's rank q * (n - 1)) of values counted on equal bins of [0, 1],
-    taking each bin's values as evenly spread inside it."""
+    """The q-th percentile (numpy's linear method) of values counted on equal bins of [0, 1]:
+    the two order statistics around rank q * (n - 1) are each placed inside their bin (values
+    taken as evenly spread in it, so each is off by less than a bin width), then interpolated
+    as numpy does: the result is within one bin width of numpy's."""
     n = int(counts.sum())
-    rank = (n - 1) * q / 100  # 0-based
+    pos = (n - 1) * q / 100
+    lo = math.floor(pos)
     cumulative = np.cumsum(counts)
-    b = int(np.searchsorted(cumulative, rank, side="right"))  # the bin holding that rank
-    before = cumulative[b - 1] if b else 0
-    return float((b + (rank - before + 0.5) / counts[b]) / len(counts))
+
+    def order_statistic(k: int) -> float:
+        b = int(np.searchsorted(cumulative, k, side="right"))  # the bin holding the k-th value
+        before = cumulative[b - 1] if b else 0
+        return float((b + (k - before + 0.5) / counts[b]) / len(counts))
+
+    return _lerp([order_statistic(k) for k in (lo, lo + 1) if k < n], pos - lo)
 
 
 def _lerp(values: list[float], t: float) -> float:
