@@ -36,9 +36,9 @@ from clarivis.serve.backends import Backend, Scored, load_backend
 from clarivis.serve.batching import MicroBatcher
 from clarivis.serve.docs import add_docs_routes
 from clarivis.serve.metrics import MetricsMiddleware, ServiceMetrics
-from clarivis.serve.monitor import monitor_report
+from clarivis.serve.monitor import ServiceMonitor
 from clarivis.serve.ops import add_ops_routes
-from clarivis.serve.predlog import PredictionLog
+from clarivis.serve.predlog import LogUnavailableError, PredictionLog
 from clarivis.serve.security import AccessGuard, add_security_scheme, allowed_hosts_for
 from clarivis.serve.settings import Settings
 from clarivis.spec import VERSION as __version__
@@ -71,6 +71,7 @@ class Service:
         self._explainer_lock = threading.Lock()
         self.log = PredictionLog.for_model(self.model_dir, settings.db_url,
                                            store_images=settings.store_images)
+        self.monitor_view = ServiceMonitor(self.model_dir, self.log, version=self.version)
         self.metrics = ServiceMetrics()
         self.batcher = MicroBatcher(self._run_batch, max_batch=settings.max_batch,
                                     max_wait_ms=settings.max_wait_ms, on_batch=self.metrics.observe_batch)
@@ -109,16 +110,13 @@ class Service:
 
     def readiness(self) -> dict:
         """/readyz's checks, from state only (no I/O: it must answer while the database is slow)."""
-        return {"model": self.warmed_up and self.batcher.running,
-                "prediction_log": self.log.engine.dialect.name}
+        return {"model": self.warmed_up and self.batcher.running, "prediction_log": self.log.status()}
 
     def monitor(self, since: str | None, review_limit: int) -> dict:
         """/v1/monitor: the drift report without server paths; the review queue (every client's
         low-confidence traffic) only with expose_recent."""
         limit = review_limit if self.settings.expose_recent else 0
-        report = monitor_report(self.model_dir, self.settings.db_url, since, review_limit=limit)
-        report.pop("model_dir", None)
-        report["db"] = self.log.engine.dialect.name
+        report = self.monitor_view.report(since, review_limit=limit)
         if not self.settings.expose_recent:
             report["notes"].append("the review queue is not exposed; start the server with "
                                    "--expose-recent, or run clarivis monitor on the server")
@@ -233,6 +231,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         first = exc.errors()[0] if exc.errors() else {}
         where = " ".join(str(p) for p in first.get("loc", ()))
         return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)
+
+    @app.exception_handler(LogUnavailableError)
+    async def log_down(_request: Request, exc: LogUnavailableError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "30"})
 
     @app.exception_handler(ClarivisError)
     async def user_error(_request: Request, exc: ClarivisError) -> JSONResponse:
