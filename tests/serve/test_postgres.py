@@ -99,3 +99,23 @@ def test_new_database_created_by_the_writer_when_it_answers(postgres_server, pos
         log.record([entry(0), entry(1)])
     assert log.flush(60) and log.count() == 2
     log.close()
+
+
+def test_an_idle_log_notices_the_database_going_and_coming_back(postgres_server, postgres_url, tmp_path,
+                                                                 monkeypatch):
+    from clarivis.serve import predlog
+
+    monkeypatch.setattr(predlog, "ORPHAN_SCAN_S", 0.2)  # the idle writer's ping interval
+
+    def wait_for(reachable: bool) -> bool:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if log.status()["db_reachable"] is reachable:
+                return True
+            time.sleep(0.1)
+        return False
+
+    with PredictionLog(postgres_url, journal_dir=tmp_path / "j") as log:
+        with stopped(postgres_server):
+            assert wait_for(False) and log.status()["last_error"]
+        assert wait_for(True) and log.status()["last_error"] is None

@@ -95,7 +95,8 @@ BATCH_ROWS = 500
 # Retry after a failed write: 0.5 s doubling to 30 s. A restarting database is back within
 # seconds; a long outage is polled twice a minute, which costs it nothing.
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 30.0
-# How often a live process looks for journals left by dead ones (a crashed worker); at start too.
+# How often a live process looks for journals left by dead ones (a crashed worker; at start too)
+# and, when it has nothing to write, pings the database so status() stays current.
 ORPHAN_SCAN_S = 60.0
 # close() waits this long for the journal to reach the database; the rest stays journaled.
 CLOSE_FLUSH_S = 10.0
@@ -504,6 +505,11 @@ class PredictionLog:
             if time.monotonic() >= next_scan:
                 self._adopt()
                 next_scan = time.monotonic() + ORPHAN_SCAN_S
+                with self._cond:
+                    idle = self._committed == self._appended and not self._orphans
+                if idle:  # nothing to write: a ping keeps status()'s db_reachable current
+                    self._ping()
+                    continue
             try:
                 self._write()
             except Exception as err:  # noqa: BLE001 - the thread must outlive any one failure
@@ -516,6 +522,16 @@ class PredictionLog:
                     self._db_ok, self._last_error, self._backoff = True, None, 0.0
                     self._last_write = datetime.now(UTC)
                     self._cond.notify_all()
+
+    def _ping(self) -> None:
+        reachable = self.db.ping()
+        with self._cond:
+            if reachable != self._db_ok:
+                log.warning("the prediction log at %s %s", self.url, "answers again" if reachable
+                            else "does not answer; predictions will be journaled")
+            self._db_ok = reachable
+            self._last_error = None if reachable else "the database does not answer"
+            self._schema_ok = self._schema_ok and reachable
 
     def _adopt(self) -> None:
         try:
