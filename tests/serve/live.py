@@ -14,15 +14,20 @@ import numpy as np
 import uvicorn
 from PIL import Image
 
+from clarivis.serve.runner import uvicorn_options
+
 
 @contextmanager
-def running_server(app) -> Iterator[str]:
-    """Serve `app` until the block ends; yields its base URL (http://127.0.0.1:PORT)."""
+def running_server(app, **options) -> Iterator[str]:
+    """Serve `app` until the block ends, with the options `clarivis serve` gives uvicorn
+    (runner.uvicorn_options; `options` override its connection guard's limits); yields the base
+    URL (http://127.0.0.1:PORT)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))  # port 0: the OS picks a free one, and we hold it: no race
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", **uvicorn_options(**options))
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

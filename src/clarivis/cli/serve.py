@@ -41,10 +41,14 @@ def serve(  # one parameter a flag: Typer reads the option list from this signat
     store_images: Annotated[bool, Opt("--store-images", help="keep uploaded images in the log")] = False,
     max_upload_mb: Annotated[float, Opt(min=0.001, help="request body limit, MB")] = Settings.max_upload_mb,
     max_pixels: Annotated[int, Opt(min=1, help="image size limit, pixels")] = Settings.max_pixels,
+    max_request_pixels: Annotated[int, Opt(min=1, help="pixels decoded for one request, all its images "
+                                                       "together")] = Settings.max_request_pixels,
     timeout: Annotated[float, Opt(min=0.001, help="request time limit, s")] = Settings.timeout_s,
     max_batch: Annotated[int, Opt(min=1, help="images per model call")] = Settings.max_batch,
     max_wait_ms: Annotated[float, Opt(
         min=0, help="wait for a fuller batch, ms (GPU: 2-5)")] = Settings.max_wait_ms,
+    max_queue: Annotated[int, Opt(min=1, help="images waiting for the model before requests get "
+                                              "429")] = Settings.max_queue,
     device: Annotated[Optional[str], Opt(help="torch backend device [cuda if available]")] = None,
 ) -> None:
     """HTTP API (/v1/predict, /v1/explain, /v1/model, /v1/monitor, the Open Inference Protocol under
@@ -56,7 +60,8 @@ def serve(  # one parameter a flag: Typer reads the option list from this signat
                 model_name=model_name, allowed_hosts=hosts, public_metrics=public_metrics,
                 expose_recent=expose_recent,
                 store_images=store_images, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
-                timeout_s=timeout, max_batch=max_batch, max_wait_ms=max_wait_ms, device=device)
+                max_request_pixels=max_request_pixels, timeout_s=timeout, max_batch=max_batch,
+                max_wait_ms=max_wait_ms, max_queue=max_queue, device=device)
 
 
 @app.command()

@@ -35,6 +35,18 @@ MAX_IMAGE_PIXELS: int = 64_000_000
 # formats such as EPS (which shells out to Ghostscript) on untrusted uploads. "JPEG" also
 # opens multi-picture phone JPEGs (MPO); naming "MPO" itself is a KeyError in Pillow.
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "DIB", "GIF", "TIFF", "PPM")
+READ_FORMATS = "JPEG, PNG, WebP, BMP, GIF, TIFF or PNM"  # what ALLOWED_FORMATS means to a user
+
+# Rows of a full frame converted or stretched at once (reduced decoding, high bit depth): about
+# 1 MP a strip (8 MB as float64), so no step holds a converted or float64 copy of a whole frame.
+_STRIP_PIXELS = 1_000_000
+# Modes Image.reduce averages correctly as they are; others are converted strip by strip first
+# (palette indices and 1-bit pixels cannot be averaged; "I;16*" has no reduce in Pillow).
+_REDUCE_MODES = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I", "F"})
+# EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
 
 # Modes holding more than 8 bits of grayscale (16-bit ints, 32-bit ints, floats).
 _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
@@ -49,7 +61,7 @@ def is_image_path(path: str | Path) -> bool:
 
 def load_image(
     source: str | Path | bytes | BinaryIO, *, max_pixels: int = MAX_IMAGE_PIXELS,
-    reduce_to: int | None = None,
+    reduce_to: int | None = None, reduce_all: bool = False,
 ) -> Image.Image:
     """Decode an image fully into an upright RGB image, or raise ImageDecodeError.
 
@@ -57,7 +69,13 @@ def load_image(
     at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling, never below 2x `reduce_to` on either side,
     so the resize to the model input that follows still has twice the pixels it needs. A 3 MP
     photo for a 224 px model decodes 3x faster. Training, evaluation and predict all pass the
-    model's input size, so they see the same pixels."""
+    model's input size, so they see the same pixels.
+
+    `reduce_all` (with `reduce_to`; the service uses it): every other format too is shrunk by an
+    integer box filter (Image.reduce) to no less than 2x `reduce_to` on its short side, straight
+    after decoding and strip by strip, so only the decoder's own full-size frame ever exists and
+    it is dropped before this returns; high bit depths are stretched on the reduced pixels with
+    the full frame's range. Off by default: the CLI keeps the pixels training saw."""
     if max_pixels <= 0:
         raise ValueError(f"max_pixels must be positive, got {max_pixels}")
     label = _label(source)
@@ -68,8 +86,24 @@ def load_image(
         # Animated GIF/WebP (and multi-page TIFF) open on their first frame; load() decodes
         # only that one, and a truncated file fails here rather than later in a DataLoader.
         img.load()
+        if reduce_all and reduce_to is not None:
+            return _reduced_rgb(img, reduce_to)
         # _upright returns a copy: the opened image itself dies when the `with` closes it.
         return to_rgb(_upright(img))
+
+
+def decoded_size(source: str | Path | bytes | BinaryIO, *, max_pixels: int = MAX_IMAGE_PIXELS,
+                 reduce_to: int | None = None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((width, height) as stored, (width, height) load_image decodes), read from the header
+    only: a JPEG's DCT scaling for `reduce_to` is known before any pixel is decoded. Raises
+    ImageDecodeError as load_image does (not an accepted format, over `max_pixels`, unreadable)."""
+    label = _label(source)
+    with _decoding(label), Image.open(_open_source(source, label), formats=ALLOWED_FORMATS) as img:
+        _check_pixels(img.size, max_pixels, label)
+        stored = img.size
+        if reduce_to is not None and img.format == "JPEG":
+            img.draft(img.mode, (2 * reduce_to, 2 * reduce_to))  # sets the size, decodes nothing
+        return stored, img.size
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -213,19 +247,88 @@ def _composite_on_white(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def _stretch_to_rgb(image: Image.Image) -> Image.Image:
-    """Map the image's own min..max to 0..255 so 12-bit-in-16-bit data is neither black nor clipped."""
-    values = np.asarray(image).astype(np.float64)
-    finite = np.isfinite(values)
-    if not finite.any():
-        gray = np.zeros(values.shape, dtype=np.uint8)
-    else:
-        low, high = values[finite].min(), values[finite].max()
-        values = np.where(finite, values, low)  # NaN/inf in float images become the minimum
-        if high > low:
-            gray = np.rint((values - low) * (255.0 / (high - low))).astype(np.uint8)
-        else:
-            # A constant image has no range to stretch: an all-zero (blank) frame stays
-            # black, any other constant becomes mid-grey.
-            gray = np.full(values.shape, 0 if high == 0 else 128, dtype=np.uint8)
+def _stretch_to_rgb(image: Image.Image, value_range: tuple[float, float] | None = None) -> Image.Image:
+    """Map the image's own min..max (or `value_range`, the full frame's when `image` is a reduced
+    copy) to 0..255 so 12-bit-in-16-bit data is neither black nor clipped. Strip by strip: no
+    float64 copy of a whole frame."""
+    low, high = value_range if value_range is not None else _value_range(image)
+    gray = np.zeros((image.height, image.width), dtype=np.uint8)
+    if low is not None and high is not None:
+        for top, strip in _strips(image):
+            values = np.asarray(strip).astype(np.float64)
+            values = np.where(np.isfinite(values), values, low)  # NaN/inf in float images: the minimum
+            if high > low:
+                rows = np.rint((values - low) * (255.0 / (high - low)))
+                gray[top:top + strip.height] = np.clip(rows, 0, 255).astype(np.uint8)
+            else:
+                # A constant image has no range to stretch: an all-zero (blank) frame stays
+                # black, any other constant becomes mid-grey.
+                gray[top:top + strip.height] = 0 if high == 0 else 128
     return Image.fromarray(gray).convert("RGB")
+
+
+def _value_range(image: Image.Image) -> tuple[float | None, float | None]:
+    """(min, max) over the finite values of a high-depth image, strip by strip; (None, None)
+    when it has none (an all-NaN float image stays black)."""
+    low = high = None
+    for _top, strip in _strips(image):
+        values = np.asarray(strip)
+        finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values.ravel()
+        if finite.size:
+            low = float(finite.min()) if low is None else min(low, float(finite.min()))
+            high = float(finite.max()) if high is None else max(high, float(finite.max()))
+    return low, high
+
+
+def _strips(image: Image.Image, rows_multiple: int = 1) -> Iterator[tuple[int, Image.Image]]:
+    """(top row, copy of rows top..top+n) over the image, about _STRIP_PIXELS each; n is a
+    multiple of `rows_multiple` (a reduce factor), so reducing strip by strip equals reducing
+    the whole."""
+    rows = max(1, _STRIP_PIXELS // max(1, image.width * rows_multiple)) * rows_multiple
+    for top in range(0, image.height, rows):
+        yield top, image.crop((0, top, image.width, min(top + rows, image.height)))
+
+
+def _reduced_rgb(image: Image.Image, reduce_to: int) -> Image.Image:
+    """load_image's reduce_all: the decoded frame shrunk by the largest integer factor that keeps
+    its short side at 2x `reduce_to` or more, then upright and RGB (as to_rgb would make it)."""
+    factor = min(image.size) // (2 * reduce_to)
+    if factor < 2:
+        return to_rgb(_upright(image))
+    value_range = _value_range(image) if image.mode in _HIGH_DEPTH_MODES else None
+    small = _reduce(image, factor)
+    orientation = _orientation(image)
+    if orientation in _UPRIGHT:
+        small = small.transpose(_UPRIGHT[orientation])
+    if value_range is not None:
+        return _stretch_to_rgb(small, value_range)
+    return to_rgb(small)
+
+
+def _reduce(image: Image.Image, factor: int) -> Image.Image:
+    """Image.reduce(factor), strip by strip, in a mode whose pixels can be averaged: transparency
+    becomes alpha, palettes become RGB(A), 1-bit becomes L, 16-bit becomes 32-bit integers."""
+    mode = image.mode
+    keyed = "transparency" in image.info and mode in ("1", "L", "P", "RGB")  # a colour key, as to_rgb
+    if keyed or mode in ("P", "PA"):
+        target = "RGBA" if keyed or mode == "PA" else "RGB"
+    elif mode == "1":
+        target = "L"
+    elif mode in _HIGH_DEPTH_MODES:
+        target = mode if mode in _REDUCE_MODES else "I"
+    else:
+        target = mode if mode in _REDUCE_MODES else "RGB"
+    out = Image.new(target, (-(-image.width // factor), -(-image.height // factor)))
+    for top, strip in _strips(image, factor):
+        part = strip if strip.mode == target else strip.convert(target)
+        out.paste(part.reduce(factor), (0, top // factor))
+    return out
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8) of a loaded image; 1 when absent or unreadable (as _upright)."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # noqa: BLE001 - Pillow's EXIF parser raises many types on bad data
+        return 1
+    return orientation if isinstance(orientation, int) else 1

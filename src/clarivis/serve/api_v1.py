@@ -20,7 +20,7 @@ from clarivis.extras import needs
 from clarivis.serve import limits
 from clarivis.serve.predlog import LoggedPrediction
 from clarivis.serve.schemas import ModelInfo, MonitorReport, PredictResponse, RecentResponse, errors
-from clarivis.serve.uploads import read_uploads
+from clarivis.serve.uploads import FILENAME_HEADER, RAW_NAME, RAW_TYPES, read_uploads
 
 with needs("serve", "clarivis serve"):
     from fastapi import FastAPI, HTTPException, Query, Request
@@ -34,15 +34,28 @@ TOP_K = 5  # labels per image in an answer
 RECENT = 50  # predictions /v1/recent can show (memory only; the log keeps all)
 EXPLAIN_METHODS = ("gradcam", "gradcam++")
 
+_BINARY = {"type": "string", "format": "binary"}
 PREDICT_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": [limits.FIELD],
-            "properties": {limits.FIELD: {"type": "array", "items": {"type": "string", "format": "binary"},
-                                          "description": "one or more images (repeat the field)"}},
-        }}},
-    }
+        "description": f"images as multipart/form-data (field '{limits.FIELD}', repeated), or one image as "
+                       f"the raw body (its name in the optional {FILENAME_HEADER} header)",
+        "content": {
+            "multipart/form-data": {"schema": {
+                "type": "object", "required": [limits.FIELD],
+                "properties": {limits.FIELD: {"type": "array", "items": _BINARY,
+                                              "description": "one or more images (repeat the field)"}},
+            }},
+            **{media_type: {"schema": _BINARY} for media_type in RAW_TYPES},
+        },
+    },
+    "parameters": [{"name": FILENAME_HEADER, "in": "header", "required": False, "schema": {"type": "string"},
+                    "description": f"a raw body's file name, percent-encoded if not ASCII [{RAW_NAME}]"}],
+    "responses": {"429": {
+        "description": "Too many images waiting for the model, or too many uploads in progress",
+        "headers": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorDetail"}}},
+    }},
 }
 
 

@@ -1,5 +1,6 @@
 """Prometheus metrics of one app: requests by endpoint and status, request latency, batch sizes,
-model time per batch and predictions by label, plus the process' CPU, memory and file handles.
+model time per batch, predictions by label, images waiting for the model and requests refused
+because too many were waiting, plus the process' CPU, memory and file handles.
 Each app has its own registry, so two apps in one process (tests, a server restarted in place)
 never share or clash on counters.
 
@@ -22,6 +23,7 @@ with needs("serve", "clarivis serve"):
         PLATFORM_COLLECTOR,
         CollectorRegistry,
         Counter,
+        Gauge,
         Histogram,
         ProcessCollector,
         generate_latest,
@@ -59,10 +61,23 @@ class ServiceMetrics:
                                        buckets=LATENCY_BUCKETS, registry=self.registry)
         self.predictions = Counter("clarivis_predictions_total", "predictions served by top label",
                                    ["label"], registry=self.registry)
+        # livesum: under --workers N each process has its own queue; the server's depth is their
+        # sum over the processes alive (a dead worker's last value must not linger).
+        self.queue_depth = Gauge("clarivis_queue_depth_images", "images waiting for the model",
+                                 multiprocess_mode="livesum", registry=self.registry)
+        self.queue_rejections = Counter("clarivis_queue_rejections_total",
+                                        "requests refused with 429: too many images waiting",
+                                        registry=self.registry)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
         self.batch_seconds.observe(seconds)
+
+    def observe_depth(self, images: int) -> None:
+        self.queue_depth.set(images)
+
+    def observe_rejection(self, _images: int) -> None:
+        self.queue_rejections.inc()
 
     def exposition(self) -> tuple[bytes, str]:
         if multiprocess_mode():  # every worker's files, summed; a fresh registry each time, as documented

@@ -22,9 +22,9 @@ log = logging.getLogger("clarivis.serve")
 
 APP_FACTORY = "clarivis.serve.app:app_from_env"
 PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own variable
-# Connections (and so uploads held in memory, up to MAX_UPLOAD_MB each) served at once; uvicorn
-# answers 503 beyond it. 64 keeps the worst case near 2 GB and is 4x the load tested (16).
-MAX_CONNECTIONS = 64
+# Seconds an idle keep-alive connection stays open after its last answer (uvicorn's default):
+# a client sending requests in a row reuses it, a client gone quiet frees it soon.
+KEEP_ALIVE_S = 5
 MAX_WORKERS = 64  # more processes than this is a typo, not a plan
 
 
@@ -40,8 +40,7 @@ def serve(model_dir: str | Path, *, host: str = HOST, port: int = PORT, log_leve
         log.warning("serving on %s without --api-key: anyone who can reach the port can use it", host)
     if not 1 <= workers <= MAX_WORKERS:
         raise ClarivisError(f"--workers must be 1 to {MAX_WORKERS} (got {workers})")
-    common = {"host": host, "port": port, "log_level": log_level, "limit_concurrency": MAX_CONNECTIONS,
-              "timeout_graceful_shutdown": int(TIMEOUT_S)}
+    common = {"host": host, "port": port, "log_level": log_level, **uvicorn_options()}
     if workers == 1:
         uvicorn.run(service_app.create_app(model_dir, settings), **common)
         return
@@ -54,3 +53,27 @@ def serve(model_dir: str | Path, *, host: str = HOST, port: int = PORT, log_leve
         uvicorn.run(APP_FACTORY, factory=True, workers=workers, **common)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def uvicorn_options(*, header_timeout_s: float | None = None, max_idle: int | None = None,
+                    protocol: type | None = None) -> dict[str, Any]:
+    """uvicorn.Config's keywords for the service, besides the app, address and log level: the
+    same for `clarivis serve` and the tests' live server (tests/serve/live.py).
+
+    No limit_concurrency: uvicorn counts open connections in it, idle ones included, and answers
+    503 to everything, /healthz too, once that many are open. Instead the protocol (connections.py)
+    closes connections that do not send their headers in time and caps idle ones, and what
+    requests hold is bounded where it is held (limits.BodyLimit, the batcher's queue).
+    `header_timeout_s`/`max_idle` override connections.py's defaults and `protocol` picks one of
+    its guarded classes (tests); the default class is importable by name, which `--workers N`
+    needs (uvicorn pickles the config for each worker)."""
+    from clarivis.serve import connections
+
+    protocol = protocol or connections.guarded_protocol()
+    overrides = {k: v for k, v in (("header_timeout_s", header_timeout_s), ("max_idle", max_idle))
+                 if v is not None}
+    if overrides:
+        protocol = type(f"Custom{protocol.__name__}", (protocol,), overrides)
+    return {"http": protocol, "ws": "none",  # no route takes a WebSocket: refuse upgrades
+            "timeout_keep_alive": KEEP_ALIVE_S, "h11_max_incomplete_event_size": connections.MAX_HEADER_BYTES,
+            "timeout_graceful_shutdown": int(TIMEOUT_S)}

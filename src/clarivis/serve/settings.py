@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from clarivis.data.io import MAX_IMAGE_PIXELS
-from clarivis.serve.batching import MAX_BATCH, MAX_WAIT_MS
+from clarivis.errors import ClarivisError
+from clarivis.serve.batching import MAX_BATCH, MAX_QUEUE, MAX_WAIT_MS
 
 HOST = "127.0.0.1"  # loopback: exposing the service is a deliberate --host 0.0.0.0
 PORT = 8000
@@ -22,6 +23,13 @@ MAX_UPLOAD_MB = 32.0
 MAX_PIXELS = MAX_IMAGE_PIXELS
 # Images a request may carry: keeps one request from holding the batcher for long.
 MAX_FILES = 64
+# Pixels one request may make the server decode, summed over its images from their headers
+# before any is decoded (a JPEG counts at the DCT scale it decodes at, 1/8 of a photo's side
+# for a 224 px model). 4 images at the per-image limit: 64 blank 8000x8000 PNGs fit in 12 MB
+# and would take ~2 minutes of CPU to decode (~2 s each on a shared core); 256 MP is ~8 s, well
+# inside the request timeout, and still takes 64 photos of 4 MP, or 64 phone JPEGs of any size.
+# Memory does not grow with it: images are decoded one at a time and reduced straight away.
+MAX_REQUEST_PIXELS = 4 * MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,8 @@ class Settings:
     max_upload_mb: float = MAX_UPLOAD_MB
     max_pixels: int = MAX_PIXELS
     max_files: int = MAX_FILES
+    max_request_pixels: int = MAX_REQUEST_PIXELS  # decoded pixels of all images of one request
+    max_queue: int = MAX_QUEUE  # images waiting for the model before requests get 429
     timeout_s: float = TIMEOUT_S
     max_batch: int = MAX_BATCH
     max_wait_ms: float = MAX_WAIT_MS
@@ -48,3 +58,9 @@ class Settings:
     # /v1/recent and the monitor's review queue show every client's traffic (labels, hashes):
     # off unless the operator asks, so one client never sees what another sent.
     expose_recent: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_request_pixels", "max_queue"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ClarivisError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")

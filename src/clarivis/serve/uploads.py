@@ -1,8 +1,20 @@
-"""The images of a request, read and decoded: the `file` fields of a multipart form. Decoding runs
-in a thread (a photo takes milliseconds to seconds); any bad file fails the whole request, before
-the model runs, with the 4xx that limits.decode_upload gives."""
+"""The images of a request, read and decoded: the `file` fields of a multipart form, or one image
+as the raw body (Content-Type image/... or application/octet-stream, its name in X-Filename).
+Any bad file fails the whole request, before the model runs, with the 4xx limits gives.
+
+Every way a request carries images (multipart, raw body, v2 BYTES) ends in decode_all: the
+headers of all images are checked first (formats, pixel limits, the request's pixel budget), then
+they are decoded in a worker thread, one at a time, at most DECODERS requests at once per process.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import os
+import weakref
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from urllib.parse import unquote
 
 from clarivis.extras import needs
 from clarivis.serve import limits
@@ -13,13 +25,39 @@ with needs("serve", "clarivis serve"):
     from starlette.concurrency import run_in_threadpool
     from starlette.datastructures import UploadFile
 
+# Content types of a raw image body. The bytes decide the format (Pillow reads the header, with
+# the accepted formats only); the type only says "this body is one image".
+RAW_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "image/gif", "image/tiff",
+             "image/x-portable-anymap", "application/octet-stream")
+FILENAME_HEADER = "X-Filename"  # a raw body's file name (percent-encoded if not ASCII)
+RAW_NAME = "upload"  # ... when the client sends none
+# Requests decoding at once in one process. Decoding is CPU work (more threads than cores only
+# share them) and each decode holds one full-size frame (up to max_pixels, ~256 MB at 64 MP in
+# RGBA) while it is reduced, so 4 bound that near 1 GB; a phone JPEG decodes at 1/8 scale in
+# milliseconds, so 4 keep up with any model on CPU. Requests beyond wait on the event loop, not
+# in the thread pool, which /metrics, /v1/model and the prediction log share.
+DECODERS = min(4, os.cpu_count() or 1)
+_decoder_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary())
+
 
 async def read_uploads(request: Request, settings: Settings, img_size: int) -> list[limits.Upload]:
     """Every image of the request, decoded and reduced towards `img_size` (the model's input)."""
     content_type = request.headers.get("content-type", "")
-    if not content_type.lower().startswith("multipart/form-data"):
-        raise HTTPException(415, f"send images as multipart/form-data in field '{limits.FIELD}' "
-                                 f"(got content type '{content_type[:60] or 'none'}')")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == "multipart/form-data":
+        named = await _form_files(request, settings)
+    elif media_type.startswith("image/") or media_type == "application/octet-stream":
+        name = unquote(request.headers.get(FILENAME_HEADER, "")) or RAW_NAME
+        named = [(name, await request.body())]
+    else:
+        raise HTTPException(415, f"send images as multipart/form-data in field '{limits.FIELD}', or one "
+                                 "image as the body with Content-Type image/jpeg, image/png, ... or "
+                                 f"application/octet-stream (got '{content_type[:60] or 'none'}')")
+    return await decode_all(named, settings, img_size)
+
+
+async def _form_files(request: Request, settings: Settings) -> list[tuple[str | None, bytes]]:
     async with request.form(max_files=settings.max_files, max_fields=settings.max_files) as form:
         items = form.getlist(limits.FIELD)
         if not items:
@@ -28,14 +66,33 @@ async def read_uploads(request: Request, settings: Settings, img_size: int) -> l
                                      + (f" (got fields: {got})" if got else ""))
         if not all(isinstance(i, UploadFile) for i in items):
             raise HTTPException(422, f"field '{limits.FIELD}' must hold files, not text")
-        raw = [(i.filename, await i.read()) for i in items]
-    return await decode_all(raw, settings, img_size)
+        return [(i.filename, await i.read()) for i in items]
 
 
-async def decode_all(named_bytes: list[tuple[str | None, bytes]], settings: Settings,
+async def decode_all(named_bytes: Sequence[tuple[str | None, bytes]], settings: Settings,
                      img_size: int) -> list[limits.Upload]:
-    """(client's file name or None, encoded bytes) -> decoded uploads, in a worker thread. Every
-    way a request carries images (multipart, raw body, v2 BYTES) ends here."""
-    return await run_in_threadpool(
-        lambda: [limits.decode_upload(name, data, max_pixels=settings.max_pixels, reduce_to=img_size, index=n)
-                 for n, (name, data) in enumerate(named_bytes)])
+    """(client's file name or None, encoded bytes) -> decoded uploads. The headers are checked
+    at once (a refused request never waits for a decoder), then the images are decoded in a
+    worker thread, one after another."""
+    sizes = await run_in_threadpool(limits.check_request, named_bytes, max_pixels=settings.max_pixels,
+                                    max_request_pixels=settings.max_request_pixels, reduce_to=img_size)
+
+    def decode() -> list[limits.Upload]:
+        return [limits.decode_upload(name, data, max_pixels=settings.max_pixels, reduce_to=img_size,
+                                     index=n, stored_size=size)
+                for n, ((name, data), size) in enumerate(zip(named_bytes, sizes, strict=True))]
+
+    async with _decoder_turn():
+        return await run_in_threadpool(decode)
+
+
+@asynccontextmanager
+async def _decoder_turn() -> AsyncIterator[None]:
+    """One of the DECODERS turns of this event loop (one a process under uvicorn; tests run
+    several servers, each on its own loop)."""
+    loop = asyncio.get_running_loop()
+    turns = _decoder_turns.get(loop)
+    if turns is None:
+        turns = _decoder_turns[loop] = asyncio.Semaphore(DECODERS)
+    async with turns:
+        yield
