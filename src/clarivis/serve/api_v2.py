@@ -56,7 +56,7 @@ from clarivis.serve.uploads import decode_all
 from clarivis.spec import VERSION
 
 with needs("serve", "clarivis serve"):
-    from fastapi import APIRouter, FastAPI, HTTPException, Request
+    from fastapi import APIRouter, FastAPI, HTTPException, Path, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from fastapi.routing import APIRoute
@@ -101,8 +101,19 @@ def v2_error(status: int, message: str) -> JSONResponse:
 
 def add_v2_routes(app: FastAPI, service: Service) -> None:
     router = APIRouter(route_class=V2Route, tags=["v2 (Open Inference Protocol)"])
-    guarded = errors(400, 401, model=V2Error)
-    unknown = errors(400, 401, 404, model=V2Error)
+    # "4XX": every other client error is a V2Error too (and FastAPI adds no 422 of its own shape)
+    other = {"4XX": {"model": V2Error, "description": "Any other client error"}}
+    guarded = {**errors(400, 401, model=V2Error), **other}
+    unknown = {**errors(400, 401, 404, model=V2Error), **other}
+
+    # The served name and version, in the schema as the one value each takes (others: 404).
+    def name_param() -> Any:
+        return Path(description="the served model's name (/v1/model's `name`)",
+                    json_schema_extra={"enum": [service.name]})
+
+    def version_param() -> Any:
+        return Path(description="the served model version (12 hex digits of its weights' SHA-256)",
+                    json_schema_extra={"enum": [service.version]})
 
     @router.get("/v2", response_model=ServerMetadata, responses=guarded)
     async def server_metadata() -> dict:
@@ -122,36 +133,36 @@ def add_v2_routes(app: FastAPI, service: Service) -> None:
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     @router.get("/v2/models/{name}", response_model=ModelMetadata, responses=unknown)
-    async def model_metadata(name: str) -> dict:
+    async def model_metadata(name: str = name_param()) -> dict:
         """The model's inputs and outputs (datatype, shape), class names and preprocessing."""
         check_model(service, name)
         return metadata(service)
 
     @router.get("/v2/models/{name}/versions/{version}", response_model=ModelMetadata, responses=unknown)
-    async def model_version_metadata(name: str, version: str) -> dict:
+    async def model_version_metadata(name: str = name_param(), version: str = version_param()) -> dict:
         """As /v2/models/{name}, for one version (the served one)."""
         check_model(service, name, version)
         return metadata(service)
 
     @router.get("/v2/models/{name}/ready", response_model=ModelReady,
                 responses={503: {"model": ModelReady, "description": "not ready yet"}, **unknown})
-    async def model_ready(name: str) -> JSONResponse:
+    async def model_ready(name: str = name_param()) -> JSONResponse:
         """Whether the model answers inferences (503 until its warm-up inference is done)."""
         check_model(service, name)
         return _model_ready(service)
 
     @router.get("/v2/models/{name}/versions/{version}/ready", response_model=ModelReady,
                 responses={503: {"model": ModelReady, "description": "not ready yet"}, **unknown})
-    async def model_version_ready(name: str, version: str) -> JSONResponse:
+    async def model_version_ready(name: str = name_param(), version: str = version_param()) -> JSONResponse:
         """As /v2/models/{name}/ready, for one version (the served one)."""
         check_model(service, name, version)
         return _model_ready(service)
 
-    infer_errors = errors(400, 401, 404, 413, 415, 503, 504, model=V2Error)
+    infer_errors = {**errors(400, 401, 404, 413, 415, 429, 503, 504, model=V2Error), **other}
 
     @router.post("/v2/models/{name}/infer", response_model=InferenceResponse,
                  response_model_exclude_none=True, responses=infer_errors)
-    async def infer(name: str, body: InferenceRequest) -> dict:
+    async def infer(body: InferenceRequest, name: str = name_param()) -> dict:
         """Inference on encoded images (input `image`, BYTES) or preprocessed pixels (input
         `pixels`, FP32); the model metadata describes both and the outputs."""
         check_model(service, name)
@@ -159,7 +170,8 @@ def add_v2_routes(app: FastAPI, service: Service) -> None:
 
     @router.post("/v2/models/{name}/versions/{version}/infer", response_model=InferenceResponse,
                  response_model_exclude_none=True, responses=infer_errors)
-    async def infer_version(name: str, version: str, body: InferenceRequest) -> dict:
+    async def infer_version(body: InferenceRequest, name: str = name_param(),
+                            version: str = version_param()) -> dict:
         """As /v2/models/{name}/infer, for one version (the served one)."""
         check_model(service, name, version)
         return await run_inference(service, body)

@@ -34,6 +34,7 @@ _ERROR_TEXT = {
     413: "Body over the upload limit, or an image over the pixel limit",
     415: "Not an image clarivis reads, or not multipart/form-data",
     422: "Invalid request: a parameter out of range, an empty or corrupt image, no `file` field",
+    429: "Too many images waiting for the model; retry after the Retry-After header's seconds",
     503: "Not ready, or the prediction could not be logged",
     504: "The request took longer than the server's time limit",
 }
@@ -114,11 +115,26 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
+class PredictionLogStatus(BaseModel):
+    """The prediction log's writer (serve/predlog.py PredictionLog.status): shown, never deciding
+    readiness (with the database down, predictions are journaled locally and still answered)."""
+
+    model_config = ConfigDict(extra="allow")  # fields may be added; clients read the ones they know
+
+    db_reachable: bool = Field(description="the last write attempt (or the check at start) reached it")
+    pending_rows: int = Field(description="journaled, not yet in the database")
+    adopted_files: int = Field(description="journal files of stopped processes still to replay")
+    rejected_rows: int
+    last_error: str | None = Field(description="one line")
+    last_write: str | None = Field(description="ISO 8601, UTC")
+    accepting: bool = Field(description="the log takes new predictions")
+
+
 class ReadinessChecks(BaseModel):
     model_config = ConfigDict(extra="allow")  # checks may be added; clients read the ones they know
 
     model: bool = Field(description="the model answered its warm-up inference and its worker runs")
-    prediction_log: str = Field(description="the log's database dialect (shown, does not decide)")
+    prediction_log: PredictionLogStatus
 
 
 class Readiness(BaseModel):
@@ -197,12 +213,21 @@ class ModelMetadata(BaseModel):
     parameters: Parameters | None = None
 
 
+# The schema says what this server takes (`json_schema_extra`: documented, not enforced by
+# pydantic), so clients and fuzzers know; the routes check it and answer a V2Error that says
+# what to send instead of pydantic's generic message.
+
+
 class RequestInput(BaseModel):
-    name: str
-    shape: list[int] = Field(description="the whole batch's shape, each dimension >= 0")
-    datatype: str
+    name: str = Field(json_schema_extra={"enum": ["image", "pixels"]},
+                      description="image (BYTES: encoded image files) or pixels (FP32: preprocessed); "
+                                  "see the model metadata")
+    shape: list[int] = Field(description="the whole batch's shape: [N] for image, [N, 3, S, S] for pixels",
+                             json_schema_extra={"items": {"type": "integer", "minimum": 0}})
+    datatype: str = Field(json_schema_extra={"enum": ["BYTES", "FP32"]})
     parameters: Parameters | None = None
-    data: list[Any] = Field(description="row-major, flat or nested; BYTES elements are base64 strings")
+    data: list[Any] = Field(description="row-major, flat or nested; BYTES elements are base64 strings",
+                            json_schema_extra={"minItems": 1})
 
 
 class RequestOutput(BaseModel):
@@ -212,9 +237,11 @@ class RequestOutput(BaseModel):
 
 class InferenceRequest(BaseModel):
     id: str | None = Field(None, description="echoed in the response")
-    parameters: Parameters | None = Field(None, description="top_k: labels per image in top_labels "
-                                                            "and top_probabilities [5]")
-    inputs: list[RequestInput]
+    parameters: Parameters | None = Field(
+        None, description="top_k: labels per image in top_labels and top_probabilities [5]",
+        json_schema_extra={"properties": {"top_k": {"type": "integer", "minimum": 1}}})
+    inputs: list[RequestInput] = Field(description="exactly one input: image or pixels",
+                                       json_schema_extra={"minItems": 1, "maxItems": 1})
     outputs: list[RequestOutput] | None = Field(None, description="the outputs to return [all]")
 
 
