@@ -27,6 +27,8 @@ def serve(  # one parameter a flag: Typer reads the option list from this signat
                                                "[$CLARIVIS_API_KEY]")] = None,
     workers: Annotated[int, Opt(min=1, max=64, help="server processes, each with the model "
                                                     "(CPU: about one per 2-4 cores)")] = 1,
+    threads: Annotated[Optional[int], Opt(min=1, help="model threads per process [all cores; "
+                                                      "cores / workers]")] = None,
     model_name: Annotated[Optional[str], Opt(help="name clients use (/v2/models/NAME) "
                                                   "[the run folder's name]")] = None,
     allowed_hosts: Annotated[Optional[str], Opt(help="comma-separated Host names to answer besides "
@@ -61,7 +63,7 @@ def serve(  # one parameter a flag: Typer reads the option list from this signat
                 expose_recent=expose_recent,
                 store_images=store_images, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
                 max_request_pixels=max_request_pixels, timeout_s=timeout, max_batch=max_batch,
-                max_wait_ms=max_wait_ms, max_queue=max_queue, device=device)
+                max_wait_ms=max_wait_ms, max_queue=max_queue, device=device, model_threads=threads)
 
 
 @app.command()

@@ -66,7 +66,8 @@ class Service:
         self.config = read_bundle_config(self.model_dir)
         self.version = bundle_version(self.model_dir)
         self.name = settings.model_name or default_model_name(self.model_dir)
-        self.backend: Backend = load_backend(settings.backend, self.model_dir, settings.device)
+        self.backend: Backend = load_backend(settings.backend, self.model_dir, settings.device,
+                                              threads=settings.model_threads)
         self._explainer = None  # a torch Classifier of its own, loaded on the first explain
         self._explainer_lock = threading.Lock()
         self.log = PredictionLog.for_model(self.model_dir, settings.db_url,

@@ -80,14 +80,22 @@ class OnnxBackend:
                             ood=p.ood, reject=p.reject, top_k=top_k)
 
 
-def load_backend(name: str, model_dir: str | Path, device: str | None = None) -> Backend:
+def load_backend(name: str, model_dir: str | Path, device: str | None = None,
+                 threads: int | None = None) -> Backend:
+    """The bundle's model for the service. `threads`: the model's intra-op threads in this process
+    [the library's default, one per core]; `--workers N` gives each worker cores / N, so workers
+    do not fight over the same cores. onnxruntime's pool never spins here (see Predictor)."""
     folder = Path(model_dir)
     if name == "onnx" and not (folder / ONNX_NAME).is_file():  # the service's advice
         raise ModelError(f"{folder} has no {ONNX_NAME}; run clarivis export {folder} first, "
                          "or serve with --backend torch")
     check_backend(name)
     if name == "onnx":
-        return OnnxBackend(Predictor(folder, reject=True))
+        return OnnxBackend(Predictor(folder, reject=True, threads=threads, spin=False))
+    if threads is not None:
+        import torch  # here: the onnx backend's service never imports torch
+
+        torch.set_num_threads(max(1, threads))  # per process: each worker is its own process
     return TorchBackend(clarivis.Classifier.load(folder, device=device, reject=True))
 
 

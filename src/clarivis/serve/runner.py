@@ -41,6 +41,8 @@ def serve(model_dir: str | Path, *, host: str = HOST, port: int = PORT, log_leve
     if not 1 <= workers <= MAX_WORKERS:
         raise ClarivisError(f"--workers must be 1 to {MAX_WORKERS} (got {workers})")
     common = {"host": host, "port": port, "log_level": log_level, **uvicorn_options()}
+    if workers > 1 and settings.model_threads is None:
+        settings = replace(settings, model_threads=max(1, (os.cpu_count() or 1) // workers))
     if workers == 1:
         uvicorn.run(service_app.create_app(model_dir, settings), **common)
         return

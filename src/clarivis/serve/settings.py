@@ -51,6 +51,7 @@ class Settings:
     timeout_s: float = TIMEOUT_S
     max_batch: int = MAX_BATCH
     max_wait_ms: float = MAX_WAIT_MS
+    model_threads: int | None = None  # the model's threads per process [all cores; cores / workers]
     # Who may connect (serve/security.py): the bind address decides the Host names allowed.
     host: str = HOST
     allowed_hosts: tuple[str, ...] = ()  # Host header names besides the bind address; "*" = any
