@@ -229,6 +229,31 @@ def test_two_processes_on_one_database_lose_nothing(db_url, tmp_path):
     assert segments(tmp_path / "j") == [] and list((tmp_path / "j").rglob("*.lock")) == []
 
 
+def test_sqlite_locked_by_another_process_is_an_outage_too(url, tmp_path, monkeypatch):
+    """A manual query holding the file locked: requests go on, the rows wait in the journal."""
+    import sqlite3
+
+    from clarivis.serve import predlog
+
+    monkeypatch.setattr(predlog, "SQLITE_BUSY_TIMEOUT_S", 0.2)
+    with PredictionLog(url, journal_dir=tmp_path / "j") as log:
+        log.record([entry(0)])
+        assert log.flush(30)
+        other = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            start = time.perf_counter()
+            log.record([entry(i) for i in range(1, 21)])
+            assert time.perf_counter() - start < 0.5
+            assert log.flush(10) is False
+            assert log.status()["db_reachable"] is False and "locked" in log.status()["last_error"]
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert log.flush(30) and log.count() == 21
+    assert len(set(uids(url))) == 21
+
+
 def test_record_returns_before_the_database_writes(url, tmp_path, monkeypatch):
     """The request's cost is a line in the journal: with the writer held up, record() still
     returns at once and the row is on disk."""

@@ -443,7 +443,10 @@ class PredictionLog:
             if self._closed:
                 return
             self._closed = True
-        self.flush(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        # Retried until the deadline: a database restarting with the service comes back in seconds.
+        while not self.flush(max(0.0, deadline - time.monotonic())) and time.monotonic() < deadline:
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
