@@ -75,7 +75,9 @@ class Service:
         self.monitor_view = ServiceMonitor(self.model_dir, self.log, version=self.version)
         self.metrics = ServiceMetrics()
         self.batcher = MicroBatcher(self._run_batch, max_batch=settings.max_batch,
-                                    max_wait_ms=settings.max_wait_ms, on_batch=self.metrics.observe_batch)
+                                    max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
+                                    on_batch=self.metrics.observe_batch, on_depth=self.metrics.observe_depth,
+                                    on_reject=self.metrics.observe_rejection)
         self.recent: deque[dict] = deque(maxlen=RECENT)
         self.started_at = datetime.now(UTC)
         self.warmed_up = False  # set once the model has answered one inference (readiness)

@@ -78,6 +78,8 @@ class Limits(BaseModel):
     max_pixels: int
     max_files: int
     timeout_s: float
+    max_request_pixels: int = Field(description="decoded pixels all images of one request may have")
+    max_queue: int = Field(description="images waiting for the model before requests get 429")
 
 
 class Batching(BaseModel):
