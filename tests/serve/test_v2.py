@@ -4,6 +4,7 @@ batcher, limits and prediction log as /v1/predict."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -21,6 +22,7 @@ from clarivis.classifier import Classifier
 from clarivis.runtime import RuntimePreprocess, normalize, resize
 from clarivis.serve.app import create_app, default_model_name
 from clarivis.serve.backends import load_backend
+from clarivis.serve.batching import MicroBatcher
 from clarivis.serve.predlog import PredictionLog
 from clarivis.spec import read_bundle_config
 
@@ -274,3 +276,34 @@ def test_v2_liveness_is_open_and_the_rest_needs_the_key(tiny_bundle, tmp_path):
         r = c.post(f"/v2/models/{name}/infer", json={"inputs": [image_input(RED)]},
                    headers={"X-API-Key": KEY})
         assert r.status_code == 200 and output(r.json(), "label")[0] in ("red", "blue")
+
+
+def test_full_queue_is_a_v2_429_with_retry_after(tiny_bundle, tmp_path):
+    """A model that takes 0.4 s an image and room for one waiting image: one request in the model,
+    then three at once: one waits, two are refused at once with the protocol's error body."""
+    app = create_app(tiny_bundle, db_url=f"sqlite:///{tmp_path / 'q.db'}")
+    service, name = app.state.service, default_model_name(tiny_bundle)
+
+    def slow_model(payloads):
+        time.sleep(0.4)
+        return service._run_batch(payloads)
+
+    service.batcher = MicroBatcher(slow_model, max_batch=1, max_queue=1)  # started by the lifespan
+    body = {"inputs": [image_input(RED)]}
+
+    async def main(url: str):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            while (await c.get("/v2/health/ready")).status_code != 200:
+                await asyncio.sleep(0.05)
+            first = asyncio.create_task(c.post(f"/v2/models/{name}/infer", json=body))
+            await asyncio.sleep(0.1)  # in the model now
+            others = [asyncio.create_task(c.post(f"/v2/models/{name}/infer", json=body)) for _ in range(3)]
+            return [await first, *await asyncio.gather(*others)]
+
+    with running_server(app) as url:
+        responses = asyncio.run(main(url))
+    assert sorted(r.status_code for r in responses) == [200, 200, 429, 429]
+    for r in responses:
+        if r.status_code == 429:
+            assert_v2_error(r, 429, "waiting for the model (limit 1)")
+            assert int(r.headers["retry-after"]) >= 1

@@ -19,7 +19,7 @@ in the class order of the metadata's class_names), top_labels BYTES [N, k] and t
 FP32 [N, k] (k = parameters.top_k, 5 by default). Every inference goes through the service's
 micro-batcher, limits and prediction log, as /v1/predict's do. Errors are {"error": "one line"}:
 400 for a bad request, 404 for an unknown model or version, 413/415 for images the limits
-refuse, 503/504 as in v1.
+refuse, 429 (with Retry-After) when too many images wait for the model, 503/504 as in v1.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from clarivis.errors import ClarivisError
 from clarivis.extras import needs
 from clarivis.serve.api_v1 import TOP_K, deadline
 from clarivis.serve.backends import Scored
+from clarivis.serve.batching import QueueFull
 from clarivis.serve.predlog import LoggedPrediction
 from clarivis.serve.schemas import (
     InferenceRequest,
@@ -91,12 +92,14 @@ class V2Route(APIRoute):
                 return v2_error(400 if exc.status_code == 422 else exc.status_code, str(exc.detail))
             except ClarivisError as exc:
                 return v2_error(400, str(exc))
+            except QueueFull as full:  # too many images waiting for the model (limits.BodyLimit's 429)
+                return v2_error(429, full.detail, headers={"Retry-After": str(full.retry_after_s)})
 
         return v2_handler
 
 
-def v2_error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def v2_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def add_v2_routes(app: FastAPI, service: Service) -> None:
