@@ -10,10 +10,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from tests.tiny import held_out
 
 from clarivis.errors import DataError
 from clarivis.export import pipeline
 from clarivis.export.onnx import INPUT_NAME, OPSET, OUTPUT_NAME
+from clarivis.export.quantize import end_layers
 from clarivis.models.bundle import load_bundle
 
 
@@ -84,3 +86,40 @@ def test_a_failed_check_is_loud_but_keeps_the_files(cnn_export, tmp_path, monkey
     assert not result.passed and (run / "model" / "model.onnx").is_file()
     assert "EXPORT CHECK FAILED" in result.lines()[-1]
     assert json.loads((run / "model" / "config.json").read_text())["export"]["passed"] is False
+
+
+def test_a_failed_int8_check_keeps_fp32_and_sets_int8_aside(cnn_export, export_base, tmp_path,
+                                                             monkeypatch):
+    # Issue 14: int8 below its bar made the whole export look failed although fp32 agreed 100 %.
+    bundle, _ = cnn_export
+    run = tmp_path / "run"
+    shutil.copytree(bundle.parent, run, ignore=shutil.ignore_patterns("tensorboard"))
+    model = run / "model"
+    assert (model / "model.int8.onnx").is_file()  # an earlier int8 that passed: must not linger
+    monkeypatch.setitem(pipeline.MIN_AGREEMENT, "int8", 1.01)  # unreachable: int8 must fail
+    result = pipeline.export_bundle(model, int8=True, check_data=held_out(export_base), device="cpu")
+    assert result.fp32.passed and not result.int8.passed and not result.passed
+    assert (model / "model.onnx").is_file() and not (model / "model.int8.onnx").exists()
+    assert result.int8.file == pipeline.FAILED_INT8_NAME and (model / pipeline.FAILED_INT8_NAME).is_file()
+    assert result.lines()[-1].startswith("INT8 CHECK FAILED: int8 was not kept as model.int8.onnx")
+    assert "model.onnx passed" in result.lines()[-1]
+    recorded = json.loads((model / "config.json").read_text())["export"]
+    assert recorded["fp32"]["passed"] is True and recorded["int8"]["passed"] is False
+    # The next export (here fp32 only) clears the set-aside file.
+    monkeypatch.setitem(pipeline.MIN_AGREEMENT, "int8", 0.98)
+    assert pipeline.export_bundle(model, check_data=held_out(export_base), device="cpu").passed
+    assert sorted(p.name for p in model.glob("*.onnx")) == ["model.onnx"]
+
+
+def test_int8_keeps_the_first_conv_and_the_classifier_in_fp32(cnn_export):
+    bundle, _ = cnn_export
+    fp32 = onnx.load(str(bundle / "model.onnx"))
+    first, last = end_layers(fp32).values()
+    ops = {n.name: n.op_type for n in fp32.graph.node}
+    assert (ops[first], ops[last]) == ("Conv", "Gemm")
+    int8 = onnx.load(str(bundle / "model.int8.onnx"))
+    made_by = {out: n.op_type for n in int8.graph.node for out in n.output}
+    inputs = {n.name: [made_by.get(i) for i in n.input] for n in int8.graph.node}
+    assert "DequantizeLinear" not in inputs[first] and "DequantizeLinear" not in inputs[last]
+    quantized = [name for name, sources in inputs.items() if "DequantizeLinear" in sources]
+    assert len(quantized) > 5  # the rest of the network is int8

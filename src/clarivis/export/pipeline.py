@@ -3,6 +3,7 @@ held-out images and timed, with the results written into the bundle's config.jso
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from clarivis.errors import DataError
 from clarivis.export.check import Speed, measure_speed, top1_agreement
 from clarivis.export.images import choose_images
 from clarivis.export.onnx import OPSET, export_onnx
-from clarivis.export.quantize import quantize_int8
+from clarivis.export.quantize import QuantizeOptions, quantize_int8
 from clarivis.fileio import sha256_hex
 from clarivis.models.bundle import load_bundle, update_bundle_config
 from clarivis.spec import INT8_ONNX_NAME, ONNX_NAME, WEIGHTS_NAME, resolve_bundle_path
@@ -25,6 +26,10 @@ from clarivis.spec import INT8_ONNX_NAME, ONNX_NAME, WEIGHTS_NAME, resolve_bundl
 # PyTorch only by float summation order, so more than 1 in 1,000 changed labels means a broken
 # export; int8 rounding legitimately flips near-ties, which a 2 % budget allows.
 MIN_AGREEMENT = {"fp32": 0.999, "int8": 0.98}
+# Where an int8 model that missed its bar is left: under a name nothing loads (predict and serve
+# --int8 read model.int8.onnx only), for a user who wants to judge it, or time it, without
+# calibrating again. Removed by the next export, which makes or declines a new one.
+FAILED_INT8_NAME = "model.int8.failed-check.onnx"
 _BATCH = 64  # images per model call while computing check logits
 
 
@@ -61,6 +66,7 @@ class ExportResult:
 
     @property
     def passed(self) -> bool:
+        """Everything asked for passed: fp32, and int8 when --int8 asked for it too."""
         return self.fp32.passed and (self.int8 is None or self.int8.passed)
 
     def to_dict(self) -> dict[str, Any]:
@@ -69,11 +75,13 @@ class ExportResult:
             "fp32": self.fp32.to_dict(), "int8": self.int8.to_dict() if self.int8 else None,
             "torch": self.torch.to_dict(), "check_source": self.check_source,
             "calibration_source": self.calibration_source, "calibration_images": self.calibration_images,
+            # How int8 was made, so a recorded agreement can be told apart from a later default's.
+            "quantization": asdict(QuantizeOptions()) if self.int8 else None,
             "threads": torch.get_num_threads(), "skipped": len(self.skipped),
         }
 
     def lines(self) -> list[str]:
-        """What the CLI prints: one line per model, then the verdict."""
+        """What the CLI prints: one line per model, then the verdict when something failed."""
         out = [f"torch: {self.torch.ms_per_image:.2f} ms/image, {self.torch.images_per_s:.0f} images/s"]
         for name, m in (("fp32", self.fp32), ("int8", self.int8)):
             if m is not None:
@@ -81,16 +89,24 @@ class ExportResult:
                 out.append(f"{name}: {m.file} ({m.size_mb:.1f} MB) agrees with PyTorch on "
                            f"{m.agreement:.2%} of {m.images} images ({verdict}); "
                            f"{m.ms_per_image:.2f} ms/image, {m.images_per_s:.0f} images/s")
-        if not self.passed:
-            out.append("EXPORT CHECK FAILED: the ONNX model does not predict like the PyTorch one; "
-                       "the files were written but do not serve them")
+        if not self.fp32.passed:
+            out.append(f"EXPORT CHECK FAILED: {ONNX_NAME} does not predict like the PyTorch model; "
+                       "it was written but do not serve it (use --backend torch)")
+        elif self.int8 is not None and not self.int8.passed:
+            out.append(f"INT8 CHECK FAILED: int8 was not kept as {INT8_ONNX_NAME} (left as "
+                       f"{FAILED_INT8_NAME} to inspect); {ONNX_NAME} passed and is ready "
+                       "(--backend onnx without --int8)")
         return out
 
 
 def export_bundle(model: str | Path, *, int8: bool = False, calibration_data: str | Path | None = None,
                   check_data: str | Path | None = None, device: str | None = None) -> ExportResult:
     """Write model.onnx (and model.int8.onnx) into the bundle, check them against PyTorch on held-out
-    images, time them on the CPU, and record it all under `export` in config.json."""
+    images, time them on the CPU, and record it all under `export` in config.json.
+
+    A model that misses its agreement bar makes `passed` False (the CLI exits 1: with --int8 the
+    user asked for both files). An fp32 file that fails stays, loudly flagged; an int8 file that
+    fails is not kept as model.int8.onnx (FAILED_INT8_NAME), and never costs the fp32 file."""
     folder = resolve_bundle_path(model)
     images = choose_images(folder, int8=int8, calibration_data=calibration_data, check_data=check_data)
     clf = Classifier.load(folder, device=device, reject=False)
@@ -109,14 +125,30 @@ def export_bundle(model: str | Path, *, int8: bool = False, calibration_data: st
         if len(calibration) == 0:
             raise DataError(f"none of the {len(images.calibration)} calibration images could be read")
         calibration_count = len(calibration)
-        int8_path = quantize_int8(fp32_path, folder / INT8_ONNX_NAME, calibration)
-        quantized = _check(int8_path, check, reference, "int8")
-    elif (folder / INT8_ONNX_NAME).exists():
-        (folder / INT8_ONNX_NAME).unlink()  # an int8 file from older weights would silently disagree
+        quantized = _quantize_and_keep(folder, fp32_path, calibration, check, reference)
+    else:
+        # An int8 file from older weights would silently disagree.
+        for stale in (INT8_ONNX_NAME, FAILED_INT8_NAME):
+            (folder / stale).unlink(missing_ok=True)
     torch_speed = measure_speed(lambda x: clf.logits(torch.from_numpy(x)), check)
     result = ExportResult(folder, OPSET, fp32, quantized, torch_speed, images.check_source,
                           images.calibration_source, calibration_count, skipped)
     update_bundle_config(folder, export={**result.to_dict(), "weights_sha256": _weights_digest(folder)})
+    return result
+
+
+def _quantize_and_keep(folder: Path, fp32_path: Path, calibration: np.ndarray, check: np.ndarray,
+                       reference: np.ndarray) -> ExportedModel:
+    """Quantize, check, and keep the int8 file as model.int8.onnx only if it reached its bar;
+    otherwise as FAILED_INT8_NAME, with no model.int8.onnx left (not even an older one) for
+    predict or serve --int8 to pick up. fp32 is never touched here."""
+    candidate = quantize_int8(fp32_path, folder / FAILED_INT8_NAME, calibration)
+    result = _check(candidate, check, reference, "int8")
+    if result.passed:
+        os.replace(candidate, folder / INT8_ONNX_NAME)
+        result.file = INT8_ONNX_NAME
+    else:
+        (folder / INT8_ONNX_NAME).unlink(missing_ok=True)
     return result
 
 
