@@ -49,3 +49,15 @@ def png_bytes(color=(220, 20, 20), size=(40, 30), fmt="PNG") -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(arr).save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def logged(db: str, app=None) -> int:
+    """Rows in the prediction log at `db`. The service journals a request's rows and a writer
+    thread inserts them a moment later: with the serving `app`, its log is flushed first, so the
+    count includes every request answered so far."""
+    from clarivis.serve.predlog import PredictionLog
+
+    if app is not None:
+        assert app.state.service.log.flush(10), "the service's prediction log did not flush in 10 s"
+    with PredictionLog(db) as log:
+        return log.count()

@@ -9,7 +9,7 @@ import zlib
 import httpx
 import pytest
 from PIL import Image
-from tests.serve.live import png_bytes, running_server
+from tests.serve.live import logged, png_bytes, running_server
 
 from clarivis.serve.app import create_app
 from clarivis.serve.predlog import PredictionLog
@@ -19,22 +19,17 @@ KEY = "s3cret-key"
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle, tmp_path_factory):
-    """(base URL, database URL) of a server without an API key, 4 files a request at most."""
+    """(base URL, database URL, app) of a server without an API key, 4 files a request at most."""
     db = f"sqlite:///{tmp_path_factory.mktemp('db') / 'log.db'}"
     app = create_app(tiny_bundle, db_url=db, max_files=4)
     with running_server(app) as url:
-        yield url, db
+        yield url, db, app
 
 
 @pytest.fixture
 def client(server):
     with httpx.Client(base_url=server[0], timeout=30) as c:
         yield c
-
-
-def logged(db: str) -> int:
-    with PredictionLog(db) as log:
-        return log.count()
 
 
 def files(*items):
@@ -50,7 +45,7 @@ def assert_clean_error(response: httpx.Response, status: int, fragment: str = ""
 
 
 def test_predict_one_image(client, server):
-    before = logged(server[1])
+    before = logged(server[1], server[2])
     r = client.post("/v1/predict", files=files(("red.png", png_bytes((220, 20, 20)))))
     assert r.status_code == 200, r.text
     body = r.json()
@@ -60,11 +55,11 @@ def test_predict_one_image(client, server):
     assert p["label"] in ("red", "blue") and p["label"] == p["top_k"][0]["label"]
     assert abs(sum(t["probability"] for t in p["top_k"]) - 1) < 1e-5  # 2 classes: top-5 is all
     assert len(p["sha256"]) == 64
-    assert logged(server[1]) == before + 1
+    assert logged(server[1], server[2]) == before + 1
 
 
 def test_predict_many_images_and_top_k(client, server):
-    before = logged(server[1])
+    before = logged(server[1], server[2])
     imgs = [(f"{i}.png", png_bytes((220, 20, 20) if i % 2 else (20, 20, 220), size=(30 + i, 30)))
             for i in range(4)]
     r = client.post("/v1/predict", params={"top_k": 1}, files=files(*imgs))
@@ -73,7 +68,7 @@ def test_predict_many_images_and_top_k(client, server):
     assert [p["filename"] for p in preds] == [name for name, _ in imgs]
     assert all(len(p["top_k"]) == 1 for p in preds)
     assert [p["width"] for p in preds] == [30, 31, 32, 33]
-    assert logged(server[1]) == before + 4
+    assert logged(server[1], server[2]) == before + 4
     # the same image alone gives the same answer as in a batch
     alone = client.post("/v1/predict", files=files(imgs[2])).json()["predictions"][0]
     assert alone["confidence"] == pytest.approx(preds[2]["confidence"], abs=1e-5)
@@ -121,16 +116,16 @@ def _jpeg(size=(64, 64)) -> bytes:
     ("top_k zero", {"params": {"top_k": 0}, "files": files(("a.png", png_bytes()))}, 422, "top_k"),
 ])
 def test_hostile_uploads_are_clean_4xx(client, server, name, request_kwargs, status, fragment):
-    before = logged(server[1])
+    before = logged(server[1], server[2])
     assert_clean_error(client.post("/v1/predict", **request_kwargs), status, fragment)
-    assert logged(server[1]) == before  # nothing logged for a refused request
+    assert logged(server[1], server[2]) == before  # nothing logged for a refused request
 
 
 def test_one_bad_file_refuses_the_whole_request(client, server):
-    before = logged(server[1])
+    before = logged(server[1], server[2])
     r = client.post("/v1/predict", files=files(("ok.png", png_bytes()), ("bad.jpg", _jpeg()[:200])))
     assert_clean_error(r, 422, "bad.jpg")
-    assert logged(server[1]) == before
+    assert logged(server[1], server[2]) == before
 
 
 def test_explain_returns_a_png_overlay(client):
@@ -180,7 +175,7 @@ def test_health_readiness_metrics_docs(client):
 def test_monitor_and_recent(client, server):
     client.post("/v1/predict", files=files(("a.png", png_bytes())))
     report = client.get("/v1/monitor").json()
-    assert report["total_predictions"] == logged(server[1]) and report["latency_ms"]["p50"] > 0
+    assert report["total_predictions"] == logged(server[1], server[2]) and report["latency_ms"]["p50"] > 0
     assert_clean_error(client.get("/v1/monitor", params={"since": "yesterday-ish"}), 422, "since")
     assert report["review_queue"] == [] and "--expose-recent" in " ".join(report["notes"])
     assert_clean_error(client.get("/v1/recent"), 404, "--expose-recent")  # every client's traffic
@@ -214,7 +209,7 @@ def test_api_key(tiny_bundle, tmp_path):
         assert_clean_error(c.get("/v1/model"), 401, "API key")
         assert c.post("/v1/predict", files=img, headers={"X-API-Key": KEY}).status_code == 200
         assert c.get("/v1/model", headers={"Authorization": f"Bearer {KEY}"}).json()["auth_required"]
-        assert logged(f"sqlite:///{tmp_path / 'k.db'}") == 1
+        assert logged(f"sqlite:///{tmp_path / 'k.db'}", app) == 1
         # open: liveness only; everything else, the page, docs and metrics included, needs the key
         assert c.get("/healthz").status_code == 200 and c.get("/v2/health/live").status_code != 401
         for path in ("/", "/docs", "/openapi.json", "/metrics", "/readyz", "/static/app.js", "/v1/monitor"):

@@ -23,13 +23,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from tests.serve.live import png_bytes, running_server
+from tests.serve.live import logged, png_bytes, running_server
 
 from clarivis.data.io import load_image
 from clarivis.serve import connections, limits
 from clarivis.serve.app import create_app
 from clarivis.serve.batching import MicroBatcher
-from clarivis.serve.predlog import PredictionLog
 
 HEADER_TIMEOUT_S = 1.0  # the live servers' header deadline here (10 s in service)
 
@@ -185,20 +184,15 @@ def server(tiny_bundle, tmp_path_factory):
         yield url, db, app
 
 
-def logged(db: str) -> int:
-    with PredictionLog(db) as log:
-        return log.count()
-
-
 def test_budget_413_over_http_before_decoding(server):
-    url, db, _ = server
-    before = logged(db)
+    url, db, app = server
+    before = logged(db, app)
     files = [("file", (f"{i}.png", header_only_png(8000, 8000))) for i in range(64)]
     start = time.perf_counter()
     r = httpx.post(f"{url}/v1/predict", files=files, timeout=30)
     assert time.perf_counter() - start < 1.0
     assert_clean_error(r, 413, "limit of one request")
-    assert logged(db) == before
+    assert logged(db, app) == before
 
 
 def test_raw_image_body(server):
