@@ -70,8 +70,11 @@ class Service:
                                               threads=settings.model_threads)
         self._explainer = None  # a torch Classifier of its own, loaded on the first explain
         self._explainer_lock = threading.Lock()
+        # A database that is down at start is an outage like any other: the service starts,
+        # answers and journals (a container restarted during an outage must not crash-loop).
         self.log = PredictionLog.for_model(self.model_dir, settings.db_url,
-                                           store_images=settings.store_images)
+                                           store_images=settings.store_images, require_db=False)
+        _warn_if_unreachable(self.log)
         self.monitor_view = ServiceMonitor(self.model_dir, self.log, version=self.version)
         self.metrics = ServiceMetrics()
         self.batcher = MicroBatcher(self._run_batch, max_batch=settings.max_batch,
@@ -192,7 +195,16 @@ def check_servable(model_dir: str | Path, settings: Settings) -> None:
     read_bundle_config(folder)
     if settings.backend == "onnx":
         load_backend("onnx", folder)  # small next to a worker's copy; checks model.onnx opens
-    PredictionLog.for_model(folder, settings.db_url).close()
+    # require_db=False: a bad URL still fails here; an unreachable server is a warning (above)
+    PredictionLog.for_model(folder, settings.db_url, require_db=False).close()
+
+
+def _warn_if_unreachable(prediction_log: PredictionLog) -> None:
+    status = prediction_log.status()
+    if status["db_reachable"] is False:
+        log.warning("the prediction log at %s does not answer (%s); serving anyway, predictions are "
+                    "journaled and written when it answers (see /readyz)", prediction_log.url,
+                    status["last_error"])
 
 
 def app_from_env() -> FastAPI:
