@@ -24,7 +24,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from clarivis.data.io import ALLOWED_FORMATS, is_image_path
+from clarivis.data.io import ALLOWED_FORMATS, READ_FORMATS, is_image_path
 
 ImageInput = str | Path | Image.Image
 
@@ -47,7 +47,6 @@ UNREAD_IMAGE_FORMATS: dict[str, str] = {
     ".dng": "camera raw", ".cr2": "camera raw", ".cr3": "camera raw", ".nef": "camera raw",
     ".arw": "camera raw", ".orf": "camera raw", ".rw2": "camera raw", ".raf": "camera raw",
 }  # fmt: skip
-READ_FORMATS = "JPEG, PNG, WebP, BMP, GIF, TIFF and PNM"  # what ALLOWED_FORMATS means to a user
 # Files operating systems and file managers write into photo folders.
 SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"})
 
