@@ -31,11 +31,12 @@ KEY = "v2-key"
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle, tmp_path_factory):
-    """(base URL, database URL, model name) of a server without a key, 4 images a request."""
+    """(base URL, database URL, model name, app) of a server without a key, 4 images a request."""
     db = f"sqlite:///{tmp_path_factory.mktemp('v2db') / 'log.db'}"
-    with running_server(create_app(tiny_bundle, db_url=db, max_files=4)) as url:
+    app = create_app(tiny_bundle, db_url=db, max_files=4)
+    with running_server(app) as url:
         wait_ready(url)
-        yield url, db, default_model_name(tiny_bundle)
+        yield url, db, default_model_name(tiny_bundle), app
 
 
 @pytest.fixture
@@ -51,7 +52,10 @@ def wait_ready(url: str, headers: dict | None = None) -> None:
         time.sleep(0.05)
 
 
-def logged(db: str) -> list:
+def logged(server) -> list:
+    """The log's rows, once the serving app's writer thread has inserted every answered request's."""
+    url, db, _, app = server
+    assert app.state.service.log.flush(10), "the service's prediction log did not flush in 10 s"
     with PredictionLog(db) as log:
         return log.query()
 
@@ -119,7 +123,7 @@ def test_model_metadata(client, server):
 
 
 def test_infer_encoded_images(client, server):
-    name, before = server[2], len(logged(server[1]))
+    name, before = server[2], len(logged(server))
     body = {"id": "req-42", "inputs": [image_input(RED, BLUE)]}
     r = client.post(f"/v2/models/{name}/infer", json=body)
     assert r.status_code == 200, r.text
@@ -136,7 +140,7 @@ def test_infer_encoded_images(client, server):
     v1 = client.post("/v1/predict", files=[("file", ("r.png", RED)), ("file", ("b.png", BLUE))]).json()
     assert [p["label"] for p in v1["predictions"]] == labels
     assert [p["confidence"] for p in v1["predictions"]] == pytest.approx(list(confidence), abs=1e-6)
-    rows = logged(server[1])
+    rows = logged(server)
     assert len(rows) == before + 2 + 2  # v2's two and v1's two
     assert {row.sha256 for row in rows[-4:]} >= {hashlib.sha256(RED).hexdigest(),
                                                  hashlib.sha256(BLUE).hexdigest()}
@@ -152,7 +156,7 @@ def test_infer_encoded_images(client, server):
 
 
 def test_infer_preprocessed_pixels(client, server, tiny_bundle):
-    name, before = server[2], len(logged(server[1]))
+    name, before = server[2], len(logged(server))
     pixels = pixels_of(tiny_bundle, RED, BLUE)  # float32 (2, 3, 32, 32)
     nested = {"name": "pixels", "datatype": "FP32", "shape": [2, 3, 32, 32], "data": pixels.tolist()}
     flat = dict(nested, data=pixels.ravel().tolist())
@@ -170,7 +174,7 @@ def test_infer_preprocessed_pixels(client, server, tiny_bundle):
     from_files = output(client.post(f"/v2/models/{name}/infer",
                                     json={"inputs": [image_input(RED, BLUE)]}).json(), "probabilities")
     assert np.allclose(answers[0], from_files, atol=0.02)
-    rows = logged(server[1])[before:before + 2]
+    rows = logged(server)[before:before + 2]
     assert [(r.width, r.height, r.num_bytes) for r in rows] == [(32, 32, 3 * 32 * 32 * 4)] * 2
     assert rows[0].sha256 == hashlib.sha256(pixels[0].tobytes()).hexdigest() and rows[0].image is None
 
@@ -216,11 +220,11 @@ ZEROS = [0.0] * (3 * 32 * 32)
      400, "not finite"),
 ])
 def test_bad_requests_are_v2_errors(client, server, name, body, status, fragment):
-    before = len(logged(server[1]))
+    before = len(logged(server))
     kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) \
         else {"json": body}
     assert_v2_error(client.post(f"/v2/models/{server[2]}/infer", **kwargs), status, fragment)
-    assert len(logged(server[1])) == before
+    assert len(logged(server)) == before
 
 
 def test_unknown_model_or_version_is_404(client, server):
