@@ -43,7 +43,7 @@ PREDICT_BODY = {
         "content": {
             "multipart/form-data": {"schema": {
                 "type": "object", "required": [limits.FIELD],
-                "properties": {limits.FIELD: {"type": "array", "items": _BINARY,
+                "properties": {limits.FIELD: {"type": "array", "items": _BINARY, "minItems": 1,
                                               "description": "one or more images (repeat the field)"}},
             }},
             **{media_type: {"schema": _BINARY} for media_type in RAW_TYPES},
@@ -82,7 +82,8 @@ def add_v1_routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/v1/monitor", tags=["monitor"], response_model=MonitorReport,
              responses=errors(400, 401, 422, 503))
-    async def monitor(since: str | None = Query(None, description="24h, 7d or an ISO time [whole log]"),
+    async def monitor(since: str | None = Query(None, min_length=1, max_length=64,
+                                                description="24h, 7d or an ISO time [whole log]"),
                       review_limit: int = Query(20, ge=0, le=1000)) -> dict:
         """Volume, latency, confidence and class drift of served traffic (clarivis monitor)."""
         return await run_in_threadpool(service.monitor, since, review_limit)
