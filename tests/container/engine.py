@@ -24,6 +24,9 @@ DOCKER = ROOT / "docker"
 BASE_IMAGES = ("docker.io/library/python:3.11-slim-bookworm", "python:3.11-slim-bookworm",
                "localhost/clarivis-base:bookworm")
 BASE_ENV = "CLARIVIS_BASE_IMAGE"  # another local base image to use
+# Folders of wheels to add to pip's local sources for the image build (os.pathsep-separated), for
+# what a local mirror lacks: `pip download --no-deps -d DIR PACKAGE` once, by hand.
+WHEELS_ENV = "CLARIVIS_CONTAINER_WHEELS"
 # Limits passed to every container: an engine's defaults (podman: 1048576 open files) can exceed
 # what an unprivileged-ish host allows, and the runtime then fails in setrlimit. 8192 processes
 # bound a build step run as root too (RLIMIT_NPROC counts the user's processes host-wide).
@@ -132,7 +135,8 @@ class LocalIndex:
 
 def local_index() -> LocalIndex:
     """The file:// indexes and local find-links of this machine's pip configuration (its config
-    files and PIP_* variables): where a build can install from without the network."""
+    files and PIP_* variables) and $CLARIVIS_CONTAINER_WHEELS: where a build can install from
+    without the network."""
     done = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
                           text=True, timeout=60)
     values: dict[str, list[str]] = {"index-url": [], "extra-index-url": [], "find-links": []}
@@ -148,7 +152,8 @@ def local_index() -> LocalIndex:
             # a simple index links its files relative to itself (../../files/...): the folder
             # above the index, mounted at the same path, holds both
             mounts.append(Path(urlparse(url).path).parent)
-    for link in dict.fromkeys(values["find-links"]):
+    extra = [p for p in os.environ.get(WHEELS_ENV, "").split(os.pathsep) if p]
+    for link in dict.fromkeys(values["find-links"] + extra):
         path = Path(urlparse(link).path if link.startswith("file://") else link)
         if path.is_dir():
             links.append(str(path))
