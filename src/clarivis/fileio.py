@@ -13,6 +13,12 @@ from pathlib import Path
 def atomic_write(target: Path, write: Callable[[str], object]) -> None:
     """Call write(tmp_path) for a temporary file beside `target`, then rename it over `target`."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    # mkstemp makes the file private (0600); give it the mode a plain open() would (0666 less the
+    # umask), so a bundle mounted into a container or shared with a service user stays readable.
+    umask = os.umask(0)
+    os.umask(umask)
+    if hasattr(os, "fchmod"):  # POSIX; Windows has no modes to fix
+        os.fchmod(fd, 0o666 & ~umask)
     os.close(fd)
     try:
         write(tmp)

@@ -374,3 +374,12 @@ def test_bad_url_says_what_to_use(bad):
     message = str(info.value)
     assert "\n" not in message and "sqlite:///" in message and "postgresql://" in message
     assert "secret" not in message  # passwords never reach messages
+
+
+def test_journal_dir_from_the_environment(tiny_bundle, tmp_path, monkeypatch):
+    """A container mounts the bundle read-only: $CLARIVIS_JOURNAL_DIR moves the journal."""
+    monkeypatch.setenv("CLARIVIS_JOURNAL_DIR", str(tmp_path / "journal"))
+    with PredictionLog.for_model(tiny_bundle, f"sqlite:///{tmp_path / 'log.db'}") as log:
+        log.record([entry()])
+        assert log.flush(10)
+    assert (tmp_path / "journal").is_dir()

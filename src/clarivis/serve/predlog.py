@@ -79,6 +79,7 @@ log = logging.getLogger("clarivis.serve")
 ENV_VAR = "CLARIVIS_DB_URL"
 DEFAULT_DB_NAME = "predictions.db"
 JOURNAL_DIR = "predlog-journal"  # beside the run (RUN/predlog-journal) or the SQLite file
+JOURNAL_ENV = "CLARIVIS_JOURNAL_DIR"  # where the service journals instead
 URL_EXAMPLES = "sqlite:///runs/NAME/predictions.db or postgresql://user:password@host:5432/clarivis"
 
 # How long a SQLite writer waits for another one (another server process's writer) to commit
@@ -383,9 +384,12 @@ class PredictionLog:
     def for_model(cls, model_dir: str | Path, url: str | None = None, *, store_images: bool = False,
                   require_db: bool = True) -> PredictionLog:
         """The log of a served bundle: `url`, else $CLARIVIS_DB_URL, else RUN/predictions.db; its
-        journal in RUN/predlog-journal."""
+        journal in $CLARIVIS_JOURNAL_DIR, else RUN/predlog-journal (a container whose bundle is
+        mounted read-only points the variable at a writable volume)."""
+        journal = os.environ.get(JOURNAL_ENV, "").strip()
         return cls(url or default_db_url(model_dir), store_images=store_images,
-                   journal_dir=run_folder(model_dir) / JOURNAL_DIR, require_db=require_db)
+                   journal_dir=Path(journal) if journal else run_folder(model_dir) / JOURNAL_DIR,
+                   require_db=require_db)
 
     # ------------------------------------------------------------------ writing
 
