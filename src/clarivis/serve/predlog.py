@@ -96,6 +96,11 @@ BATCH_ROWS = 500
 # Retry after a failed write: 0.5 s doubling to 30 s. A restarting database is back within
 # seconds; a long outage is polled twice a minute, which costs it nothing.
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 30.0
+# The writer waits this long after a first row before writing, so the rows of every request in
+# that span share one transaction: at a steady 100 requests/s, ~25 rows a commit instead of one
+# (measured: a commit per request cost the service ~3 ms of CPU a request at 32 px). Rows reach
+# the database this much later; the monitor and count() flush first, so nobody reads stale.
+WRITE_DELAY_S = 0.25
 # How often a live process looks for journals left by dead ones (a crashed worker; at start too)
 # and, when it has nothing to write, pings the database so status() stays current.
 ORPHAN_SCAN_S = 60.0
@@ -371,6 +376,7 @@ class PredictionLog:
         self._failures = 0  # failed write attempts, so flush() can stop waiting after one
         self._rejected = 0
         self._retry_at = 0.0  # time.monotonic() before which the writer does not retry
+        self._write_at = 0.0  # time.monotonic() before which the writer gathers rows (WRITE_DELAY_S)
         self._backoff = 0.0
         self._last_write: datetime | None = None
         self._closed = self._stopping = False
@@ -409,7 +415,11 @@ class PredictionLog:
             except OSError as err:
                 raise ClarivisError(f"cannot journal predictions in {self.journal.folder} "
                                     f"({err.strerror or err}); free disk space there") from None
+            if self._appended == self._committed:  # the first row since the last write
+                self._write_at = time.monotonic() + WRITE_DELAY_S
             self._appended += len(rows)
+            if self._appended - self._committed >= BATCH_ROWS:
+                self._write_at = 0.0  # a full batch: no reason to wait
             self._cond.notify_all()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
@@ -419,7 +429,7 @@ class PredictionLog:
         deadline = time.monotonic() + max(0.0, timeout_s)
         with self._cond:
             target, failures = self._appended, self._failures
-            self._retry_at = 0.0
+            self._retry_at = self._write_at = 0.0
             self._cond.notify_all()
             while self._committed < target or self._orphans:
                 remaining = deadline - time.monotonic()
@@ -504,9 +514,10 @@ class PredictionLog:
                 while not self._stopping:
                     now = time.monotonic()
                     pending = self._committed < self._appended or bool(self._orphans)
-                    if now >= next_scan or (pending and now >= self._retry_at):
+                    write_at = max(self._retry_at, self._write_at)
+                    if now >= next_scan or (pending and now >= write_at):
                         break
-                    self._cond.wait(min(next_scan, self._retry_at if pending else next_scan) - now)
+                    self._cond.wait(min(next_scan, write_at if pending else next_scan) - now)
                 if self._stopping:
                     return
             if time.monotonic() >= next_scan:
