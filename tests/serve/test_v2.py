@@ -20,10 +20,11 @@ from tests.serve.live import png_bytes, running_server
 
 from clarivis.classifier import Classifier
 from clarivis.runtime import RuntimePreprocess, normalize, resize
-from clarivis.serve.app import create_app, default_model_name
+from clarivis.serve.app import create_app
 from clarivis.serve.backends import load_backend
 from clarivis.serve.batching import MicroBatcher
 from clarivis.serve.predlog import PredictionLog
+from clarivis.serve.service import default_model_name
 from clarivis.spec import read_bundle_config
 
 KEY = "v2-key"

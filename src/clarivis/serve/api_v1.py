@@ -20,6 +20,7 @@ from clarivis.extras import needs
 from clarivis.serve import limits
 from clarivis.serve.predlog import LoggedPrediction
 from clarivis.serve.schemas import ModelInfo, MonitorReport, PredictResponse, RecentResponse, errors
+from clarivis.serve.service import RECENT
 from clarivis.serve.uploads import FILENAME_HEADER, RAW_NAME, RAW_TYPES, read_uploads
 
 with needs("serve", "clarivis serve"):
@@ -28,10 +29,9 @@ with needs("serve", "clarivis serve"):
     from starlette.concurrency import run_in_threadpool
 
 if TYPE_CHECKING:
-    from clarivis.serve.app import Service
+    from clarivis.serve.service import Service
 
 TOP_K = 5  # labels per image in an answer
-RECENT = 50  # predictions /v1/recent can show (memory only; the log keeps all)
 EXPLAIN_METHODS = ("gradcam", "gradcam++")
 
 _BINARY = {"type": "string", "format": "binary"}

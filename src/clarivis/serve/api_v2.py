@@ -65,7 +65,7 @@ with needs("serve", "clarivis serve"):
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
 if TYPE_CHECKING:
-    from clarivis.serve.app import Service
+    from clarivis.serve.service import Service
 
 IMAGE_INPUT = "image"  # BYTES [N]
 PIXELS_INPUT = "pixels"  # FP32 [N, 3, S, S]

@@ -16,7 +16,7 @@ with needs("serve", "clarivis serve"):
     from fastapi.staticfiles import StaticFiles
 
 if TYPE_CHECKING:
-    from clarivis.serve.app import Service
+    from clarivis.serve.service import Service
 
 log = logging.getLogger("clarivis.serve")
 STATIC_DIR = Path(__file__).parent / "static"

@@ -16,6 +16,7 @@ from typing import Any
 from clarivis.errors import ClarivisError
 from clarivis.extras import needs
 from clarivis.serve import app as service_app
+from clarivis.serve.service import check_servable
 from clarivis.serve.settings import HOST, PORT, TIMEOUT_S, Settings
 
 log = logging.getLogger("clarivis.serve")
@@ -46,7 +47,7 @@ def serve(model_dir: str | Path, *, host: str = HOST, port: int = PORT, log_leve
     if workers == 1:
         uvicorn.run(service_app.create_app(model_dir, settings), **common)
         return
-    service_app.check_servable(model_dir, settings)  # fail here, once, not in every worker
+    check_servable(model_dir, settings)  # fail here, once, not in every worker
     metrics_dir = Path(tempfile.mkdtemp(prefix="clarivis-metrics-"))
     os.environ[service_app.SPEC_ENV] = json.dumps({"model_dir": str(Path(model_dir).resolve()),
                                        "settings": service_app.settings_to_dict(settings)})
