@@ -48,6 +48,9 @@ class TrainConfig(BaseModel):
 
     # Data.
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # 10% is enough to rank epochs, costs little
+    # A manifest column (e.g. patient_id) whose groups stay whole in one split, so validation
+    # never sees a patient that training saw; None: images are split one by one.
+    group_by: str | None = None
     balance: Literal["auto", "sampler", "none"] = "auto"  # auto: weighted sampling above 1.5:1
     augment: AugmentPreset = "light"  # flip + crop; strong presets pay off on longer runs
     hflip: bool = True  # off for data where left/right matters (text, digits, some scans)

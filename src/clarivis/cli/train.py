@@ -55,6 +55,8 @@ def train(  # one parameter a flag: Typer reads the option list from this signat
     weight_decay: Annotated[Optional[float], Opt(help=f"[{default('weight_decay')}]")] = None,
     val_fraction: Annotated[Optional[float], Opt(
         help=f"held out for validation [{default('val_fraction')}]")] = None,
+    group_by: Annotated[Optional[str], Opt(
+        help="manifest column (e.g. patient_id) whose groups stay in one split [none]")] = None,
     augment: Annotated[Optional[str], Opt(help="none|light|randaugment|trivialaugment")] = None,
     hflip: Annotated[Optional[bool], Opt("--hflip/--no-hflip",
                                          help=f"random flips [{default('hflip')}]")] = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import random
 from collections import defaultdict
 
@@ -33,10 +34,57 @@ def stratified_split(
     return train, val
 
 
+def check_group_column(index: DatasetIndex, column: str) -> None:
+    """`column` must be a manifest column filled on every row: one-line errors otherwise.
+    Group values (e.g. patient ids) may be personal data: messages give counts, never values."""
+    if index.layout != "manifest":
+        raise DataError(f"--group-by {column} needs a CSV manifest with a '{column}' column "
+                        f"({index.root} is a folder); write one with columns path,label,{column}")
+    samples = index.all_samples
+    if not samples or column not in samples[0].groups:
+        with open(index.root, newline="", encoding="utf-8-sig") as f:
+            columns = next(csv.reader(f), [])
+        raise DataError(f"manifest {index.root} has no column '{column}'; its columns are "
+                        f"{', '.join(columns)}: give one of them to --group-by")
+    empty = sum(not s.groups.get(column) for s in samples)
+    if empty:
+        raise DataError(f"manifest {index.root}: {empty} of {len(samples)} rows have an empty "
+                        f"'{column}'; fill them (one value per group, e.g. each patient's id)")
+
+
+def group_split(
+    samples: list[Sample], val_fraction: float, seed: int, column: str
+) -> tuple[list[Sample], list[Sample]]:
+    """Hold out about `val_fraction` of the images, whole groups of `column` at a time (no
+    patient on both sides), class balance kept roughly: the first fold of a seeded
+    StratifiedGroupKFold with round(1 / val_fraction) folds (10% -> 10 folds)."""
+    if val_fraction <= 0:
+        return list(samples), []
+    from sklearn.model_selection import StratifiedGroupKFold  # heavy; only with --group-by
+
+    ordered = sorted(samples, key=lambda s: s.path)  # the split must not depend on listing order
+    groups = [s.groups[column] for s in ordered]
+    n_groups = len(set(groups))
+    if n_groups < 2:
+        raise DataError(f"--group-by {column}: all {len(ordered)} training images are in one "
+                        "group; a validation split needs at least 2 groups")
+    k = min(max(2, round(1 / val_fraction)), n_groups)
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    labels = [s.label for s in ordered]
+    _, held = next(splitter.split(ordered, labels, groups))
+    held_set = set(held.tolist())
+    train = [s for i, s in enumerate(ordered) if i not in held_set]
+    val = [s for i, s in enumerate(ordered) if i in held_set]
+    return train, val
+
+
 def resolve_splits(
-    index: DatasetIndex, val_fraction: float, seed: int
+    index: DatasetIndex, val_fraction: float, seed: int, group_by: str | None = None
 ) -> dict[str, list[Sample]]:
-    """The train/val(/test) samples of a run: given val split if any, else held out from train."""
+    """The train/val(/test) samples of a run: given val split if any, else held out from train
+    (whole groups of the manifest column `group_by` at a time when given)."""
+    if group_by is not None:
+        check_group_column(index, group_by)
     if "train" not in index.splits:
         raise DataError(
             f"{index.root} has no training images (only {', '.join(index.splits)}); "
@@ -44,7 +92,10 @@ def resolve_splits(
         )
     splits = dict(index.splits)
     if "val" not in splits:
-        splits["train"], splits["val"] = stratified_split(splits["train"], val_fraction, seed)
+        if group_by is not None:
+            splits["train"], splits["val"] = group_split(splits["train"], val_fraction, seed, group_by)
+        else:
+            splits["train"], splits["val"] = stratified_split(splits["train"], val_fraction, seed)
     if not splits["val"]:
         del splits["val"]
     return splits

@@ -21,7 +21,12 @@ import torch
 from rich.console import Console
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
-from sklearn.model_selection import PredefinedSplit, StratifiedKFold, cross_val_predict
+from sklearn.model_selection import (
+    PredefinedSplit,
+    StratifiedGroupKFold,
+    StratifiedKFold,
+    cross_val_predict,
+)
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -101,6 +106,9 @@ class LabelCheckOptions:
     device: str | None = None
     seed: int = 0
     train_settings: dict[str, Any] | None = None  # TrainConfig fields of the per-fold runs
+    # One group value per sample (e.g. its patient id): each group's images share a fold, so
+    # no fold's model has seen the patient it scores. None: folds by image.
+    groups: list[str] | None = None
 
 
 def find_label_issues(samples: list[Sample], splits: list[str], options: LabelCheckOptions | None = None,
@@ -115,9 +123,20 @@ def find_label_issues(samples: list[Sample], splits: list[str], options: LabelCh
     console = console or Console(stderr=True, quiet=True)
     source = choose_features(model, weights=weights, pretrained=pretrained, img_size=img_size,
                              cached=cached and train_settings is None)
+    groups = opts.groups
+    if groups is not None:  # carried through _usable as the sample's own group
+        samples = [Sample(s.path, s.label, {"_fold_group": g})
+                   for s, g in zip(samples, groups, strict=True)]
     kept, kept_splits, class_names, k, notes = _usable(samples, splits, folds)
     labels = np.array([class_names.index(s.label) for s in kept])
-    fold_of = _assign_folds(labels, k, seed)
+    kept_groups = None if groups is None else [s.groups["_fold_group"] for s in kept]
+    if kept_groups is not None and len(set(kept_groups)) < k:
+        n_groups = len(set(kept_groups))
+        if n_groups < 2:
+            raise DataError("the label check with --group-by needs at least 2 groups")
+        notes.append(f"{n_groups} folds instead of {k}: there are {n_groups} groups")
+        k = n_groups
+    fold_of = _assign_folds(labels, k, seed, kept_groups)
     reg_c = None
     if source is not None:
         console.print(f"label check: features of {source.describe()} ({source.why}) + logistic "
@@ -182,11 +201,14 @@ def _usable(samples: list[Sample], splits: list[str], folds: int):
     return [s for s, _ in kept], [sp for _, sp in kept], class_names, k, notes
 
 
-def _assign_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Fold number per image, stratified by class (every fold sees every class)."""
+def _assign_folds(labels: np.ndarray, k: int, seed: int,
+                  groups: list[str] | None = None) -> np.ndarray:
+    """Fold number per image, stratified by class (every fold sees every class); with `groups`,
+    each group's images in one fold (StratifiedGroupKFold: classes balanced as groups allow)."""
     fold_of = np.empty(len(labels), dtype=np.int64)
-    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+    splitter = (StratifiedKFold(n_splits=k, shuffle=True, random_state=seed) if groups is None
+                else StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed))
+    for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
         fold_of[held_out] = fold
     return fold_of
 

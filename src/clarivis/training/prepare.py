@@ -57,7 +57,7 @@ def prepare_in_turn(config: TrainConfig, console: Console, world) -> PreparedDat
 def prepare_data(config: TrainConfig, console: Console) -> PreparedData:
     """Index, split, decode-check and (when small) preload the dataset."""
     index = index_dataset(config.data)
-    splits = resolve_splits(index, config.val_fraction, config.seed)
+    splits = resolve_splits(index, config.val_fraction, config.seed, config.group_by)
     t0 = time.perf_counter()
     with console.status("checking images (once; later runs reuse the result)..."):
         train_scan = scan_images(splits["train"])
