@@ -30,6 +30,9 @@ def check(  # one parameter a flag: Typer reads the option list from this signat
     json_path: Annotated[Optional[str], Opt("--json", help="write all findings as JSON")] = None,
     labels: Annotated[bool, Opt("--labels/--no-labels", help="look for label errors [on]")] = True,
     folds: Annotated[int, Opt(min=2, help="cross-validation folds for the label check")] = 5,
+    group_by: Annotated[Optional[str], Opt(help="manifest column (e.g. patient_id): a group in two "
+                                                "splits is a leak; label-check folds keep groups "
+                                                "whole")] = None,
     top: Annotated[int, Opt(min=1, help="findings shown in the table (all go to --json)")] = 50,
     device: Annotated[Optional[str], Opt()] = None,
 ) -> None:
@@ -38,7 +41,7 @@ def check(  # one parameter a flag: Typer reads the option list from this signat
     image under two labels)."""
     result = clarivis.check_data(data, model=model, weights=weights, pretrained=pretrained,
                                  img_size=img_size, cached=cached, label_issues=labels, folds=folds,
-                                 device=device, console=stderr)
+                                 group_by=group_by, device=device, console=stderr)
     written = clarivis.save_check(result, json_path) if json_path else None  # before printing (| head)
     findings = result.findings
     colours = {"error": "red", "warning": "yellow", "info": "dim"}

@@ -19,7 +19,8 @@ from clarivis.data.quality import (
     QualityReport,
     check_quality,
 )
-from clarivis.data.sources import Sample, index_dataset
+from clarivis.data.sources import DatasetIndex, Sample, index_dataset
+from clarivis.data.splits import check_group_column
 from clarivis.data.thumbnails import FINDING_THUMBNAIL, thumbnail
 from clarivis.datacheck.label_features import choose_features
 from clarivis.datacheck.label_issues import DEFAULT_FOLDS, LabelIssueResult, find_label_issues
@@ -47,6 +48,16 @@ class Finding:
 
 
 @dataclass
+class GroupLeak:
+    """One group of the --group-by column (e.g. a patient) with images in two or more given
+    splits. The group's value is not kept: ids may be personal data, reports give counts."""
+
+    column: str
+    paths: list[str]
+    splits: list[str]  # the splits it is in, sorted
+
+
+@dataclass
 class DataCheckResult:
     data: str
     layout: str
@@ -55,6 +66,7 @@ class DataCheckResult:
     labels: LabelIssueResult | None  # None when the label check was off or impossible
     label_check_note: str = ""  # why there is no label check, when there is none
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
+    group_leaks: list[GroupLeak] = field(default_factory=list)  # with --group-by
 
     @property
     def findings(self) -> list[Finding]:
@@ -76,6 +88,7 @@ class DataCheckResult:
                 "exact_duplicate_groups": sum(g["kind"] == "exact" for g in duplicates),
                 "near_duplicate_groups": sum(g["kind"] == "near" for g in duplicates),
                 "leaking_groups": sum(g["leak"] for g in duplicates),
+                "group_leaks": len(self.group_leaks),  # --group-by groups in two splits
                 "conflicting_label_groups": sum(g["conflicting_labels"] for g in duplicates),
                 "label_issues": len(issues),
                 "size_outliers": len(q.size_outliers),
@@ -113,6 +126,9 @@ class CheckOptions:
     device: str | None = None  # None: the best available
     near_distance: int = NEAR_DUPLICATE_DISTANCE  # hash bits apart for a near duplicate (data/quality.py)
     train_settings: dict[str, Any] | None = None  # per-fold training instead of features
+    # A manifest column (e.g. patient_id): a group in two given splits is a leak, and the label
+    # check's folds keep each group whole. None: images are independent.
+    group_by: str | None = None
     workers: int | None = None  # file-check workers [CPU count, at most 16]
 
 
@@ -132,12 +148,20 @@ def check_data(data: str | Path, options: CheckOptions | None = None, *,
                              img_size=opts.img_size, cached=opts.cached and opts.train_settings is None,
                              ) if opts.label_issues else None
     index = index_dataset(data)
+    if opts.group_by is not None:
+        check_group_column(index, opts.group_by)  # before minutes of file checks
     started = time.perf_counter()
     quality = check_quality(index, near_distance=opts.near_distance, workers=opts.workers)
     seconds = {"files": round(time.perf_counter() - started, 3)}
     console.print(f"checked {len(quality.files)} files in {seconds['files']:.1f} s")
     result = DataCheckResult(str(data), index.layout, index.class_names, quality, None,
                              seconds=seconds)
+    group_of: dict[str, str] = {}
+    if opts.group_by is not None:
+        group_of = {s.path: s.groups[opts.group_by] for s in index.all_samples}
+        result.group_leaks = find_group_leaks(index, opts.group_by)
+        console.print(f"{len(set(group_of.values()))} groups of {opts.group_by}, "
+                      f"{len(result.group_leaks)} in more than one split")
     if not opts.label_issues:
         result.label_check_note = "turned off"
         return result
@@ -146,10 +170,22 @@ def check_data(data: str | Path, options: CheckOptions | None = None, *,
     result.labels = find_label_issues(
         [Sample(f.path, f.label) for f in readable], [f.split for f in readable], model=source,
         cached=False, folds=opts.folds, device=opts.device, train_settings=opts.train_settings,
+        groups=[group_of[f.path] for f in readable] if opts.group_by is not None else None,
         console=console,
     )
     seconds["labels"] = round(time.perf_counter() - started, 3)
     return result
+
+
+def find_group_leaks(index: DatasetIndex, column: str) -> list[GroupLeak]:
+    """Groups of `column` whose images lie in two or more of the given splits, largest first."""
+    by_group: dict[str, list[tuple[str, str]]] = {}
+    for split, samples in index.splits.items():
+        for s in samples:
+            by_group.setdefault(s.groups[column], []).append((split, s.path))
+    leaks = [GroupLeak(column, [p for _, p in members], sorted({sp for sp, _ in members}))
+             for members in by_group.values() if len({sp for sp, _ in members}) > 1]
+    return sorted(leaks, key=lambda g: -len(g.paths))
 
 
 def save_check(result: DataCheckResult, json_path: str | Path) -> Path:
@@ -180,6 +216,9 @@ def ranked_findings(result: DataCheckResult) -> list[Finding]:
             kind = "duplicate" if g.kind == "exact" else "near_duplicate"
             found.append(Finding("warning" if g.kind == "exact" else "info", kind, g.paths,
                                  f"{len(g.paths)} {what} images in {g.splits[0]}/{g.labels[0]}"))
+    found += [Finding("error", "leak", g.paths, f"{len(g.paths)} images of one {g.column} in "
+                      f"{', '.join(g.splits)}: evaluation sees a {g.column} training saw")
+              for g in result.group_leaks]
     if result.labels:
         found += [Finding("warning", "label_issue", [i.path],
                           f"labeled {i.given_label}, looks like {i.suggested_label} "
