@@ -25,7 +25,7 @@ from clarivis.serve.uploads import FILENAME_HEADER, RAW_NAME, RAW_TYPES, read_up
 
 with needs("serve", "clarivis serve"):
     from fastapi import FastAPI, HTTPException, Query, Request
-    from fastapi.responses import Response
+    from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
 
 if TYPE_CHECKING:
@@ -63,9 +63,11 @@ def add_v1_routes(app: FastAPI, service: Service) -> None:
     @app.post("/v1/predict", openapi_extra=PREDICT_BODY, tags=["predict"], response_model=PredictResponse,
               responses=errors(400, 401, 413, 415, 422, 503, 504))
     async def predict(request: Request, top_k: int = Query(TOP_K, ge=1, le=1000,
-                                                           description="labels per image")) -> dict:
+                                                           description="labels per image")) -> JSONResponse:
         """Top-k labels with calibrated probabilities for every image in the `file` fields."""
-        return await predict_uploads(request, service, top_k)
+        # A JSONResponse, not a dict: FastAPI would validate and re-serialise the answer against
+        # PredictResponse on every request (the schema documents it; tests/serve check the shape).
+        return JSONResponse(await predict_uploads(request, service, top_k))
 
     @app.post("/v1/explain", openapi_extra=PREDICT_BODY, tags=["predict"], response_class=Response,
               responses={200: {"content": {"image/png": {}}}, **errors(400, 401, 413, 415, 422, 504)})
