@@ -135,3 +135,18 @@ def test_train_group_by_resolved_config_and_split(tmp_path):
     train = {owner[r["path"]] for r in split["train"]}
     val = {owner[r["path"]] for r in split["val"]}
     assert val and len(train & val) == 0
+
+
+def test_group_split_keeps_every_class_in_train(tmp_path):
+    """A class held by a single patient never goes wholly to validation."""
+    manifest = write_patients(tmp_path, patients=8)
+    lines = manifest.read_text().splitlines()
+    # patient P001 (blue) becomes the only green patient
+    lines = [line.replace(",blue,P001", ",green,P001") for line in lines]
+    manifest.write_text("\n".join(lines) + "\n")
+    index = index_dataset(manifest)
+    for seed in range(10):
+        splits = resolve_splits(index, 0.5, seed, group_by="patient_id")
+        assert {s.label for s in splits["train"]} == {"red", "blue", "green"}
+        assert not ({s.groups["patient_id"] for s in splits["train"]}
+                    & {s.groups["patient_id"] for s in splits["val"]})

@@ -56,7 +56,7 @@ def group_split(
     samples: list[Sample], val_fraction: float, seed: int, column: str
 ) -> tuple[list[Sample], list[Sample]]:
     """Hold out about `val_fraction` of the images, whole groups of `column` at a time (no
-    patient on both sides), class balance kept roughly: the first fold of a seeded
+    patient on both sides), class balance kept roughly: one fold of a seeded
     StratifiedGroupKFold with round(1 / val_fraction) folds (10% -> 10 folds)."""
     if val_fraction <= 0:
         return list(samples), []
@@ -71,8 +71,12 @@ def group_split(
     k = min(max(2, round(1 / val_fraction)), n_groups)
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     labels = [s.label for s in ordered]
-    _, held = next(splitter.split(ordered, labels, groups))
-    held_set = set(held.tolist())
+    # The first fold whose training side keeps every class (few groups can hold all of one
+    # class); if none does, the first fold, and training reports the class it lacks.
+    folds = [set(held.tolist()) for _, held in splitter.split(ordered, labels, groups)]
+    every_class = [f for f in folds
+                   if len({lab for i, lab in enumerate(labels) if i not in f}) == len(set(labels))]
+    held_set = (every_class or folds)[0]
     train = [s for i, s in enumerate(ordered) if i not in held_set]
     val = [s for i, s in enumerate(ordered) if i in held_set]
     return train, val
