@@ -26,6 +26,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "ssl": ("lightly",),
     "zeroshot": ("open_clip",),
     "tensorboard": ("tensorboard",),
+    "medical": ("pydicom", "pylibjpeg", "libjpeg"),
 }
 
 

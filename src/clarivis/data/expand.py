@@ -5,8 +5,8 @@ runtime and batch prediction all walk inputs through here. Torch-free.
 Which files of a folder are images (walk_images):
 - a known image extension (data.io.IMAGE_EXTENSIONS): an image, decoded later;
 - another extension, or none, whose header one of the decoders clarivis allows recognises (a
-  JPEG saved as photo.jpg_large or IMG_0001): an image too, as a user expects of a file Pillow
-  reads;
+  JPEG saved as photo.jpg_large or IMG_0001, a DICOM file named IM0001): an image too, as a user
+  expects of a file Pillow (or pydicom, for DICOM) reads;
 - the extension of an image format clarivis does not read (.ico, .heic, .avif, camera raw...):
   an error entry that says so, because the user put an image there and gets no label for it;
 - anything else (notes.txt, labels.csv): not an image, left out and reported to `on_skip` with
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from clarivis.data.io import ALLOWED_FORMATS, READ_FORMATS, is_image_path
+from clarivis.data.io import ALLOWED_FORMATS, READ_FORMATS, is_dicom, is_image_path
 
 ImageInput = str | Path | Image.Image
 
@@ -177,7 +177,10 @@ def _format_error(path: str) -> str | None:
 
 def _looks_like_image(path: str) -> bool:
     """Whether one of the decoders clarivis allows recognises the file's header (the pixels are
-    not decoded: Pillow reads the first bytes and the header)."""
+    not decoded: Pillow reads the first bytes and the header), or a DICOM file by its preamble and
+    "DICM" magic (scanners and PACS exports often name them IM0001, with no extension)."""
+    if is_dicom(path):
+        return True
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's header warnings (bomb size, EXIF) are not ours

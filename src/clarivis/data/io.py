@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import BinaryIO
 
 import numpy as np
@@ -23,8 +24,13 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
         ".gif",
         ".tif", ".tiff",
         ".pbm", ".pgm", ".ppm", ".pnm",
+        ".dcm", ".dicom",  # DICOM (the 'medical' extra), decoded by data.dicom
     }
 )  # fmt: skip
+DICOM_EXTENSIONS: frozenset[str] = frozenset({".dcm", ".dicom"})
+# A DICOM Part 10 file: a 128-byte preamble, then these 4 bytes (PS3.10 7.1); how a DICOM file
+# without an extension (IM0001, as scanners and PACS exports name them) is recognised.
+DICOM_MAGIC_OFFSET, DICOM_MAGIC = 128, b"DICM"
 
 # 64 MP fits every camera and phone photo (8000x8000) and typical microscopy or satellite
 # tiles, and caps one decoded RGB image at about 192 MB; anything larger is almost always
@@ -35,7 +41,7 @@ MAX_IMAGE_PIXELS: int = 64_000_000
 # formats such as EPS (which shells out to Ghostscript) on untrusted uploads. "JPEG" also
 # opens multi-picture phone JPEGs (MPO); naming "MPO" itself is a KeyError in Pillow.
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "DIB", "GIF", "TIFF", "PPM")
-READ_FORMATS = "JPEG, PNG, WebP, BMP, GIF, TIFF or PNM"  # what ALLOWED_FORMATS means to a user
+READ_FORMATS = "JPEG, PNG, WebP, BMP, GIF, TIFF, PNM or DICOM"  # ALLOWED_FORMATS + DICOM to a user
 
 # Rows of a full frame converted or stretched at once (reduced decoding, high bit depth): about
 # 1 MP a strip (8 MB as float64), so no step holds a converted or float64 copy of a whole frame.
@@ -59,9 +65,39 @@ def is_image_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def is_dicom(source: str | Path | bytes | BinaryIO) -> bool:
+    """Whether `source` is a DICOM file: a .dcm/.dicom name, or (any other name, bytes, a
+    seekable file object) the "DICM" magic after the 128-byte preamble. Reads 132 bytes at most;
+    a file object is put back where it was."""
+    if isinstance(source, (str, Path)):
+        suffix = Path(source).suffix.lower()
+        if suffix in DICOM_EXTENSIONS:
+            return True
+        if suffix in IMAGE_EXTENSIONS:
+            return False  # a photo format by name: Pillow's, not worth opening twice
+        try:
+            with open(source, "rb") as file:
+                head = file.read(DICOM_MAGIC_OFFSET + len(DICOM_MAGIC))
+        except OSError:
+            return False  # load_image's own open reports why
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        head = bytes(source[:DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)])
+    else:
+        try:
+            if not source.seekable():
+                return False
+            where = source.tell()
+            head = source.read(DICOM_MAGIC_OFFSET + len(DICOM_MAGIC))
+            source.seek(where)
+        except (OSError, AttributeError, ValueError):
+            return False
+    return head[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)] == DICOM_MAGIC
+
+
 def load_image(
     source: str | Path | bytes | BinaryIO, *, max_pixels: int = MAX_IMAGE_PIXELS,
     reduce_to: int | None = None, reduce_all: bool = False,
+    window: tuple[float, float] | None = None,
 ) -> Image.Image:
     """Decode an image fully into an upright RGB image, or raise ImageDecodeError.
 
@@ -75,10 +111,19 @@ def load_image(
     integer box filter (Image.reduce) to no less than 2x `reduce_to` on its short side, straight
     after decoding and strip by strip, so only the decoder's own full-size frame ever exists and
     it is dropped before this returns; high bit depths are stretched on the reduced pixels with
-    the full frame's range. Off by default: the CLI keeps the pixels training saw."""
+    the full frame's range. Off by default: the CLI keeps the pixels training saw.
+
+    DICOM (is_dicom; the 'medical' extra) is decoded by data.dicom: modality LUT, then `window`
+    ((center, width) in modality units, e.g. Hounsfield units) or the file's own window, then
+    8-bit grey RGB; `window` is ignored for other formats."""
     if max_pixels <= 0:
         raise ValueError(f"max_pixels must be positive, got {max_pixels}")
     label = _label(source)
+    if is_dicom(source):
+        image = _load_dicom(source, label, max_pixels, window)
+        if reduce_all and reduce_to is not None:
+            return _reduced_rgb(image, reduce_to)
+        return image
     with _decoding(label), Image.open(_open_source(source, label), formats=ALLOWED_FORMATS) as img:
         _check_pixels(img.size, max_pixels, label)
         if reduce_to is not None and img.format == "JPEG":
@@ -92,12 +137,51 @@ def load_image(
         return to_rgb(_upright(img))
 
 
+def _load_dicom(source: str | Path | bytes | BinaryIO, label: str, max_pixels: int,
+                window: tuple[float, float] | None) -> Image.Image:
+    """data.dicom's decode of one frame (its docstring)."""
+    return _dicom_module(source, label).decode_dicom(_dicom_source(source), label, max_pixels=max_pixels,
+                                                     window=window)
+
+
+def _dicom_size(source: str | Path | bytes | BinaryIO, label: str) -> tuple[int, int]:
+    """(Columns, Rows) of a DICOM file, from its header only."""
+    return _dicom_module(source, label).dicom_size(_dicom_source(source), label)
+
+
+def _dicom_module(source: str | Path | bytes | BinaryIO, label: str) -> ModuleType:
+    """data.dicom, imported only when a DICOM file comes: pydicom is optional, and the torch-free
+    runtime wheel does not ship data/dicom.py (then: one line naming the extra). Empty and missing
+    files fail first, with the same messages as other formats."""
+    _open_source(source, label)  # empty inputs named as such
+    if isinstance(source, (str, Path)):
+        with _decoding(label):
+            open(source, "rb").close()  # "file not found", "is a directory", "permission denied"
+    try:
+        from clarivis.data import dicom
+    except ModuleNotFoundError as err:
+        raise ImageDecodeError(f"{label}: reading DICOM needs the 'medical' extra: "
+                               'pip install "clarivis[medical]"') from err
+    return dicom
+
+
+def _dicom_source(source: str | Path | bytes | BinaryIO) -> Path | BinaryIO:
+    """What pydicom.dcmread accepts."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return io.BytesIO(bytes(source))
+    return Path(source) if isinstance(source, str) else source
+
+
 def decoded_size(source: str | Path | bytes | BinaryIO, *, max_pixels: int = MAX_IMAGE_PIXELS,
                  reduce_to: int | None = None) -> tuple[tuple[int, int], tuple[int, int]]:
     """((width, height) as stored, (width, height) load_image decodes), read from the header
     only: a JPEG's DCT scaling for `reduce_to` is known before any pixel is decoded. Raises
     ImageDecodeError as load_image does (not an accepted format, over `max_pixels`, unreadable)."""
     label = _label(source)
+    if is_dicom(source):
+        size = _dicom_size(source, label)
+        _check_pixels(size, max_pixels, label)
+        return size, size
     with _decoding(label), Image.open(_open_source(source, label), formats=ALLOWED_FORMATS) as img:
         _check_pixels(img.size, max_pixels, label)
         stored = img.size
@@ -126,6 +210,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) as displayed (after EXIF orientation), read from the header only."""
     label = str(path)
+    if is_dicom(path):
+        return _dicom_size(path, label)
     with _decoding(label), Image.open(_open_source(path, label), formats=ALLOWED_FORMATS) as img:
         width, height = img.size
         # Orientations 5-8 rotate by 90 degrees, so the stored width is the shown height.
