@@ -19,11 +19,13 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -489,3 +491,27 @@ def fmt_ratio(a: float | None, b: float | None) -> float | None:
 
 def fmt_gib(mib: float | None) -> str:
     return f"{mib / 1024:.2f}" if mib else "n/a"
+
+
+# ----------------------------------------------------------------------------- servers in a child
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
+    """Poll the service's /readyz until 200; SystemExit if `proc` exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"error: the server exited with code {proc.returncode}")
+        try:
+            if urllib.request.urlopen(f"{url}/readyz", timeout=2).status == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"error: the server was not ready after {timeout_s:.0f} s")

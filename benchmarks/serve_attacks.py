@@ -99,7 +99,7 @@ class Server:
     """A service in a child process (its own session), on a free loopback port."""
 
     def __init__(self, command: list[str], threads: int | None) -> None:
-        self.port = free_port()
+        self.port = common.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [c.replace("{port}", str(self.port)) for c in command]
         self.threads = threads
@@ -118,7 +118,7 @@ class Server:
     def __enter__(self) -> Server:
         self.proc = subprocess.Popen(self.command, env=common.child_env(self.threads),
                                      stdin=subprocess.DEVNULL, start_new_session=True)
-        wait_ready(self.url, self.proc)
+        common.wait_ready(self.url, self.proc)
         time.sleep(0.5)
         self.baseline_mib = self.rss_mib()
         return self
@@ -224,27 +224,6 @@ def verdict(r: dict) -> dict:
         "healthz_within_1s_with_100_idle": (idle["statuses"] == ["200"]
                                             and idle["max_seconds"] < ANSWER_LIMIT_S),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"error: the server exited with code {proc.returncode}")
-        try:
-            if urllib.request.urlopen(f"{url}/readyz", timeout=2).status == 200:
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"error: the server was not ready after {timeout_s:.0f} s")
 
 
 def summary_line(r: dict, path: Path) -> str:

@@ -21,7 +21,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -212,25 +211,19 @@ class PostgresOutage(Outage):
 
 
 def start_server(model_dir: Path, db: str, workers: int) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = common.free_port()
     cmd = [sys.executable, "-m", "clarivis", "serve", str(model_dir), "--port", str(port), "--db", db,
            "--workers", str(workers)]
     proc = subprocess.Popen(cmd, env=common.child_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     threading.Thread(target=_drain, args=(proc,), daemon=True).start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    stop_server(proc)
-    raise SystemExit(f"{NAME}: the server did not become ready: {''.join(proc.output[-20:])}")
+    try:
+        common.wait_ready(url, proc, timeout_s=180)
+    except SystemExit as err:
+        stop_server(proc)
+        raise SystemExit(f"{NAME}: {err}: {''.join(getattr(proc, 'output', [])[-20:])}") from None
+    return proc, url
 
 
 def _drain(proc: subprocess.Popen) -> None:
@@ -281,9 +274,7 @@ class Postgres:
         self.folder = folder = Path(tempfile.mkdtemp(prefix="clarivis-pg-"))
         self.bin = _pg_bin()
         self.missing = None if self.bin else "no PostgreSQL server binaries (apt-get install postgresql)"
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = common.free_port()
         if self.bin:
             if os.geteuid() == 0:
                 shutil.chown(folder, "postgres")

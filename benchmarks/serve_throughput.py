@@ -30,7 +30,6 @@ import inspect
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import time
@@ -234,7 +233,7 @@ def measure_service(backend: str, model_dir: Path, paths: list[Path], args, tmp:
         why = f"--workers {args.workers}: this clarivis's serve() has no workers option"
         print(f"service-{backend}: skipped ({why})", file=sys.stderr)
         return {"skipped": why}
-    port = free_port()
+    port = common.free_port()
     options = {"backend": backend, "db_url": f"sqlite:///{tmp / f'{backend}.db'}", "port": port,
                "log_level": "warning"}
     if args.workers > 1:
@@ -250,7 +249,7 @@ def measure_service(backend: str, model_dir: Path, paths: list[Path], args, tmp:
                             start_new_session=True, preexec_fn=pinned(server_cpus))
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, proc)
+        common.wait_ready(url, proc)
         body = args.body
         if body == "raw" and not takes_raw_body(url, paths[0]):
             print(f"service-{backend}: the server refuses raw image bodies; sending multipart",
@@ -415,25 +414,6 @@ def mean_batch(metrics: str) -> float | None:
                 values[key] = float(line.split()[1])
     count = values.get("clarivis_batch_size_images_count")
     return round(values["clarivis_batch_size_images_sum"] / count, 2) if count else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"error: the server exited with code {proc.returncode}")
-        try:
-            if urllib.request.urlopen(f"{url}/readyz", timeout=2).status == 200:
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"error: the server was not ready after {timeout_s:.0f} s")
 
 
 # ----------------------------------------------------------------------------- raw onnxruntime
