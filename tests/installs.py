@@ -60,3 +60,16 @@ def import_names(dists: set[str]) -> set[str]:
     another installed distribution shares is left out)."""
     return {module for module, owners in md.packages_distributions().items()
             if {canonical(o) for o in owners} <= dists and module.isidentifier()}
+
+
+def link_site(names: set[str], folder: Path) -> Path:
+    """A folder of symlinks to exactly the top-level files and folders of the distributions
+    `names` (packages, their .libs and .dist-info): what a .pth file puts on the fresh venv's
+    path, without the network."""
+    folder.mkdir()
+    for dist in map(md.distribution, names):
+        for top in {Path(f).parts[0] for f in dist.files or [] if not str(f).startswith("..")}:
+            source = Path(dist.locate_file(top))
+            if source.exists() and not (folder / top).exists():
+                (folder / top).symlink_to(source)
+    return folder

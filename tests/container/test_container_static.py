@@ -29,7 +29,7 @@ from tests.container.engine import (
     request,
     stages,
 )
-from tests.installs import canonical, closure, extra_names, project
+from tests.installs import canonical, closure, extra_names, link_site, project
 from tests.tiny import held_out
 
 from clarivis.runtime import Predictor
@@ -201,18 +201,6 @@ def _run(*cmd, **kw) -> subprocess.CompletedProcess:
     return done
 
 
-def _link_site(names: set[str], folder: Path) -> Path:
-    """Symlinks to the top-level files of the installed distributions `names` (what a .pth
-    puts on a fresh venv's path, without the network)."""
-    folder.mkdir()
-    for dist in map(md.distribution, names):
-        for top in {Path(f).parts[0] for f in dist.files or [] if not str(f).startswith("..")}:
-            source = Path(dist.locate_file(top))
-            if source.exists() and not (folder / top).exists():
-                (folder / top).symlink_to(source)
-    return folder
-
-
 def _installed(name: str) -> bool:
     try:
         md.distribution(name)
@@ -237,7 +225,7 @@ def slim_venv(tmp_path_factory) -> Path:
     python = base / "venv" / "bin" / "python"
     purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     site = Path(_run(python, "-c", purelib).stdout.strip())
-    (site / "slim-deps.pth").write_text(f"{_link_site(deps, base / 'deps')}\n")
+    (site / "slim-deps.pth").write_text(f"{link_site(deps, base / 'deps')}\n")
     _run(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", wheel)
     return python
 

@@ -20,6 +20,7 @@ from pydicom.data import get_testdata_file  # noqa: E402
 from pydicom.dataset import FileDataset, FileMetaDataset  # noqa: E402
 from pydicom.pixels import apply_modality_lut, apply_voi_lut  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid  # noqa: E402
+from tests.e2e.test_cli import run_cli  # noqa: E402
 
 from clarivis.data.expand import walk_images  # noqa: E402
 from clarivis.data.io import READ_FORMATS, decoded_size, is_dicom, is_image_path, load_image  # noqa: E402
@@ -259,20 +260,10 @@ def test_dicom_is_a_read_format():
 
 
 def test_predict_gives_a_row_for_a_dicom_file(tiny_bundle, tmp_path, capsys):
-    from clarivis.cli import main
-
     folder = tmp_path / "in"
     _write(_dataset(_ramp(), WindowCenter=2048, WindowWidth=4096), folder / "scan.dcm")
     _write(_dataset(_ramp()), folder / "IM0002")
-    old = sys.argv
-    sys.argv = ["clarivis", "predict", str(tiny_bundle), str(folder), "--format", "json"]
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        sys.argv = old
-    rows = json.loads(capsys.readouterr().out)
+    code, out, _ = run_cli(["predict", tiny_bundle, folder, "--format", "json"], capsys)
+    rows = json.loads(out)
     assert code == 0 and [Path(r["source"]).name for r in rows] == ["IM0002", "scan.dcm"]
     assert all(r["label"] in ("red", "blue") and not r.get("error") for r in rows)

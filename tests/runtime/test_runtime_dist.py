@@ -4,7 +4,6 @@ predicts from a bundle that the full package exported, as the full package's run
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import json
 import os
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
-from tests.installs import closure
+from tests.installs import closure, link_site
 from tests.tiny import held_out
 
 from clarivis.runtime import Predictor
@@ -36,19 +35,6 @@ def _run(*cmd, **kw) -> subprocess.CompletedProcess:
     return done
 
 
-def _link_site(names: set[str], folder: Path) -> Path:
-    """A folder of symlinks to exactly the top-level files and folders of the distributions
-    `names` (packages, their .libs and .dist-info): what a .pth file puts on the fresh venv's
-    path, without the network."""
-    folder.mkdir()
-    for dist in map(md.distribution, names):
-        for top in {Path(f).parts[0] for f in dist.files or [] if not str(f).startswith("..")}:
-            source = Path(dist.locate_file(top))
-            if source.exists() and not (folder / top).exists():
-                (folder / top).symlink_to(source)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runtime-wheel")
@@ -65,7 +51,7 @@ def runtime_venv(wheel, tmp_path_factory) -> Path:
     python = base / "venv" / "bin" / "python"
     purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     site = Path(_run(python, "-c", purelib).stdout.strip())
-    deps = _link_site(closure(RUNTIME_DEPS), base / "deps")
+    deps = link_site(closure(RUNTIME_DEPS), base / "deps")
     (site / "runtime-deps.pth").write_text(f"{deps}\n")
     _run(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", wheel)
     return python
