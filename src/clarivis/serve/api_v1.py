@@ -115,22 +115,14 @@ async def predict_uploads(request: Request, service: Service, top_k: int) -> dic
         ood_score=s.ood_score, image=u.data) for u, s in zip(uploads, scored, strict=True)]
     # Outside the deadline: once the model has answered, the answer is logged and returned;
     # a timeout can only strike before, so no request is logged without being answered.
-    # On the event loop: record() appends one line to this process' journal (no database I/O,
-    # no fsync while the database answers), cheaper than a hop to the thread pool.
     try:
-        service.log.record(entries)
+        service.log_answers(entries)
     except ClarivisError as err:
         raise HTTPException(503, f"prediction not logged: {err}") from None
-    predictions = []
-    for u, s in zip(uploads, scored, strict=True):
-        service.metrics.predictions.labels(s.label).inc()
-        predictions.append({"filename": u.filename, "label": s.label, "confidence": s.confidence,
-                            "top_k": [{"label": lbl, "probability": p} for lbl, p in s.top_k[:k]],
-                            "ood_score": s.ood_score, "width": u.width, "height": u.height,
-                            "sha256": u.sha256})
-        service.recent.appendleft({"time": now.isoformat(), "label": s.label,
-                                   "confidence": s.confidence, "latency_ms": latency_ms,
-                                   "width": u.width, "height": u.height, "sha256": u.sha256[:12]})
+    predictions = [{"filename": u.filename, "label": s.label, "confidence": s.confidence,
+                    "top_k": [{"label": lbl, "probability": p} for lbl, p in s.top_k[:k]],
+                    "ood_score": s.ood_score, "width": u.width, "height": u.height, "sha256": u.sha256}
+                   for u, s in zip(uploads, scored, strict=True)]
     return {"model_name": service.name, "model_version": service.version, "backend": service.backend.name,
             "latency_ms": latency_ms, "predictions": predictions}
 

@@ -280,7 +280,7 @@ async def run_inference(service: Service, body: InferenceRequest) -> dict:
             raise HTTPException(400, f"unknown input '{tensor.name[:64]}'; send '{IMAGE_INPUT}' (BYTES, "
                                      f"encoded images) or '{PIXELS_INPUT}' (FP32, preprocessed pixels)")
     latency_ms = (time.perf_counter() - start) * 1000
-    await _record(service, scored, sources, latency_ms, stored=tensor.name == IMAGE_INPUT)
+    _record(service, scored, sources, latency_ms, stored=tensor.name == IMAGE_INPUT)
     response: dict[str, Any] = {
         "model_name": service.name, "model_version": service.version,
         "parameters": {"backend": service.backend.name, "latency_ms": latency_ms, "top_k": k},
@@ -291,10 +291,10 @@ async def run_inference(service: Service, body: InferenceRequest) -> dict:
     return response
 
 
-async def _record(service: Service, scored: list[Scored], sources: list[tuple[bytes, int, int]],
+def _record(service: Service, scored: list[Scored], sources: list[tuple[bytes, int, int]],
                   latency_ms: float, *, stored: bool) -> None:
-    """The prediction log, the metrics and /v1/recent, as /v1/predict fills them. Pixel arrays
-    are logged by their hash and size only (`image` stays empty: they are not an image file)."""
+    """The prediction log, the metrics and /v1/recent (Service.log_answers, as /v1/predict). Pixel
+    arrays are logged by their hash and size only (`image` stays empty: they are not an image file)."""
     now = datetime.now(UTC)
     entries = []
     for s, (data, width, height) in zip(scored, sources, strict=True):
@@ -304,14 +304,9 @@ async def _record(service: Service, scored: list[Scored], sources: list[tuple[by
                        LoggedPrediction(time=now, num_bytes=len(data),
                                         sha256=hashlib.sha256(data).hexdigest(), **fields))
     try:
-        await run_in_threadpool(service.log.record, entries)
+        service.log_answers(entries)
     except ClarivisError as err:
         raise HTTPException(503, f"prediction not logged: {err}") from None
-    for s, e in zip(scored, entries, strict=True):
-        service.metrics.predictions.labels(s.label).inc()
-        service.recent.appendleft({"time": now.isoformat(), "label": s.label, "confidence": s.confidence,
-                                   "latency_ms": latency_ms, "width": e.width, "height": e.height,
-                                   "sha256": e.sha256[:12]})
 
 
 def _outputs(scored: list[Scored], class_names: list[str], k: int) -> list[dict]:
