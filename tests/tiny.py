@@ -169,6 +169,71 @@ def trained_bundle(base: Path, arch: str) -> Path:
     return result.bundle_dir
 
 
+# ----------------------------------------------------------------------------- multi-label
+# Grey 32 px images with a coloured patch in some of three corners: "red" top-left, "green"
+# top-right, "blue" bottom-left; an image holds any set of them (none too). A tiny model learns
+# it in a few epochs; a manifest path,labels lists each image's set joined by ';'.
+ML_PATCHES = {"red": ((210, 40, 40), (0, 0)), "green": ((40, 190, 60), (16, 0)),
+              "blue": ((40, 60, 210), (0, 16))}
+ML_CLASSES = sorted(ML_PATCHES)
+
+
+def write_multilabel(root: Path, n: int = 48, *, seed: int = 0, split: str | None = None,
+                     extra_columns: dict[str, list[str]] | None = None) -> Path:
+    """n images under root/images and root/labels.csv (path,labels[,split][,extra...]); each
+    label is present in an image with probability 0.5, independently. Returns the CSV."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    header = ["path", "labels"] + (["split"] if split else []) + list(extra_columns or {})
+    lines = [",".join(header)]
+    for i in range(n):
+        present = [name for name in ML_CLASSES if rng.random() < 0.5]
+        arr = np.clip(128 + rng.integers(-20, 20, (32, 32, 3)), 0, 255)
+        for name in present:
+            colour, (x, y) = ML_PATCHES[name]
+            arr[y:y + 16, x:x + 16] = np.clip(np.array(colour) + rng.integers(-20, 20, (16, 16, 3)), 0, 255)
+        Image.fromarray(arr.astype(np.uint8)).save(root / "images" / f"img{i:03d}.png")
+        row = [f"images/img{i:03d}.png", ";".join(present)] + ([split] if split else [])
+        row += [values[i] for values in (extra_columns or {}).values()]
+        lines.append(",".join(row))
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root / "labels.csv"
+
+
+def multilabel_classifier(name: str = CNN, size: int = 32, classes: list[str] = ML_CLASSES, *,
+                          thresholds: list[float] | None = None) -> Classifier:
+    """An untrained multi-label Classifier (seed 0; ViTs in 8 px patches); thresholds default to
+    0.5 each, temperatures to 1."""
+    clf = tiny_classifier(name, size, classes)
+    clf.config = clf.config.updated(task="multilabel", thresholds=thresholds or [0.5] * len(classes),
+                                    temperatures=[1.0] * len(classes))
+    return clf
+
+
+def multilabel_bundle(folder: Path, name: str = CNN, **kwargs: Any) -> Path:
+    """multilabel_classifier(name, **kwargs) saved as a bundle in `folder`."""
+    from clarivis.models.bundle import save_bundle
+
+    clf = multilabel_classifier(name, **kwargs)
+    return save_bundle(folder, clf.model, clf.config)
+
+
+_TRAINED_ML: dict[str, Path] = {}
+
+
+def trained_multilabel(base: Path, arch: str = CNN) -> Path:
+    """A multi-label bundle of `arch` trained 8 epochs on write_multilabel(base/data, 120) (a few
+    seconds), thresholds and temperatures fitted; cached per session."""
+    if arch not in _TRAINED_ML:
+        data = write_multilabel(base / arch / "data", 120)
+        with redirect_stderr(io.StringIO()):
+            result = clarivis.train(data, out=base / arch / "run", model=arch, epochs=8,
+                                    batch_size=16, workers=0, img_size=32, device="cpu", report=False,
+                                    val_fraction=0.3, console=Console(file=io.StringIO()))
+        _TRAINED_ML[arch] = result.bundle_dir
+    return _TRAINED_ML[arch]
+
+
 _EXPORTS: dict[str, tuple[Path, object]] = {}
 
 

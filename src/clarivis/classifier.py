@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from clarivis.data.batch_augment import Normalize
-from clarivis.data.dataset import ImageDataset, model_pixels, pil_to_uint8
+from clarivis.data.dataset import ImageDataset, label_targets, model_pixels, pil_to_uint8
 from clarivis.data.expand import ImageInput, expand_inputs
 from clarivis.data.io import to_rgb
 from clarivis.data.scan import scan_images
@@ -27,8 +27,11 @@ from clarivis.device import resolve_device
 from clarivis.errors import ClarivisError, DataError, ImageDecodeError
 from clarivis.metrics import EvaluationResult, compute_metrics, ood_score
 from clarivis.models.bundle import load_bundle
-from clarivis.prediction import UNKNOWN_LABEL, Prediction
+from clarivis.prediction import LABEL_SEP, UNKNOWN_LABEL, Prediction, multilabel_prediction
 from clarivis.spec import BundleConfig
+
+if TYPE_CHECKING:
+    from clarivis.multilabel_metrics import MultilabelEvaluation
 
 CHUNK = 128  # images per forward pass over already-decoded pixels (bounded activation memory)
 
@@ -85,8 +88,17 @@ class Classifier:
         return self.model(batch).float().cpu()
 
     def predict_proba(self, batch: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) preprocessed batch -> (N, C) calibrated probabilities."""
-        return torch.softmax(self.logits(batch) / self.config.temperature, dim=1)
+        """(N, 3, S, S) preprocessed batch -> (N, C) calibrated probabilities (multi-label
+        models: each class's own sigmoid, so a row need not sum to 1)."""
+        return self.probabilities(self.logits(batch))
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, C) raw logits -> calibrated probabilities: softmax(logits / T), or, multi-label,
+        sigmoid(logit_c / T_c) a class."""
+        if self.config.multilabel:
+            temperatures = torch.as_tensor(self.config.label_temperatures(), dtype=torch.float32)
+            return torch.sigmoid(logits.float() / temperatures)
+        return torch.softmax(logits / self.config.temperature, dim=1)
 
     @torch.no_grad()
     def embed_batch(self, batch: torch.Tensor) -> torch.Tensor:
@@ -181,6 +193,11 @@ class Classifier:
 
     def _predictions(self, batch: ImageBatch, k: int) -> Iterator[Prediction]:
         logits = self.logits(self.normalize(batch.pixels.to(self.device)))
+        if self.config.multilabel:
+            thresholds = self.config.label_thresholds()
+            for source, probs in zip(batch.sources, self.probabilities(logits).tolist(), strict=True):
+                yield multilabel_prediction(source, probs, self.class_names, thresholds, k)
+            return
         values, indices = torch.softmax(logits / self.config.temperature, dim=1).topk(k, dim=1)
         ood = self.config.ood
         scores = ood_score(logits, self.config.temperature, ood["score"]).tolist() if ood else None
@@ -192,12 +209,18 @@ class Classifier:
             yield Prediction(source=source, label=UNKNOWN_LABEL if rejected else top[0][0],
                              confidence=top[0][1], top_k=top, ood_score=score)
 
-    def evaluate(self, data: str | Path, *, batch_size: int = 64) -> EvaluationResult:
-        """Metrics on a labeled dataset (its test split when it has one, else all images)."""
+    def evaluate(self, data: str | Path, *, batch_size: int = 64, label_sep: str = LABEL_SEP
+                 ) -> EvaluationResult | MultilabelEvaluation:
+        """Metrics on a labeled dataset (its test split when it has one, else all images). A
+        multi-label model reads the manifest's `label` or `labels` cells as sets."""
         check_batch_size(batch_size)
-        index = index_dataset(data)
+        index = index_dataset(data, task="multilabel" if self.config.multilabel else "auto",
+                              label_sep=label_sep)
+        if index.task == "multilabel" and not self.config.multilabel:
+            raise DataError(f"{data} is multi-label (a 'labels' column) but the model is "
+                            "single-label; evaluate a model trained on multi-label data")
         samples = evaluation_samples(index)
-        unknown = sorted({s.label for s in samples} - set(self.class_names))
+        unknown = sorted({n for s in samples for n in s.label_set} - set(self.class_names))
         if unknown:
             raise DataError(
                 f"{data} has classes the model does not know ({', '.join(unknown[:5])}); "
@@ -205,7 +228,8 @@ class Classifier:
             )
         return self.evaluate_samples(samples, batch_size=batch_size)
 
-    def evaluate_samples(self, samples: list[Sample], *, batch_size: int = 64) -> EvaluationResult:
+    def evaluate_samples(self, samples: list[Sample], *, batch_size: int = 64
+                         ) -> EvaluationResult | MultilabelEvaluation:
         """Metrics on labeled samples whose labels are among the model's classes."""
         scan = scan_images(samples)
         if not scan.samples:
@@ -213,12 +237,20 @@ class Classifier:
         class_to_idx = {name: i for i, name in enumerate(self.class_names)}
         dataset = ImageDataset(scan.samples, class_to_idx, self.resize, scan.images,
                                img_size=self.config.preprocess.img_size)
+        if self.config.multilabel:  # multi-hot rows even for single-label samples
+            dataset.targets = label_targets(scan.samples, class_to_idx, multi_hot=True)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
         probs, targets = [], []
         for pixels, target in loader:  # uint8 (N, 3, S, S), normalised per batch as in predict
             probs.append(self.predict_proba(self.normalize(pixels.to(self.device))))
             targets.append(target)
-        result = compute_metrics(torch.cat(probs), torch.cat(targets), self.class_names)
+        if self.config.multilabel:
+            from clarivis.multilabel_metrics import compute_multilabel_metrics
+
+            result = compute_multilabel_metrics(torch.cat(probs), torch.cat(targets), self.class_names,
+                                                self.config.label_thresholds())
+        else:
+            result = compute_metrics(torch.cat(probs), torch.cat(targets), self.class_names)
         result.skipped = [{"path": p, "reason": r} for p, r in scan.skipped]
         return result
 

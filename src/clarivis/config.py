@@ -47,6 +47,16 @@ class TrainConfig(BaseModel):
     text_templates: list[str] | None = None  # prompts with '{}' for the label; None: the default 7
 
     # Data.
+    # auto: multi-label when the CSV manifest has a `labels` column; multilabel also reads a
+    # `label` column as sets. Multi-label trains sigmoid outputs and fits a threshold a class.
+    task: Literal["auto", "multiclass", "multilabel"] = "auto"
+    label_sep: str = Field(";", min_length=1)  # joins the names in a multi-label cell
+    # Multi-label loss: bce (binary cross-entropy), or asl (asymmetric loss, Ridnik et al. 2021:
+    # down-weights the many easy negatives; see benchmarks/multilabel_mosaics.py for when it pays).
+    multilabel_loss: Literal["bce", "asl"] = "bce"
+    # Multi-label thresholds: None fits each class's threshold for the best F1 on val; a value
+    # (e.g. 0.9) takes the lowest threshold whose val precision reaches it (fewer false alarms).
+    threshold_precision: float | None = Field(None, gt=0.0, le=1.0)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # 10% is enough to rank epochs, costs little
     # A manifest column (e.g. patient_id) whose groups stay whole in one split, so validation
     # never sees a patient that training saw; None: images are split one by one.

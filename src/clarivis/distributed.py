@@ -95,6 +95,16 @@ def sum_across(world: World, values: list[float], device: torch.device | None = 
     return t.tolist()
 
 
+def gather_rows(world: World, rows: torch.Tensor) -> torch.Tensor:
+    """Every rank's (n_r, ...) CPU tensor concatenated in rank order, on every rank (multi-label
+    validation: average precision needs all scores at once, not sums)."""
+    if not world.distributed:
+        return rows
+    parts: list = [None] * world.size
+    dist.all_gather_object(parts, rows.cpu())
+    return torch.cat(parts)
+
+
 def from_main(world: World, value):
     """Rank 0's `value` on every rank (a run folder name, a stop decision)."""
     if not world.distributed:

@@ -33,8 +33,13 @@ def train(
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone writes files
         return result
     console = console or Console(stderr=True, soft_wrap=True)
-    checked = validate_run(result.run_dir, result.bundle_dir, resolved.device)
-    if checked is not None:
+    checked = validate_run(result.run_dir, result.bundle_dir, resolved.device,
+                           threshold_precision=resolved.threshold_precision)
+    if checked is not None and getattr(checked.evaluation, "task", "") == "multilabel":
+        console.print(f"best model (epoch {result.best_epoch}): val {checked.evaluation.headline} "
+                      f"at the fitted thresholds; "
+                      f"{calibration_summary(checked.evaluation, checked.scored.clf.config.calibration)}")
+    elif checked is not None:
         ev = checked.evaluation
         console.print(
             f"best model (epoch {result.best_epoch}): val accuracy {ev.accuracy:.3f}, "

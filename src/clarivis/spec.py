@@ -28,6 +28,9 @@ BUNDLE_DIR_NAME = "model"  # a run folder holds its bundle here (runs/NAME/model
 CLIP_PREFIX = "open_clip:"
 
 RESIZE_MODES = ("pad", "crop", "squash")
+# multiclass: one label an image, softmax outputs. multilabel: any set of labels (none too),
+# one sigmoid output a class, each with its own decision threshold and temperature.
+TASKS = ("multiclass", "multilabel")
 INTERPOLATION_NAMES = ("bilinear", "bicubic", "nearest")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -93,6 +96,12 @@ class BundleConfig:
     resize_mode: str = "pad"  # pad | crop | squash, see Preprocess
     crop_pct: float = 1.0  # crop mode: centre share of the resized shorter side (timm's crop_pct)
     temperature: float = 1.0  # softmax temperature; 1.0 until calibration fits it
+    task: str = "multiclass"  # see TASKS
+    # multilabel only, one value a class (output order), fitted on val at the end of training:
+    # label i is predicted when sigmoid(logit_i / temperatures[i]) >= thresholds[i].
+    # None: 1.0 and 0.5 (not fitted).
+    thresholds: list[float] | None = None
+    temperatures: list[float] | None = None
     calibration: dict[str, Any] = field(default_factory=dict)  # how T was fitted: ECE before/after
     # Open-set rejection fitted on val: {score, threshold, accept_rate}; None: never rejects.
     ood: dict[str, Any] | None = None
@@ -115,6 +124,28 @@ class BundleConfig:
         self.crop_pct, self.temperature = float(self.crop_pct), float(self.temperature)
         if len(self.input_size) != 3 or len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError("input_size, mean and std need 3 values each")
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; one of {', '.join(TASKS)}")
+        for name in ("thresholds", "temperatures"):
+            values = getattr(self, name)
+            if values is not None:
+                if len(values) != self.num_classes:
+                    raise ValueError(f"{name} needs one value a class ({self.num_classes})")
+                setattr(self, name, [float(v) for v in values])
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
+
+    def label_thresholds(self) -> list[float]:
+        """multilabel: each class's decision threshold on its calibrated probability."""
+        return list(self.thresholds) if self.thresholds is not None else [0.5] * self.num_classes
+
+    def label_temperatures(self) -> list[float]:
+        """multilabel: each class's sigmoid temperature (logit_i / T_i)."""
+        if self.temperatures is not None:
+            return list(self.temperatures)
+        return [self.temperature] * self.num_classes
 
     @property
     def preprocess(self) -> Preprocess:

@@ -53,6 +53,14 @@ def train(  # one parameter a flag: Typer reads the option list from this signat
              f"[{default('layer_decay')} = off]")] = None,
     warmup_epochs: Annotated[Optional[float], Opt(help="lr warm-up epochs [by run length]")] = None,
     weight_decay: Annotated[Optional[float], Opt(help=f"[{default('weight_decay')}]")] = None,
+    task: Annotated[Optional[str], Opt(
+        help="auto | multiclass | multilabel [auto: multilabel when the CSV has a labels column]")] = None,
+    label_sep: Annotated[Optional[str], Opt(
+        help=f"separator of a multi-label cell [{default('label_sep')}]")] = None,
+    multilabel_loss: Annotated[Optional[str], Opt(
+        help=f"multi-label loss: bce | asl [{default('multilabel_loss')}]")] = None,
+    threshold_precision: Annotated[Optional[float], Opt(
+        help="multi-label: fit each class's threshold to reach this val precision [best F1]")] = None,
     val_fraction: Annotated[Optional[float], Opt(
         help=f"held out for validation [{default('val_fraction')}]")] = None,
     group_by: Annotated[Optional[str], Opt(
@@ -90,9 +98,8 @@ def train(  # one parameter a flag: Typer reads the option list from this signat
         raise typer.Exit(relaunch_with_torchrun(nproc, sys.argv[1:]))
     settings = given_settings(TrainConfig, ctx.params)  # data and out are TrainConfig fields too
     result = clarivis.train(**settings, resume=resume, config=config, console=stderr)
-    acc = result.best_val_accuracy
-    stderr.print(
-        f"[bold green]done[/]: {result.epochs_run} epochs"
-        + (f", best val accuracy {acc:.3f} (epoch {result.best_epoch})" if acc is not None else "")
-    )
+    acc, val_map = result.best_val_accuracy, getattr(result, "best_val_map", None)
+    best = (f", best val mAP {val_map:.3f} (epoch {result.best_epoch})" if val_map is not None else
+            f", best val accuracy {acc:.3f} (epoch {result.best_epoch})" if acc is not None else "")
+    stderr.print(f"[bold green]done[/]: {result.epochs_run} epochs{best}")
     stdout.print(f"model:  {result.bundle_dir}\nrun:    {result.run_dir}")

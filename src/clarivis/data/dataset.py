@@ -17,8 +17,27 @@ def pil_to_uint8(img) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
+def label_targets(samples: list[Sample], class_to_idx: dict[str, int], *,
+                  multi_hot: bool | None = None) -> list:
+    """Class indices (int) of single-label samples; multi-hot rows (C floats) of multi-label
+    ones (or of any samples, with multi_hot=True), labels outside `class_to_idx` left out."""
+    if multi_hot is None:
+        multi_hot = bool(samples) and samples[0].labels is not None
+    if not multi_hot:
+        return [class_to_idx[s.label] for s in samples]
+    rows = []
+    for s in samples:
+        row = [0.0] * len(class_to_idx)
+        for name in s.label_set:
+            if name in class_to_idx:
+                row[class_to_idx[name]] = 1.0
+        rows.append(row)
+    return rows
+
+
 class ImageDataset(Dataset):
-    """Yields (normalised image tensor, class index)."""
+    """Yields (normalised image tensor, class index), or (image, multi-hot float (C,) tensor)
+    for multi-label samples."""
 
     def __init__(
         self,
@@ -30,7 +49,7 @@ class ImageDataset(Dataset):
     ):
         self.samples = samples
         self.img_size = img_size  # model input side: JPEGs decode reduced towards it
-        self.targets = [class_to_idx[s.label] for s in samples]
+        self.targets = label_targets(samples, class_to_idx)
         self.transform = transform
         self.images = images  # decoded uint8 tensors, aligned with samples, or None
 
@@ -45,7 +64,8 @@ class ImageDataset(Dataset):
             torch.manual_seed(seed)
         preloaded = self.images[i] if self.images is not None else None
         pixels = model_pixels(self.samples[i].path, self.img_size, preloaded)
-        return self.transform(pixels), self.targets[i]
+        target = self.targets[i]
+        return self.transform(pixels), torch.tensor(target) if isinstance(target, list) else target
 
 
 def model_pixels(path: str, img_size: int | None, preloaded: torch.Tensor | None = None) -> torch.Tensor:
@@ -58,7 +78,8 @@ def model_pixels(path: str, img_size: int | None, preloaded: torch.Tensor | None
 
 
 def class_counts(samples: list[Sample], class_names: list[str]) -> dict[str, int]:
-    counts = Counter(s.label for s in samples)
+    """Images of each class (multi-label: images holding each label)."""
+    counts = Counter(name for s in samples for name in s.label_set)
     return {name: counts.get(name, 0) for name in class_names}
 
 

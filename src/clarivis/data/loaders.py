@@ -52,10 +52,13 @@ def make_batches(order: list[int], batch_size: int, *, drop_last: bool) -> list[
 
 
 class TensorBatches:
-    def __init__(self, pixels: torch.Tensor, targets: list[int],
+    def __init__(self, pixels: torch.Tensor, targets: list,
                  transform: BatchAugment | Normalize, device: torch.device):
+        """targets: class indices, or multi-hot rows (lists of C floats) for multi-label."""
         self.pixels, self.transform, self.device = pixels, transform, device
-        self.targets = torch.as_tensor(targets, dtype=torch.long, device=pixels.device)
+        multi_hot = bool(targets) and isinstance(targets[0], list)
+        self.targets = torch.as_tensor(targets, dtype=torch.float32 if multi_hot else torch.long,
+                                       device=pixels.device)
         self.batches: list[list[int]] = []
 
     def set_epoch(self, batches: list[list[int]], epoch: int) -> TensorBatches:

@@ -34,6 +34,47 @@ def stratified_split(
     return train, val
 
 
+def multilabel_split(
+    samples: list[Sample], val_fraction: float, seed: int, column: str | None = None
+) -> tuple[list[Sample], list[Sample]]:
+    """Multi-label data: a seeded random `val_fraction` of the images (whole groups of `column`
+    at a time when given). Label sets rarely repeat (4 of 10 classes: 385 sets), so stratifying
+    by set would hold nothing out; instead an image goes back to training while it holds a
+    label that training would otherwise lack, so every label is learnable."""
+    if val_fraction <= 0:
+        return list(samples), []
+    ordered = sorted(samples, key=lambda s: s.path)
+    keys = [s.groups[column] if column else s.path for s in ordered]
+    units = sorted(set(keys))
+    if column and len(units) < 2:
+        raise DataError(f"--group-by {column}: all {len(ordered)} training images are in one "
+                        "group; a validation split needs at least 2 groups")
+    random.Random(seed).shuffle(units)
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, key in enumerate(keys):
+        members[key].append(i)
+    target = max(1, round(len(ordered) * val_fraction))
+    held: set[int] = set()
+    for unit in units[:-1]:  # the last unit always trains
+        if len(held) >= target:
+            break
+        held.update(members[unit])
+    train_counts = defaultdict(int)
+    for i, s in enumerate(ordered):
+        if i not in held:
+            for name in s.label_set:
+                train_counts[name] += 1
+    for unit in units:  # give back held units carrying a label training has none of
+        idx = members[unit]
+        if idx[0] in held and any(train_counts[n] == 0 for i in idx for n in ordered[i].label_set):
+            held.difference_update(idx)
+            for i in idx:
+                for name in ordered[i].label_set:
+                    train_counts[name] += 1
+    return ([s for i, s in enumerate(ordered) if i not in held],
+            [s for i, s in enumerate(ordered) if i in held])
+
+
 def check_group_column(index: DatasetIndex, column: str) -> None:
     """`column` must be a manifest column filled on every row: one-line errors otherwise.
     Group values (e.g. patient ids) may be personal data: messages give counts, never values."""
@@ -96,7 +137,9 @@ def resolve_splits(
         )
     splits = dict(index.splits)
     if "val" not in splits:
-        if group_by is not None:
+        if index.task == "multilabel":
+            splits["train"], splits["val"] = multilabel_split(splits["train"], val_fraction, seed, group_by)
+        elif group_by is not None:
             splits["train"], splits["val"] = group_split(splits["train"], val_fraction, seed, group_by)
         else:
             splits["train"], splits["val"] = stratified_split(splits["train"], val_fraction, seed)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from clarivis.classifier import Classifier
-from clarivis.data.dataset import model_pixels
+from clarivis.data.dataset import label_targets, model_pixels
 from clarivis.data.scan import scan_images
 from clarivis.data.sources import Sample
 from clarivis.errors import DataError
@@ -20,13 +20,17 @@ UNKNOWN_TARGET = -1  # target of an image whose class the model was not trained 
 @dataclass
 class LabeledPixels:
     pixels: torch.Tensor  # uint8 (N, 3, S, S): resized to the model input, not normalised
-    targets: torch.Tensor  # int64 (N,): class index, UNKNOWN_TARGET for classes the model lacks
+    # int64 (N,): class index, UNKNOWN_TARGET for classes the model lacks; multi-label models:
+    # float (N, C) multi-hot (labels the model lacks left out)
+    targets: torch.Tensor
     samples: list[Sample]  # aligned with pixels (path, label, group attributes)
     skipped: list[dict] = field(default_factory=list)  # {path, reason} of unreadable files
 
     @property
     def known(self) -> torch.Tensor:
-        """bool (N,): the image's class is one of the model's classes."""
+        """bool (N,): the image's class is one of the model's classes (multi-label: every image)."""
+        if self.targets.ndim == 2:
+            return torch.ones(len(self.targets), dtype=torch.bool)
         return self.targets != UNKNOWN_TARGET
 
     def subset(self, index: torch.Tensor | list[int]) -> LabeledPixels:
@@ -45,7 +49,12 @@ def load_labeled_pixels(clf: Classifier, samples: list[Sample]) -> LabeledPixels
     pixels = torch.stack([clf.resize(model_pixels(s.path, img_size, im))
                           for s, im in zip(scan.samples, images, strict=True)])
     class_to_idx = {name: i for i, name in enumerate(clf.class_names)}
-    targets = torch.tensor([class_to_idx.get(s.label, UNKNOWN_TARGET) for s in scan.samples])
+    if clf.config.multilabel:
+        rows = label_targets(list(scan.samples), class_to_idx, multi_hot=True)
+        targets = torch.tensor(rows, dtype=torch.float32)
+        targets = targets.reshape(len(scan.samples), len(class_to_idx))
+    else:
+        targets = torch.tensor([class_to_idx.get(s.label, UNKNOWN_TARGET) for s in scan.samples])
     return LabeledPixels(pixels, targets, list(scan.samples),
                          [{"path": p, "reason": r} for p, r in scan.skipped])
 

@@ -46,6 +46,15 @@ def save_evaluation(result: EvaluationResult, json_path: str | Path) -> tuple[Pa
     return json_path, png
 
 
+def save_multilabel_evaluation(result, json_path: str | Path) -> Path:
+    """A multi-label evaluation (multilabel_metrics.MultilabelEvaluation) as JSON; it has no
+    confusion matrix: its per-class table holds AP, F1, precision, recall and threshold."""
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result.to_dict(), indent=2))
+    return json_path
+
+
 def save_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path) -> Path:
     Path(path).write_bytes(png_bytes(confusion_figure(matrix, class_names)))
     return path

@@ -52,7 +52,7 @@ def top_losses(bundle_dir: str | Path, split: dict | None, *, count: int = 8,
 
 def _score_validation(bundle_dir: str | Path, split: dict, device: str | None) -> ScoredValidation | None:
     clf = Classifier.load(bundle_dir, device=device)
-    samples = [Sample(v["path"], v["label"]) for v in split["val"] if Path(v["path"]).is_file()]
+    samples = [Sample.from_record(v) for v in split["val"] if Path(v["path"]).is_file()]
     samples = [s for s in samples if s.label in clf.class_names]
     return score_samples(clf, samples) if samples else None
 

@@ -61,6 +61,9 @@ def _run(config: TrainConfig, resume: str | Path | None, *, device: torch.device
             f"{place.run_dir} was trained on other data than {config.data}; "
             "resume with the same data or start a new run"
         )
+    if config.linear_probe and data.multilabel:
+        raise ClarivisError("--linear-probe fits a single-label head; train multi-label data "
+                            "without it (add --freeze-epochs to warm up the head first)")
     config = prepare.resolve_defaults(config, data, place.device, world.size)
     balanced = prepare.balanced_sampling(config, data)
     if world.is_main:

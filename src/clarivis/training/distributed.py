@@ -13,10 +13,11 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from clarivis.distributed import (  # noqa: F401  (barrier, from_main, sum_across: for the loop)
+from clarivis.distributed import (  # noqa: F401  (barrier, from_main, gather_rows, sum_across: for the loop)
     World,
     barrier,
     from_main,
+    gather_rows,
     join,
     leave,
     sum_across,

@@ -150,6 +150,15 @@ class Step:
     mixup: Mixup | None
     world: ddp.World
     device: torch.device
+    multilabel: bool = False  # targets are multi-hot (N, C); accuracy is per label
+
+
+def correct_count(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """Images right (single-label: top-1), or, multi-label, the share of each image's C yes/no
+    decisions at logit 0 (probability 0.5) that are right, summed: 1 - Hamming loss per image."""
+    if multilabel:
+        return ((logits > 0) == (targets > 0.5)).float().mean(1).sum()
+    return (logits.argmax(1) == targets).sum().float()
 
 
 def train_one_epoch(model: nn.Module, batches, step: Step, state, console: Console, *, epoch: int,
@@ -158,7 +167,7 @@ def train_one_epoch(model: nn.Module, batches, step: Step, state, console: Conso
     model.train()
     # Running sums stay on the device: no GPU->CPU sync per step (only for the progress bar).
     total_loss = torch.zeros((), device=step.device)
-    correct = torch.zeros((), device=step.device, dtype=torch.long)
+    correct = torch.zeros((), device=step.device)
     seen = 0
     start = time.perf_counter()
     with EpochProgress(console, epoch, epochs, len(batches)) as progress:
@@ -170,7 +179,7 @@ def train_one_epoch(model: nn.Module, batches, step: Step, state, console: Conso
                 step.ema.update(unwrap(model), step=state.global_step)
             n = images.shape[0]
             total_loss += loss.detach().float() * n
-            correct += (logits.argmax(1) == targets).sum()
+            correct += correct_count(logits.detach().float(), targets, step.multilabel)
             seen += n
             if progress.wants_update():
                 check_finite(total_loss, epoch)
@@ -213,15 +222,30 @@ def optimizer_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor
 
 
 @torch.no_grad()
-def validate(model, batches, device, amp_dtype, world) -> dict:
-    """Loss and accuracy over the whole validation split (each rank its shard, then summed)."""
+def validate(model, batches, device, amp_dtype, world, *, multilabel: bool = False) -> dict:
+    """Loss and accuracy over the whole validation split (each rank its shard, then summed).
+    Multi-label: the mean BCE per label, the per-label accuracy and val_map, the macro mean
+    average precision (the threshold-free score epochs are ranked by)."""
     model.eval()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen = 0.0, 0.0, 0
+    scores, truths = [], []
     for images, targets in batches:
         with autocast(device, amp_dtype):
-            logits = model(images)
-        total_loss += F.cross_entropy(logits.float(), targets, reduction="sum").item()
-        correct += int((logits.argmax(1) == targets).sum())
+            logits = model(images).float()
+        if multilabel:
+            per_image = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(1)
+            total_loss += per_image.sum().item()
+            scores.append(torch.sigmoid(logits).cpu())
+            truths.append(targets.cpu())
+        else:
+            total_loss += F.cross_entropy(logits, targets, reduction="sum").item()
+        correct += float(correct_count(logits, targets, multilabel))
         seen += len(targets)
     total_loss, correct, seen = ddp.sum_across(world, [total_loss, correct, seen], device)
-    return {"val_loss": total_loss / max(seen, 1), "val_accuracy": correct / max(seen, 1)}
+    stats = {"val_loss": total_loss / max(seen, 1), "val_accuracy": correct / max(seen, 1)}
+    if multilabel and scores:
+        from clarivis.multilabel_metrics import mean_ap
+
+        stats["val_map"] = mean_ap(ddp.gather_rows(world, torch.cat(scores)),
+                                   ddp.gather_rows(world, torch.cat(truths)))
+    return stats

@@ -53,11 +53,12 @@ class TrainState:
         keys = ("epoch", "global_step", "best", "bad_epochs", "history")
         return cls(**{k: ckpt[k] for k in keys}, train_seconds=ckpt.get("train_seconds", 0.0))
 
-    def record_epoch(self, record: dict, val_stats: dict, val_images: int) -> bool:
+    def record_epoch(self, record: dict, val_stats: dict, val_images: int, multilabel: bool = False) -> bool:
         """Add the epoch's record; True when its model is the new best (to be saved)."""
         self.history.append(record)
         self.epoch = record["epoch"]
-        improved = is_improvement(val_stats, self.best, val_images)
+        improved = is_improvement(val_stats, self.best, val_images,
+                                  key="val_map" if multilabel else "val_accuracy")
         if improved or not val_stats:
             self.best = {"epoch": self.epoch, **val_stats}
             self.bad_epochs = 0
@@ -116,6 +117,7 @@ def fit(config: TrainConfig, data: PreparedData, place: RunPlace, *, start_state
     return TrainResult(
         run_dir=place.run_dir, bundle_dir=place.run_dir / runs.BUNDLE_DIR,
         best_epoch=best.get("epoch", state.epoch), best_val_accuracy=best.get("val_accuracy"),
+        best_val_map=best.get("val_map"),
         epochs_run=state.epoch, stopped_early=stopped_early, images_per_second=ips,
         history=state.history,
     )
@@ -146,18 +148,41 @@ def _build(config: TrainConfig, data: PreparedData, place: RunPlace, *, fresh: b
                                         warmup_steps=int(config.warmup_epochs * steps_per_epoch))
     step = engine.Step(
         optimizer=optimizer, scheduler=scheduler, budget=None, grad_clip=config.grad_clip,
-        loss_fn=SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(
-            label_smoothing=config.label_smoothing),
+        loss_fn=_loss(config, data, targets, device, mixup=mixup is not None),
         amp_dtype=amp_dtype, scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
         ema=ModelEmaV3(model, decay=config.ema_decay) if config.ema else None, mixup=mixup,
-        world=world, device=device,
+        world=world, device=device, multilabel=data.multilabel,
     )
     bundle_config = BundleConfig.for_model(
         architecture=config.model, class_names=data.class_names, preprocess=preprocess,
+        task="multilabel" if data.multilabel else "multiclass",
         model_kwargs={**config.model_kwargs,
                       **({"img_size": config.img_size} if cfg.get("fixed_input_size") else {})},
     )
     return Trainable(model, step, train_batches, val_batches, order, steps_per_epoch, bundle_config)
+
+
+# Multi-label BCE: a label seen in fraction f of the images has its positives weighted
+# sqrt((1 - f) / f), at most MAX_POS_WEIGHT: rare labels still pull on the features (the full
+# ratio over-predicts them: the thresholds fitted afterwards then have to undo it).
+MAX_POS_WEIGHT = 10.0
+
+
+def _loss(config: TrainConfig, data: PreparedData, targets: list, device, *, mixup: bool) -> nn.Module:
+    """Cross-entropy (soft targets under Mixup/CutMix) for single-label data; BCE on logits or
+    the asymmetric loss (timm's AsymmetricLossMultiLabel, the paper's defaults) for multi-label."""
+    if not data.multilabel:
+        return SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(
+            label_smoothing=config.label_smoothing)
+    if config.multilabel_loss == "asl":
+        from timm.loss import AsymmetricLossMultiLabel
+
+        return AsymmetricLossMultiLabel(gamma_neg=4, gamma_pos=1, clip=0.05)
+    pos_weight = None
+    if config.balance != "none" and targets:
+        share = torch.tensor(targets).mean(0).clamp(min=1.0 / len(targets))  # (C,) positives
+        pos_weight = ((1 - share) / share).sqrt().clamp(1.0, MAX_POS_WEIGHT).to(device)
+    return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
 
 
 def _create_model(config: TrainConfig, class_names: list[str], fresh: bool) -> nn.Module:
@@ -192,12 +217,12 @@ def _run_epochs(config: TrainConfig, data: PreparedData, place: RunPlace, job: T
         ips = train_stats["images_per_second"]
         eval_model = step.ema.module if step.ema is not None else job.model
         t_val = time.perf_counter()
-        val_stats = (engine.validate(eval_model, job.val_batches, place.device, step.amp_dtype, world)
-                     if data.val else {})
+        val_stats = (engine.validate(eval_model, job.val_batches, place.device, step.amp_dtype, world,
+                                     multilabel=data.multilabel) if data.val else {})
         step.budget.reserve_for_validation(time.perf_counter() - t_val)
         record = {"epoch": epoch, **train_stats, **val_stats,
                   "lr": step.optimizer.param_groups[0]["lr"], "frozen_backbone": frozen}
-        improved = state.record_epoch(record, val_stats, len(data.val))
+        improved = state.record_epoch(record, val_stats, len(data.val), data.multilabel)
         # Rank 0's clock decides a time limit, so every rank stops after the same epoch.
         state.train_seconds = step.budget.elapsed()
         stopped_early = ddp.from_main(world, should_stop(config, state, step.budget))
@@ -222,19 +247,21 @@ def _save_epoch(config: TrainConfig, data: PreparedData, place: RunPlace, job: T
     save_checkpoint(place.run_dir / runs.CHECKPOINT, _checkpoint(state, job, data, last))
 
 
-def is_improvement(val: dict, best: dict | None, val_images: int = SMALL_VAL_IMAGES) -> bool:
-    """Higher val accuracy wins; equal accuracy with lower val loss wins too. On a small val split
+def is_improvement(val: dict, best: dict | None, val_images: int = SMALL_VAL_IMAGES, *,
+                   key: str = "val_accuracy") -> bool:
+    """Higher val accuracy (`key`: val_map for multi-label) wins; equal accuracy with lower val
+    loss wins too. On a small val split
     the val loss alone decides: on 24 images one image moves accuracy by 4 points, so the best
     accuracy is often an early epoch's luck (seen on hymenoptera: epoch 2 of 5 kept at 0.958 val,
     0.863 test), while the loss weighs every image's confidence."""
     if not val:
         return False
-    if best is None or "val_accuracy" not in best:
+    if best is None or key not in best:
         return True
     if val_images < SMALL_VAL_IMAGES:
         return val["val_loss"] < best["val_loss"]
-    if val["val_accuracy"] != best["val_accuracy"]:
-        return val["val_accuracy"] > best["val_accuracy"]
+    if val[key] != best[key]:
+        return val[key] > best[key]
     return val["val_loss"] < best["val_loss"]
 
 
@@ -249,6 +276,7 @@ def _training_summary(config: TrainConfig, data: PreparedData, state: TrainState
     return {
         "dataset_fingerprint": data.fingerprint, "data": str(config.data), "epoch": state.epoch,
         "epochs": config.epochs, "best_val_accuracy": best.get("val_accuracy"),
+        **({"best_val_map": best["val_map"]} if "val_map" in best else {}),
         "best_val_loss": best.get("val_loss"), "train_images": len(data.train),
         "val_images": len(data.val), "seed": config.seed, "processes": world.size,
         "trained_at": datetime.now().isoformat(timespec="seconds"),
@@ -258,6 +286,8 @@ def _training_summary(config: TrainConfig, data: PreparedData, state: TrainState
 def _print_epoch(console: Console, r: dict, improved: bool) -> None:
     val = (f" val_loss {r['val_loss']:.3f} val_acc {r['val_accuracy']:.3f}"
            if "val_accuracy" in r else "")
+    if "val_map" in r:
+        val += f" val_mAP {r['val_map']:.3f}"
     mark = " [green]*best[/]" if improved else ""
     console.print(
         f"epoch {r['epoch']:>3}  loss {r['train_loss']:.3f} acc {r['train_accuracy']:.3f}{val}  "

@@ -16,7 +16,7 @@ from rich.console import Console
 from clarivis import runs
 from clarivis.config import TrainConfig, validate_config, write_yaml
 from clarivis.data import cache
-from clarivis.data.dataset import class_counts, imbalance_ratio
+from clarivis.data.dataset import class_counts, imbalance_ratio, label_targets
 from clarivis.data.scan import scan_images, write_skipped
 from clarivis.data.sources import DatasetIndex, Sample, fingerprint, index_dataset
 from clarivis.data.splits import resolve_splits
@@ -42,6 +42,10 @@ class PreparedData:
     fingerprint: str
     from_record: bool = False  # decode check taken from an earlier run's record
 
+    @property
+    def multilabel(self) -> bool:
+        return self.index.task == "multilabel"
+
 
 def prepare_in_turn(config: TrainConfig, console: Console, world) -> PreparedData:
     """Rank 0 decodes first and records the result; the other ranks then read that record
@@ -56,7 +60,10 @@ def prepare_in_turn(config: TrainConfig, console: Console, world) -> PreparedDat
 
 def prepare_data(config: TrainConfig, console: Console) -> PreparedData:
     """Index, split, decode-check and (when small) preload the dataset."""
-    index = index_dataset(config.data)
+    index = index_dataset(config.data, task=config.task, label_sep=config.label_sep)
+    if index.task == "multilabel" and (config.mixup or config.cutmix):
+        raise DataError("--mixup and --cutmix mix one label per image; leave them at 0 for "
+                        "multi-label data")
     splits = resolve_splits(index, config.val_fraction, config.seed, config.group_by)
     t0 = time.perf_counter()
     with console.status("checking images (once; later runs reuse the result)..."):
@@ -68,8 +75,13 @@ def prepare_data(config: TrainConfig, console: Console) -> PreparedData:
             f"none of the {len(splits['train'])} training images in {config.data} could be read; "
             "check the files (all are corrupt or not images)"
         )
-    class_names = sorted({s.label for s in train_scan.samples})
-    if len(class_names) < 2:
+    class_names = sorted({name for s in train_scan.samples for name in s.label_set})
+    if index.task == "multilabel":
+        missing = sorted(set(index.class_names) - set(class_names))
+        if missing:  # a label only val or test has cannot be learnt; say so rather than drop it
+            raise DataError(f"label(s) {', '.join(missing[:5])} have no readable training image; "
+                            "add training images holding them or remove them from the manifest")
+    elif len(class_names) < 2:
         raise DataError(
             f"only class '{class_names[0]}' has readable training images; "
             "a classifier needs at least 2 classes"
@@ -90,7 +102,7 @@ def prepare_data(config: TrainConfig, console: Console) -> PreparedData:
 
 
 def _keep_known(samples, images, known: set[str]):
-    keep = [i for i, s in enumerate(samples) if s.label in known]
+    keep = [i for i, s in enumerate(samples) if s.labels is not None or s.label in known]
     kept_images = [images[i] for i in keep] if images is not None else None
     return [samples[i] for i in keep], kept_images
 
@@ -130,6 +142,8 @@ def resolve_defaults(config: TrainConfig, data: PreparedData, device, world_size
 
 
 def balanced_sampling(config: TrainConfig, data: PreparedData) -> bool:
+    if data.multilabel:  # an image holds several classes: the loss weighs rare labels instead
+        return False
     ratio = imbalance_ratio(class_counts(data.train, data.class_names))
     return config.balance == "sampler" or (config.balance == "auto" and ratio >= IMBALANCE_THRESHOLD)
 
@@ -143,7 +157,8 @@ def write_run_files(run_dir: Path, config: TrainConfig, data: PreparedData, bala
 
 
 def _write_split(run_dir: Path, data: PreparedData) -> None:
-    split = {name: [{"path": s.path, "label": s.label} for s in samples]
+    split = {name: [{"path": s.path, "label": s.label,
+                     **({"labels": list(s.labels)} if s.labels is not None else {})} for s in samples]
              for name, samples in (("train", data.train), ("val", data.val))}
     (run_dir / runs.SPLIT).write_text(json.dumps(split))
 
@@ -155,6 +170,7 @@ def _write_data_report(run_dir: Path, config: TrainConfig, data: PreparedData, b
     heights = [h for _, h in data.sizes]
     report = {
         "layout": data.index.layout,
+        "task": data.index.task,
         "classes": data.class_names,
         "train_counts": counts,
         "val_counts": class_counts(data.val, data.class_names),
@@ -167,15 +183,24 @@ def _write_data_report(run_dir: Path, config: TrainConfig, data: PreparedData, b
         "decoded_from_record": data.from_record,
         "fingerprint": data.fingerprint,
     }
+    if data.multilabel:
+        sizes = [len(s.labels) for s in data.train]
+        report["labels_per_image"] = {"mean": float(np.mean(sizes)), "max": max(sizes),
+                                      "none": sum(n == 0 for n in sizes)}
+    if config.group_by:  # how many groups each split holds (counts only: ids may be personal)
+        report["groups"] = {"column": config.group_by, **{
+            name: len({s.groups.get(config.group_by) for s in samples})
+            for name, samples in (("train", data.train), ("val", data.val))}}
     (run_dir / runs.DATA_REPORT).write_text(json.dumps(report, indent=2))
     return report
 
 
 def print_data_summary(console, config, data, report, device, world) -> None:
     where = f"{world.size} processes on {device.type}" if world.distributed else str(device)
+    kind = "labels, multi-label" if data.multilabel else "classes"
     console.print(
         f"[bold]{len(data.train)}[/] train / [bold]{len(data.val)}[/] val images, "
-        f"{len(data.class_names)} classes ({data.index.layout} layout); model "
+        f"{len(data.class_names)} {kind} ({data.index.layout} layout); model "
         f"[bold]{config.model}[/] at {config.img_size}px, batch {config.batch_size} on {where}"
     )
     if data.skipped:
@@ -184,6 +209,9 @@ def print_data_summary(console, config, data, report, device, world) -> None:
         )
     if report["imbalance_ratio"] >= IMBALANCE_THRESHOLD:
         action = "balanced by weighted sampling" if report["balanced_sampling"] else "not balanced"
+        if data.multilabel:
+            action = ("rare labels weighted in the loss" if config.balance != "none"
+                      and config.multilabel_loss == "bce" else "not weighted")
         console.print(
             f"[yellow]class imbalance {report['imbalance_ratio']:.1f}:1 (largest/smallest), {action}"
         )
@@ -199,6 +227,6 @@ def preprocess_for(config: TrainConfig, cfg: dict) -> Preprocess:
     )
 
 
-def class_targets(samples: list[Sample], class_names: list[str]) -> list[int]:
-    class_to_idx = {name: i for i, name in enumerate(class_names)}
-    return [class_to_idx[s.label] for s in samples]
+def class_targets(samples: list[Sample], class_names: list[str]) -> list:
+    """Class indices, or multi-hot rows for multi-label samples (see label_targets)."""
+    return label_targets(samples, {name: i for i, name in enumerate(class_names)})

@@ -16,3 +16,4 @@ class TrainResult:
     stopped_early: bool
     images_per_second: float  # training throughput, last epoch
     history: list[dict] = field(default_factory=list)
+    best_val_map: float | None = None  # multi-label runs: the best epoch's val mAP (macro)

@@ -1,0 +1,124 @@
+"""Multi-label calibration, fitted on the validation split at the end of training and stored in
+the bundle: a temperature per class (each sigmoid output is its own binary classifier, with its
+own over- or under-confidence), then a decision threshold per class on the calibrated
+probability, for the best F1, or for a target precision (fewer false alarms)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clarivis.evaluate.calibration import MIN_CALIBRATION_IMAGES
+from clarivis.models.bundle import update_bundle_config
+
+DEFAULT_THRESHOLD = 0.5  # a class that val cannot fit (no positive image) keeps this
+_LOG_T_RANGE = (math.log(0.05), math.log(20.0))  # as calibration.py: stops separable classes running away
+
+
+def fit_label_temperatures(logits: torch.Tensor, targets: torch.Tensor) -> list[float]:
+    """logits, targets: (N, C) -> the T_c minimising each class's BCE of sigmoid(logit / T_c).
+    A class with only positives or only negatives on val keeps T = 1 (nothing to balance)."""
+    logits, targets = logits.detach().float().cpu(), targets.float().cpu()
+    log_t = torch.zeros(logits.shape[1], requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        # Summed over classes: each T_c only moves its own column's loss.
+        scaled = logits / log_t.exp()
+        loss = F.binary_cross_entropy_with_logits(scaled, targets, reduction="none").mean(0).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    values = log_t.detach().clamp(*_LOG_T_RANGE).exp().tolist()
+    positives = targets.sum(0)
+    fittable = (positives > 0) & (positives < len(targets))
+    return [v if fittable[i] and math.isfinite(v) else 1.0 for i, v in enumerate(values)]
+
+
+def fit_thresholds(probs: torch.Tensor, targets: torch.Tensor,
+                   precision_target: float | None = None) -> tuple[list[float], list[dict]]:
+    """(N, C) calibrated probabilities and 0/1 targets -> (a threshold a class, how each was
+    chosen). F1 mode: the threshold of the best val F1, placed halfway to the next lower score
+    so that a test image a hair below the val optimum still counts. Precision mode: the lowest
+    threshold whose val precision reaches `precision_target` (the most recall at that precision);
+    a class that never reaches it gets its most precise threshold, and says so."""
+    from sklearn.metrics import precision_recall_curve
+
+    probs, targets = probs.float().cpu().numpy(), targets.cpu().numpy().round().astype(int)
+    thresholds, notes = [], []
+    for c in range(probs.shape[1]):
+        y, p = targets[:, c], probs[:, c]
+        if y.sum() == 0:
+            thresholds.append(DEFAULT_THRESHOLD)
+            notes.append({"rule": "default", "reason": "no positive validation image"})
+            continue
+        precision, recall, cuts = precision_recall_curve(y, p)
+        precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
+        if precision_target is None:
+            f1 = np.divide(2 * precision * recall, precision + recall,
+                           out=np.zeros_like(precision), where=(precision + recall) > 0)
+            best = int(np.argmax(f1))
+            note = {"rule": "f1", "val_f1": float(f1[best])}
+        else:
+            reached = np.flatnonzero(precision >= precision_target)
+            best = int(reached[0]) if len(reached) else int(np.argmax(precision))
+            note = {"rule": "precision", "target": precision_target, "reached": bool(len(reached))}
+        lower = p[p < cuts[best]]
+        cut = (cuts[best] + lower.max()) / 2 if len(lower) else cuts[best]
+        thresholds.append(float(cut))
+        notes.append({**note, "val_precision": float(precision[best]), "val_recall": float(recall[best])})
+    return thresholds, notes
+
+
+def calibrated_probs(logits: torch.Tensor, temperatures: list[float]) -> torch.Tensor:
+    """(N, C) raw logits -> (N, C) sigmoid(logit_c / T_c)."""
+    return torch.sigmoid(logits.float() / torch.as_tensor(temperatures, dtype=torch.float32))
+
+
+def calibrate_multilabel_bundle(bundle_dir, logits: torch.Tensor, targets: torch.Tensor, *,
+                                precision_target: float | None = None):
+    """Fit the temperatures and thresholds on validation logits (N, C) and 0/1 targets (N, C);
+    store them, and the baseline a monitor compares traffic with, in the bundle. Returns the
+    updated BundleConfig."""
+    c = logits.shape[1]
+    if len(targets) < MIN_CALIBRATION_IMAGES:
+        note = f"not fitted: {len(targets)} validation images, at least {MIN_CALIBRATION_IMAGES} needed"
+        return update_bundle_config(bundle_dir, temperatures=[1.0] * c, thresholds=[DEFAULT_THRESHOLD] * c,
+                                    calibration={"note": note}, ood=None,
+                                    baseline=multilabel_baseline(torch.sigmoid(logits), [0.5] * c))
+    temperatures = fit_label_temperatures(logits, targets)
+    probs = calibrated_probs(logits, temperatures)
+    thresholds, notes = fit_thresholds(probs, targets, precision_target)
+    targets_f = targets.float()
+    calibration = {
+        "fitted_on": "val", "num_images": len(targets),
+        "bce_before": float(F.binary_cross_entropy_with_logits(logits.float(), targets_f)),
+        "bce_after": float(F.binary_cross_entropy(probs.clamp(1e-7, 1 - 1e-7), targets_f)),
+        "threshold_rule": "precision" if precision_target is not None else "f1",
+        "per_class": notes,
+    }
+    return update_bundle_config(bundle_dir, temperatures=temperatures, thresholds=thresholds,
+                                calibration=calibration, ood=None,
+                                baseline=multilabel_baseline(probs, thresholds))
+
+
+def multilabel_baseline(probs: torch.Tensor, thresholds: list[float], bins: int = 10) -> dict:
+    """What predictions on val look like, for the monitor: each label's rate (share of images
+    predicted to hold it), those rates normalised to shares (`class_distribution`, as the
+    single-label baseline has), and a histogram of each image's highest probability."""
+    from clarivis.multilabel_metrics import decide
+
+    decided = decide(probs.float(), thresholds).float()
+    rates = decided.mean(0) if len(probs) else torch.zeros(probs.shape[1])
+    total = float(rates.sum())
+    shares = (rates / total).tolist() if total > 0 else [0.0] * probs.shape[1]
+    edges = torch.linspace(0, 1, bins + 1)
+    hist = torch.histc(probs.float().max(dim=1).values, bins=bins, min=0.0, max=1.0) if len(probs) \
+        else torch.zeros(bins)
+    return {"num_images": len(probs), "label_rates": rates.tolist(), "class_distribution": shares,
+            "confidence_histogram": {"edges": edges.tolist(), "counts": hist.int().tolist()}}
