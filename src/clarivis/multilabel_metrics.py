@@ -5,6 +5,7 @@ only (2 s on 2 cores), so single-label runs never pay for it (see metrics.py).""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -50,7 +51,9 @@ def average_precision(probs: torch.Tensor, targets: torch.Tensor) -> tuple[list[
 
     probs, targets = probs.float().cpu(), targets.cpu().round().int()
     num_classes = probs.shape[1]
-    per_class = multilabel_average_precision(probs, targets, num_labels=num_classes, average=None)
+    with warnings.catch_warnings():  # a class without positives has no AP: reported as None below
+        warnings.filterwarnings("ignore", message="No positive samples found")
+        per_class = multilabel_average_precision(probs, targets, num_labels=num_classes, average=None)
     has_positive = targets.sum(0) > 0
     aps = [float(ap) if has_positive[i] else None for i, ap in enumerate(per_class.tolist())]
     micro = float(multilabel_average_precision(probs, targets, num_labels=num_classes, average="micro"))
