@@ -132,7 +132,8 @@ class Classifier:
             return source, item
         try:
             if item is None:
-                pixels = model_pixels(source, self.config.preprocess.img_size)
+                pp = self.config.preprocess
+                pixels = model_pixels(source, pp.img_size, window=pp.window)
             else:
                 pixels = pil_to_uint8(to_rgb(item))
         except ImageDecodeError as err:
@@ -231,12 +232,13 @@ class Classifier:
     def evaluate_samples(self, samples: list[Sample], *, batch_size: int = 64
                          ) -> EvaluationResult | MultilabelEvaluation:
         """Metrics on labeled samples whose labels are among the model's classes."""
-        scan = scan_images(samples)
+        pp = self.config.preprocess
+        scan = scan_images(samples, window=pp.window)
         if not scan.samples:
             raise DataError(f"none of the {len(samples)} images could be read; check the files")
         class_to_idx = {name: i for i, name in enumerate(self.class_names)}
         dataset = ImageDataset(scan.samples, class_to_idx, self.resize, scan.images,
-                               img_size=self.config.preprocess.img_size)
+                               img_size=pp.img_size, window=pp.window)
         if self.config.multilabel:  # multi-hot rows even for single-label samples
             dataset.targets = label_targets(scan.samples, class_to_idx, multi_hot=True)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)

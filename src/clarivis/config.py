@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from clarivis.errors import ConfigError
-from clarivis.spec import CLIP_PREFIX
+from clarivis.spec import CLIP_PREFIX, check_window
 
 ResizeMode = Literal["pad", "crop", "squash"]
 AugmentPreset = Literal["none", "light", "randaugment", "trivialaugment"]
@@ -61,6 +61,10 @@ class TrainConfig(BaseModel):
     # A manifest column (e.g. patient_id) whose groups stay whole in one split, so validation
     # never sees a patient that training saw; None: images are split one by one.
     group_by: str | None = None
+    # DICOM files: decode with this VOI window (center, width) in modality units (e.g. 40,400 for
+    # CT soft tissue) instead of each file's own; stored in the bundle, so every reader of the
+    # model decodes alike. None: each file's window or VOI LUT (its min..max when it has none).
+    window: tuple[float, float] | None = None
     balance: Literal["auto", "sampler", "none"] = "auto"  # auto: weighted sampling above 1.5:1
     augment: AugmentPreset = "light"  # flip + crop; strong presets pay off on longer runs
     hflip: bool = True  # off for data where left/right matters (text, digits, some scans)
@@ -108,6 +112,11 @@ class TrainConfig(BaseModel):
     time_limit: float | None = Field(None, gt=0.0)
     # Write RUN/report.html at the end (about a second: plots and a Grad-CAM gallery of 8).
     report: bool = True
+
+    @field_validator("window")
+    @classmethod
+    def _check_window(cls, window: tuple[float, float] | None) -> tuple[float, float] | None:
+        return None if window is None else check_window(window)
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -160,6 +169,20 @@ def parse_kwargs(text: str | None) -> dict[str, int | float | bool | str]:
             raise ConfigError(f"--model-kwargs expects key=value pairs, got '{item}'")
         result[key.strip()] = yaml.safe_load(value.strip())
     return result
+
+
+def parse_window(text: str | None) -> tuple[float, float] | None:
+    """--window '40,400' (center,width) -> (40.0, 400.0); '' is not given."""
+    if not (text or "").strip():
+        return None
+    try:
+        center, width = (float(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--window expects CENTER,WIDTH (two numbers, e.g. 40,400), got '{text}'") from None
+    try:
+        return check_window((center, width))
+    except ValueError as err:
+        raise ConfigError(f"--window: {err}; e.g. --window 40,400") from None
 
 
 def build_config(yaml_path: str | Path | None = None, **overrides: Any) -> TrainConfig:

@@ -49,12 +49,17 @@ class Preprocess:
     # crop mode only: the share of the resized shorter side kept by the centre crop (timm's
     # crop_pct: 0.875 resizes to floor(S / 0.875) then crops S); 1.0 crops nothing more.
     crop_pct: float = 1.0
+    # DICOM only: the VOI window (center, width) in modality units (e.g. Hounsfield units) every
+    # DICOM file is decoded with; None: each file's own window or VOI LUT (data/dicom.py).
+    window: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"unknown resize mode {self.resize_mode!r}; one of {', '.join(RESIZE_MODES)}")
         if self.interpolation not in INTERPOLATION_NAMES:
             raise ValueError(f"unknown interpolation {self.interpolation!r}")
+        if self.window is not None:
+            object.__setattr__(self, "window", check_window(self.window))
 
     @property
     def crop_resize_size(self) -> int:
@@ -78,7 +83,19 @@ class Preprocess:
             std=tuple(float(s) for s in d.get("std", IMAGENET_STD)),
             interpolation=d.get("interpolation", "bilinear"),
             crop_pct=float(d.get("crop_pct", 1.0)),
+            window=d.get("window"),
         )
+
+
+def check_window(window: Any) -> tuple[float, float]:
+    """A DICOM window as (center, width) floats; ValueError unless 2 numbers with width >= 1
+    (the smallest a linear DICOM window may have, PS3.3 C.11.2.1.2.1)."""
+    values = tuple(float(v) for v in window)
+    if len(values) != 2 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"a window is 2 finite numbers, center and width (got {list(window)})")
+    if values[1] < 1:
+        raise ValueError(f"a window's width must be at least 1 (got {values[1]:g})")
+    return values
 
 
 @dataclass
@@ -95,6 +112,9 @@ class BundleConfig:
     interpolation: str = "bilinear"
     resize_mode: str = "pad"  # pad | crop | squash, see Preprocess
     crop_pct: float = 1.0  # crop mode: centre share of the resized shorter side (timm's crop_pct)
+    # DICOM: [center, width] applied to every DICOM file (see Preprocess.window); None: each
+    # file's own. Written only when set, so bundles without DICOM look as before.
+    window: list[float] | None = None
     temperature: float = 1.0  # softmax temperature; 1.0 until calibration fits it
     task: str = "multiclass"  # see TASKS
     # multilabel only, one value a class (output order), fitted on val at the end of training:
@@ -122,6 +142,8 @@ class BundleConfig:
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
         self.crop_pct, self.temperature = float(self.crop_pct), float(self.temperature)
+        if self.window is not None:
+            self.window = list(check_window(self.window))
         if len(self.input_size) != 3 or len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError("input_size, mean and std need 3 values each")
         if self.task not in TASKS:
@@ -150,7 +172,8 @@ class BundleConfig:
     @property
     def preprocess(self) -> Preprocess:
         return Preprocess(img_size=self.input_size[1], resize_mode=self.resize_mode, mean=self.mean,
-                          std=self.std, interpolation=self.interpolation, crop_pct=self.crop_pct)
+                          std=self.std, interpolation=self.interpolation, crop_pct=self.crop_pct,
+                          window=tuple(self.window) if self.window is not None else None)
 
     @classmethod
     def for_model(cls, *, architecture: str, class_names: list[str], preprocess: Preprocess,
@@ -159,7 +182,8 @@ class BundleConfig:
         return cls(architecture=architecture, class_names=list(class_names),
                    input_size=(3, preprocess.img_size, preprocess.img_size), mean=preprocess.mean,
                    std=preprocess.std, interpolation=preprocess.interpolation,
-                   resize_mode=preprocess.resize_mode, crop_pct=preprocess.crop_pct, **values)
+                   resize_mode=preprocess.resize_mode, crop_pct=preprocess.crop_pct,
+                   window=list(preprocess.window) if preprocess.window is not None else None, **values)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> BundleConfig:
@@ -171,6 +195,8 @@ class BundleConfig:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object written as config.json (unknown keys included, as read)."""
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        if values["window"] is None:
+            del values["window"]  # the file's own window: config.json as before DICOM windows
         values = json.loads(json.dumps(values))  # tuples -> lists, as JSON holds them
         return {**values, **self.extra}
 

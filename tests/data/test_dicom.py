@@ -17,49 +17,16 @@ import pytest
 
 pydicom = pytest.importorskip("pydicom")
 from pydicom.data import get_testdata_file  # noqa: E402
-from pydicom.dataset import FileDataset, FileMetaDataset  # noqa: E402
 from pydicom.pixels import apply_modality_lut, apply_voi_lut  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid  # noqa: E402
+from pydicom.uid import JPEGBaseline8Bit  # noqa: E402
+from tests.dicom_files import PATIENT_ID, dicom_dataset, ramp, write_dicom  # noqa: E402
 from tests.e2e.test_cli import run_cli  # noqa: E402
 
 from clarivis.data.expand import walk_images  # noqa: E402
 from clarivis.data.io import READ_FORMATS, decoded_size, is_dicom, is_image_path, load_image  # noqa: E402
 from clarivis.errors import ImageDecodeError  # noqa: E402
 
-PATIENT = "Doe^Jane"
-PATIENT_ID = "MRN-4711"
-
-
-def _dataset(pixels: np.ndarray, **tags) -> FileDataset:
-    """A minimal single-frame DICOM file (CT image storage) holding `pixels` (rows x cols)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.PatientName, ds.PatientID = PATIENT, PATIENT_ID
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    ds.Rows, ds.Columns = pixels.shape[:2]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated = pixels.dtype.itemsize * 8
-    ds.BitsStored, ds.HighBit = 12, 11
-    ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    return ds
-
-
-def _write(ds: FileDataset, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def _ramp(rows: int = 24, cols: int = 32) -> np.ndarray:
-    """12-bit unsigned values 0..4095 in a ramp, so every window position shows."""
-    return np.linspace(0, 4095, rows * cols).round().astype(np.uint16).reshape(rows, cols)
+_dataset, _write, _ramp = dicom_dataset, write_dicom, ramp
 
 
 def _reference(path: Path) -> np.ndarray:

@@ -68,7 +68,8 @@ def predict_batch(clf: Classifier, batch: list[Source], top_k: int) -> list[Pred
                 errors[i] = source.error
                 continue
             try:
-                image = load_image(source.path, reduce_to=clf.config.preprocess.img_size)
+                pp = clf.config.preprocess
+                image = load_image(source.path, reduce_to=pp.img_size, window=pp.window)
             except ImageDecodeError as err:
                 errors[i] = str(err).removeprefix(f"{source.path}: ")
                 continue

@@ -11,7 +11,7 @@ import typer
 import clarivis
 from clarivis.cli.options import default_text, given_settings, parse_model_kwargs
 from clarivis.cli.output import stderr, stdout
-from clarivis.config import TrainConfig
+from clarivis.config import TrainConfig, parse_window
 from clarivis.torchrun import launched_by_torchrun, relaunch_with_torchrun
 
 app = typer.Typer(rich_markup_mode=None)  # plain help: "[30]" is a default, not a style
@@ -65,6 +65,8 @@ def train(  # one parameter a flag: Typer reads the option list from this signat
         help=f"held out for validation [{default('val_fraction')}]")] = None,
     group_by: Annotated[Optional[str], Opt(
         help="manifest column (e.g. patient_id) whose groups stay in one split [none]")] = None,
+    window: Annotated[Optional[tuple], Opt(parser=parse_window, metavar="CENTER,WIDTH",
+                                           help="DICOM window, e.g. 40,400 [each file's own]")] = None,
     augment: Annotated[Optional[str], Opt(help="none|light|randaugment|trivialaugment")] = None,
     hflip: Annotated[Optional[bool], Opt("--hflip/--no-hflip",
                                          help=f"random flips [{default('hflip')}]")] = None,

@@ -59,8 +59,9 @@ def files_key(samples: list[Sample], extra: str = "") -> str:
 def preprocess_key(pp: Preprocess) -> str:
     """Only what changes the cached pixels: size, resize mode, interpolation, padding colour."""
     crop = [pp.crop_pct] if pp.resize_mode == "crop" and pp.crop_pct != 1.0 else []
+    window = [["window", *pp.window]] if pp.window is not None else []  # DICOM decoding
     return json.dumps([pp.img_size, pp.resize_mode, pp.interpolation,
-                       [round(m * 255) for m in pp.mean], "jpeg-reduce-2x", *crop])  # decoding rule
+                       [round(m * 255) for m in pp.mean], "jpeg-reduce-2x", *crop, *window])
 
 
 def cache_bytes(n_images: int, img_size: int) -> int:
@@ -132,7 +133,7 @@ def _build(path, samples, preprocess, decoded, workers, on_progress) -> None:
         preloaded = None
         if decoded is not None:  # take it, freeing the full-size copy once its row is written
             preloaded, decoded[i] = decoded[i], None
-        out[i] = resize(_decode(samples[i].path, size, preloaded)).numpy()
+        out[i] = resize(_decode(samples[i].path, size, preloaded, preprocess.window)).numpy()
 
     try:
         with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
@@ -146,9 +147,10 @@ def _build(path, samples, preprocess, decoded, workers, on_progress) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _decode(path: str, img_size: int, preloaded: torch.Tensor | None) -> torch.Tensor:
+def _decode(path: str, img_size: int, preloaded: torch.Tensor | None,
+            window: tuple[float, float] | None) -> torch.Tensor:
     try:
-        return model_pixels(path, img_size, preloaded)
+        return model_pixels(path, img_size, preloaded, window=window)
     except ImageDecodeError:
         # Readable at the check, unreadable now: the file changed under us. A black row keeps the
         # cache aligned; the next run's key differs (mtime changed) and rebuilds it.

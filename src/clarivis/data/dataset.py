@@ -46,9 +46,11 @@ class ImageDataset(Dataset):
         transform,
         images: list[torch.Tensor] | None = None,
         img_size: int | None = None,
+        window: tuple[float, float] | None = None,
     ):
         self.samples = samples
         self.img_size = img_size  # model input side: JPEGs decode reduced towards it
+        self.window = window  # DICOM files' VOI window (Preprocess.window)
         self.targets = label_targets(samples, class_to_idx)
         self.transform = transform
         self.images = images  # decoded uint8 tensors, aligned with samples, or None
@@ -63,18 +65,20 @@ class ImageDataset(Dataset):
         if seed is not None:
             torch.manual_seed(seed)
         preloaded = self.images[i] if self.images is not None else None
-        pixels = model_pixels(self.samples[i].path, self.img_size, preloaded)
+        pixels = model_pixels(self.samples[i].path, self.img_size, preloaded, window=self.window)
         target = self.targets[i]
         return self.transform(pixels), torch.tensor(target) if isinstance(target, list) else target
 
 
-def model_pixels(path: str, img_size: int | None, preloaded: torch.Tensor | None = None) -> torch.Tensor:
+def model_pixels(path: str, img_size: int | None, preloaded: torch.Tensor | None = None, *,
+                 window: tuple[float, float] | None = None) -> torch.Tensor:
     """uint8 (3, H, W) pixels of `path` as every stage feeds them to a model of input `img_size`
     (reduced JPEG decoding, see load_image). A full-size `preloaded` decode is used when the
-    reduction cannot apply to it (a side under 4x img_size); else the file is decoded again."""
+    reduction cannot apply to it (a side under 4x img_size); else the file is decoded again.
+    `window`: DICOM files' VOI window (the bundle's Preprocess.window; None: the file's own)."""
     if preloaded is not None and (img_size is None or min(preloaded.shape[1:]) < 4 * img_size):
         return preloaded
-    return pil_to_uint8(load_image(path, reduce_to=img_size))
+    return pil_to_uint8(load_image(path, reduce_to=img_size, window=window))
 
 
 def class_counts(samples: list[Sample], class_names: list[str]) -> dict[str, int]:

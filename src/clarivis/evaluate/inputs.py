@@ -41,12 +41,12 @@ class LabeledPixels:
 
 def load_labeled_pixels(clf: Classifier, samples: list[Sample]) -> LabeledPixels:
     """Decode and resize `samples` for the Classifier `clf`; unreadable files are skipped."""
-    scan = scan_images(samples)
+    pp = clf.config.preprocess
+    scan = scan_images(samples, window=pp.window)
     if not scan.samples:
         raise DataError(f"none of the {len(samples)} images could be read; check the files")
-    img_size = clf.config.preprocess.img_size
     images = scan.images if scan.images is not None else [None] * len(scan.samples)
-    pixels = torch.stack([clf.resize(model_pixels(s.path, img_size, im))
+    pixels = torch.stack([clf.resize(model_pixels(s.path, pp.img_size, im, window=pp.window))
                           for s, im in zip(scan.samples, images, strict=True)])
     class_to_idx = {name: i for i, name in enumerate(clf.class_names)}
     if clf.config.multilabel:

@@ -32,10 +32,11 @@ class RuntimePreprocess(Preprocess):
 def decode(source: str | Path | Image.Image, pp: Preprocess) -> Image.Image:
     """A file (upright RGB, JPEGs decoded reduced towards the model size exactly as predict does)
     or an in-memory PIL image (converted to RGB, not rotated: predict leaves those as given).
+    DICOM files decode with the bundle's window (Preprocess.window; None: each file's own).
     Raises clarivis.errors.ImageDecodeError for unreadable files."""
     if isinstance(source, Image.Image):
         return to_rgb(source)
-    return load_image(source, reduce_to=pp.img_size)
+    return load_image(source, reduce_to=pp.img_size, window=pp.window)
 
 
 def resize(image: Image.Image, pp: Preprocess) -> np.ndarray:

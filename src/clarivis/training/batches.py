@@ -42,10 +42,10 @@ def batch_sources(config: TrainConfig, data: PreparedData, preprocess: Preproces
         train_ds = ImageDataset(
             data.train, class_to_idx,
             train_transform(preprocess, augment=config.augment, hflip=config.hflip), data.train_images,
-            img_size=preprocess.img_size,
+            img_size=preprocess.img_size, window=preprocess.window,
         )
         val_ds = ImageDataset(data.val, class_to_idx, eval_transform(preprocess), data.val_images,
-                              img_size=preprocess.img_size)
+                              img_size=preprocess.img_size, window=preprocess.window)
         train = StreamBatches(train_ds, device, workers=config.workers, seed=config.seed)
         val = StreamBatches(val_ds, device, workers=config.workers, seed=config.seed)
     val.set_epoch(val_order, 0)

@@ -67,8 +67,8 @@ def prepare_data(config: TrainConfig, console: Console) -> PreparedData:
     splits = resolve_splits(index, config.val_fraction, config.seed, config.group_by)
     t0 = time.perf_counter()
     with console.status("checking images (once; later runs reuse the result)..."):
-        train_scan = scan_images(splits["train"])
-        val_scan = scan_images(splits.get("val", []))
+        train_scan = scan_images(splits["train"], window=config.window)
+        val_scan = scan_images(splits.get("val", []), window=config.window)
     skipped = train_scan.skipped + val_scan.skipped
     if not train_scan.samples:
         raise DataError(
@@ -224,6 +224,7 @@ def preprocess_for(config: TrainConfig, cfg: dict) -> Preprocess:
         img_size=config.img_size, resize_mode=config.resize_mode, crop_pct=config.crop_pct,
         mean=tuple(cfg.get("mean", Preprocess.mean)), std=tuple(cfg.get("std", Preprocess.std)),
         interpolation=interpolation if interpolation in INTERPOLATIONS else "bilinear",
+        window=config.window,
     )
 
 
