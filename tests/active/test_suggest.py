@@ -150,3 +150,15 @@ def test_queue_page_renders_in_chromium(active_run, pool, tmp_path):
         assert page.evaluate("document.images.length") == 7
         assert page.evaluate(BROKEN_IMAGES_JS) == 0
         assert page.locator("figure").count() == 7
+
+
+def test_multilabel_models_rank_by_diversity_only(pool, tmp_path):
+    from tests.tiny import multilabel_bundle
+
+    from clarivis.errors import ClarivisError
+
+    bundle = multilabel_bundle(tmp_path / "ml")
+    with pytest.raises(ClarivisError, match="--strategy kcenter"):
+        clarivis.suggest(pool, model=bundle, budget=3)
+    result = clarivis.suggest(pool, model=bundle, budget=3, strategy="kcenter")
+    assert len(result.rows) == 3

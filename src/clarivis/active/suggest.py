@@ -98,6 +98,10 @@ def suggest(unlabeled: ImageInput | Iterable[ImageInput], *, model: str | Path,
     console = console or Console(stderr=True, quiet=True)
     started = time.perf_counter()
     clf = Classifier.load(resolve_bundle_path(model), device=opts.device, reject=False)
+    if clf.config.multilabel and opts.strategy not in ("kcenter", "random"):
+        # margin and entropy rank one softmax distribution; a multi-label model has C sigmoids
+        raise ClarivisError(f"--strategy {opts.strategy} ranks a single-label model's uncertainty; "
+                            "for this multi-label model use --strategy kcenter (diversity) or random")
     known = read_labeled(opts.labeled) if opts.labeled is not None else None
     pool = _score_pool(clf, unlabeled, known, opts, console)
     seeds = _labeled_embeddings(clf, known, opts, console)
