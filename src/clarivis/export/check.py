@@ -1,10 +1,11 @@
-"""The export's self-check: top-1 agreement with PyTorch and CPU latency/throughput."""
+"""The export's self-check: agreement with PyTorch (the same top-1 class, or for a multi-label
+model the same label set) and CPU latency/throughput."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,6 +31,22 @@ class Speed:
 def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
     """Fraction of rows of two (N, C) logit arrays whose arg-max class is the same."""
     return float((reference.argmax(axis=1) == candidate.argmax(axis=1)).mean())
+
+
+def label_sets(logits: np.ndarray, temperatures: Sequence[float], thresholds: Sequence[float]) -> np.ndarray:
+    """(N, C) raw logits -> (N, C) bool: class c is in an image's set when sigmoid(logit_c / T_c)
+    reaches threshold_c, the rule Classifier and the runtime apply."""
+    scaled = logits.astype(np.float32) / np.asarray(temperatures, dtype=np.float32)
+    probs = 1 / (1 + np.exp(-scaled.astype(np.float64)))  # float64: no overflow warning at -100
+    return probs >= np.asarray(thresholds, dtype=np.float64)
+
+
+def label_set_agreement(reference: np.ndarray, candidate: np.ndarray, temperatures: Sequence[float],
+                        thresholds: Sequence[float]) -> tuple[float, float]:
+    """Multi-label: (fraction of rows whose whole label set is the same, fraction of the N x C
+    per-class decisions that are the same) for two (N, C) logit arrays."""
+    same = label_sets(reference, temperatures, thresholds) == label_sets(candidate, temperatures, thresholds)
+    return float(same.all(axis=1).mean()), float(same.mean())
 
 
 def measure_speed(run: Callable[[np.ndarray], Any], pixels: np.ndarray, *,

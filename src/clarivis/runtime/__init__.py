@@ -12,11 +12,12 @@ from clarivis.runtime.predictor import (
     expand_inputs,
     ood_score,
     predict_files,
+    sigmoid,
     softmax,
 )
 from clarivis.runtime.preprocess import RuntimePreprocess, decode, normalize, resize
 
 __all__ = [
     "UNKNOWN_LABEL", "Predictor", "RuntimePrediction", "RuntimePreprocess", "decode", "expand_inputs",
-    "normalize", "ood_score", "predict_files", "resize", "softmax",
+    "normalize", "ood_score", "predict_files", "resize", "sigmoid", "softmax",
 ]

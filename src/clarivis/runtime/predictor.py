@@ -13,7 +13,7 @@ from PIL import Image
 from clarivis.data.expand import ImageInput, expand_inputs
 from clarivis.errors import ClarivisError, ImageDecodeError, ModelError
 from clarivis.fileio import sha256_hex
-from clarivis.prediction import UNKNOWN_LABEL, Prediction
+from clarivis.prediction import UNKNOWN_LABEL, Prediction, multilabel_prediction
 from clarivis.runtime.preprocess import RuntimePreprocess, decode, normalize, resize
 from clarivis.spec import INT8_ONNX_NAME, ONNX_NAME, WEIGHTS_NAME, read_bundle_config, resolve_bundle_path
 
@@ -27,7 +27,8 @@ RuntimePrediction = Prediction  # the same row as clarivis.api's predict gives
 
 
 class Predictor:
-    """A bundle's ONNX model with its preprocessing, temperature and open-set threshold.
+    """A bundle's ONNX model with its preprocessing, temperature and open-set threshold; for a
+    multi-label bundle its per-class temperatures and thresholds (the answer is a label set).
 
     Stable for callers (the service uses these): `predict(list of PIL images or paths)`,
     `class_names` (list[str], index i is output i), `config` (config.json as a dict)."""
@@ -46,6 +47,10 @@ class Predictor:
         self.config: dict[str, Any] = bundle.to_dict()
         self.preprocess = RuntimePreprocess(**bundle.preprocess.to_dict())
         self.temperature = bundle.temperature
+        # Multi-label: sigmoid(logit_c / T_c) >= threshold_c picks class c, as Classifier does.
+        self.multilabel = bundle.multilabel
+        self.temperatures = np.asarray(bundle.label_temperatures(), dtype=np.float32)  # (C,)
+        self.thresholds = bundle.label_thresholds()
         self.ood: dict[str, Any] | None = bundle.ood or None
         self.reject = reject  # answer "unknown" below the bundle's threshold (when it has one)
         self.model_path = self.bundle_dir / (INT8_ONNX_NAME if int8 else ONNX_NAME)
@@ -123,6 +128,11 @@ class Predictor:
         if not pending:
             return
         logits = self.predict_pixels(normalize(np.stack([p for _, p in pending]), self.preprocess))
+        if self.multilabel:  # no open-set check: a set may be empty, which says "none of these"
+            probs = sigmoid(logits / self.temperatures)  # (N, C), each class on its own
+            for (source, _), row in zip(pending, probs, strict=True):
+                yield multilabel_prediction(source, row.tolist(), self.class_names, self.thresholds, k)
+            return
         probs = softmax(logits / np.float32(self.temperature))  # (N, C)
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # (N, k) best first
         scores = ood_score(logits, self.temperature, self.ood["score"]) if self.ood else None
@@ -168,6 +178,13 @@ def softmax(x: np.ndarray) -> np.ndarray:
     """(N, C) -> (N, C) probabilities along the classes, stable for large logits."""
     z = np.exp(x - x.max(axis=1, keepdims=True))
     return z / z.sum(axis=1, keepdims=True)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Elementwise logistic, without overflow warnings for large negative inputs."""
+    x = np.asarray(x, dtype=np.float32)
+    e = np.exp(-np.abs(x))  # in (0, 1]: never overflows
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(np.float32)
 
 
 def ood_score(logits: np.ndarray, temperature: float, score: str) -> np.ndarray:
