@@ -4,7 +4,7 @@
        image over the pixel limit, or the request's images over its pixel budget (both checked
        on the headers of all its images, before any is decoded)
   415  not an image clarivis reads (Pillow, opened with the accepted formats only, cannot
-       identify it)
+       identify it), a DICOM volume, or DICOM on a server without the 'medical' extra
   422  empty file, truncated or corrupt image data, no `file` field
   429  too many requests carrying uploads at once, or too many images waiting for the model
        (batching.QueueFull); both with Retry-After
@@ -20,14 +20,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
 from clarivis.data.io import READ_FORMATS, decoded_size, load_image
 from clarivis.errors import ImageDecodeError
-from clarivis.extras import needs
+from clarivis.extras import MissingExtraError, needs
 from clarivis.serve.batching import QueueFull
 from clarivis.serve.settings import MAX_PIXELS, MAX_REQUEST_PIXELS  # the limits' defaults are Settings'
 
@@ -46,6 +47,7 @@ MAX_ACTIVE_UPLOADS = 64
 # A turn comes within a request's time in the model when the server is merely busy; a longer
 # wait means overload, which a client should hear about (429) rather than wait out.
 UPLOAD_WAIT_S = 5.0
+Window = tuple[float, float]  # a DICOM window (center, width), as spec.Preprocess.window
 
 
 @dataclass
@@ -62,13 +64,13 @@ class Upload:
 
 def decode_request(named_bytes: Sequence[tuple[str | None, bytes]], *, max_pixels: int = MAX_PIXELS,
                    max_request_pixels: int = MAX_REQUEST_PIXELS, reduce_to: int | None = None,
-                   ) -> list[Upload]:
+                   window: Window | None = None) -> list[Upload]:
     """All images of one request -> Uploads, or HTTPException 413/415/422 naming the file:
     check_request, then each image decoded in turn (decode_upload)."""
     sizes = check_request(named_bytes, max_pixels=max_pixels, max_request_pixels=max_request_pixels,
                           reduce_to=reduce_to)
     return [decode_upload(filename, data, max_pixels=max_pixels, reduce_to=reduce_to, index=index,
-                          stored_size=size)
+                          stored_size=size, window=window)
             for index, ((filename, data), size) in enumerate(zip(named_bytes, sizes, strict=True))]
 
 
@@ -78,16 +80,15 @@ def check_request(named_bytes: Sequence[tuple[str | None, bytes]], *, max_pixels
     """(width, height) as stored of every image of a request, from their headers alone; or
     HTTPException naming the file: 422 empty, 415 not an accepted image, 413 over `max_pixels`,
     and 413 when the images would decode to more than `max_request_pixels` in all (a JPEG counts
-    at the DCT scale it decodes at for `reduce_to`). Nothing is decoded here."""
+    at the DCT scale it decodes at for `reduce_to`; DICOM as its Rows x Columns). Nothing is
+    decoded here."""
     stored, total = [], 0
     for index, (filename, data) in enumerate(named_bytes):
         name = safe_filename(filename, index)
         if not data:
             raise HTTPException(422, f"{name}: empty file (0 bytes); send the image's bytes")
-        try:
+        with _refusals(name):
             size, (width, height) = decoded_size(data, max_pixels=max_pixels, reduce_to=reduce_to)
-        except ImageDecodeError as err:
-            raise HTTPException(_decode_status(err), f"{name}: {_reason(err)}") from None
         stored.append(size)
         total += width * height
     if total > max_request_pixels:
@@ -99,31 +100,47 @@ def check_request(named_bytes: Sequence[tuple[str | None, bytes]], *, max_pixels
 
 def decode_upload(filename: str | None, data: bytes, *, max_pixels: int = MAX_PIXELS,
                   reduce_to: int | None = None, index: int = 0,
-                  stored_size: tuple[int, int] | None = None) -> Upload:
+                  stored_size: tuple[int, int] | None = None, window: Window | None = None) -> Upload:
     """Bytes of one upload -> Upload, or HTTPException 413/415/422 naming the file.
-    `stored_size`: (width, height) from the header when the caller has read it already."""
+    `stored_size`: (width, height) from the header when the caller has read it already.
+    `window`: the model's DICOM window (Preprocess.window; None: each file's own)."""
     name = safe_filename(filename, index)
     if not data:
         raise HTTPException(422, f"{name}: empty file (0 bytes); send the image's bytes")
-    try:
+    with _refusals(name):
         if stored_size is None:
             stored_size, _ = decoded_size(data, max_pixels=max_pixels)
-        image = load_image(data, max_pixels=max_pixels, reduce_to=reduce_to, reduce_all=True)
-    except ImageDecodeError as err:
-        raise HTTPException(_decode_status(err), f"{name}: {_reason(err)}") from None
+        image = load_image(data, max_pixels=max_pixels, reduce_to=reduce_to, reduce_all=True,
+                           window=window)
     width, height = stored_size
     return Upload(filename=name, data=data, image=image, width=width, height=height,
                   sha256=hashlib.sha256(data).hexdigest())
 
 
+@contextmanager
+def _refusals(name: str) -> Iterator[None]:
+    """A decoding failure of upload `name` as the HTTPException the module docstring lists."""
+    try:
+        yield
+    except ImageDecodeError as err:
+        raise HTTPException(_decode_status(err), f"{name}: {_reason(err)}") from None
+    except MissingExtraError:  # a DICOM upload on a server without pydicom
+        raise HTTPException(415, f"{name}: this server cannot read DICOM (the 'medical' extra is not "
+                                 "installed); send a JPEG, PNG, ... image, or ask its operator to "
+                                 "install the extra") from None
+
+
 def _decode_status(err: ImageDecodeError) -> int:
     """load_image raises with no cause only for its own checks: empty input (handled before
-    it) and the pixel limit; the cause tells Pillow's failures apart."""
+    it), the pixel limit, and DICOM it refuses (a volume, no pixel data); the cause tells
+    Pillow's and pydicom's failures apart."""
     cause = err.__cause__
-    if cause is None or isinstance(cause, Image.DecompressionBombError):
+    if cause is None:
+        return 413 if "-pixel limit" in str(err) else 415
+    if isinstance(cause, Image.DecompressionBombError):
         return 413
-    if isinstance(cause, UnidentifiedImageError):
-        return 415
+    if isinstance(cause, (UnidentifiedImageError, ModuleNotFoundError)):
+        return 415  # not an image, or DICOM where data/dicom.py is not installed
     return 422
 
 

@@ -1,5 +1,6 @@
 """The images of a request, read and decoded: the `file` fields of a multipart form, or one image
-as the raw body (Content-Type image/... or application/octet-stream, its name in X-Filename).
+as the raw body (Content-Type image/..., application/dicom or application/octet-stream, its name
+in X-Filename). DICOM is recognised by its bytes (the DICM magic), whatever the type says.
 Any bad file fails the whole request, before the model runs, with the 4xx limits gives.
 
 Every way a request carries images (multipart, raw body, v2 BYTES) ends in decode_all: the
@@ -29,7 +30,7 @@ with needs("serve", "clarivis serve"):
 # Content types of a raw image body. The bytes decide the format (Pillow reads the header, with
 # the accepted formats only); the type only says "this body is one image".
 RAW_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "image/gif", "image/tiff",
-             "image/x-portable-anymap", "application/octet-stream")
+             "image/x-portable-anymap", "application/dicom", "application/octet-stream")
 FILENAME_HEADER = "X-Filename"  # a raw body's file name (percent-encoded if not ASCII)
 RAW_NAME = "upload"  # ... when the client sends none
 # Requests decoding at once in one process. Decoding is CPU work (more threads than cores only
@@ -46,20 +47,22 @@ _decoder_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Sem
     weakref.WeakKeyDictionary())
 
 
-async def read_uploads(request: Request, settings: Settings, img_size: int) -> list[limits.Upload]:
-    """Every image of the request, decoded and reduced towards `img_size` (the model's input)."""
+async def read_uploads(request: Request, settings: Settings, img_size: int, *,
+                       window: limits.Window | None = None) -> list[limits.Upload]:
+    """Every image of the request, decoded and reduced towards `img_size` (the model's input);
+    DICOM with `window` (the model's Preprocess.window; None: each file's own)."""
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type == "multipart/form-data":
         named = await _form_files(request, settings)
-    elif media_type.startswith("image/") or media_type == "application/octet-stream":
+    elif media_type.startswith("image/") or media_type in RAW_TYPES:
         name = unquote(request.headers.get(FILENAME_HEADER, "")) or RAW_NAME
         named = [(name, await request.body())]
     else:
         raise HTTPException(415, f"send images as multipart/form-data in field '{limits.FIELD}', or one "
                                  "image as the body with Content-Type image/jpeg, image/png, ... or "
                                  f"application/octet-stream (got '{content_type[:60] or 'none'}')")
-    return await decode_all(named, settings, img_size)
+    return await decode_all(named, settings, img_size, window=window)
 
 
 async def _form_files(request: Request, settings: Settings) -> list[tuple[str | None, bytes]]:
@@ -75,7 +78,7 @@ async def _form_files(request: Request, settings: Settings) -> list[tuple[str | 
 
 
 async def decode_all(named_bytes: Sequence[tuple[str | None, bytes]], settings: Settings,
-                     img_size: int) -> list[limits.Upload]:
+                     img_size: int, *, window: limits.Window | None = None) -> list[limits.Upload]:
     """(client's file name or None, encoded bytes) -> decoded uploads. The headers are checked
     at once (a refused request never waits for a decoder), then the images are decoded in a
     worker thread, one after another. Small bodies are checked and decoded on the event loop
@@ -86,19 +89,19 @@ async def decode_all(named_bytes: Sequence[tuple[str | None, bytes]], settings: 
     sizes = check() if small else await run_in_threadpool(check)  # headers only: cheap when small
     # Inline only when the pixels are few too: a small PNG may still hold 64 MP of one colour.
     if small and sum(w * h for w, h in sizes) <= INLINE_PIXELS:
-        return _decode(named_bytes, sizes, settings, img_size)
+        return _decode(named_bytes, sizes, settings, img_size, window)
 
     def decode() -> list[limits.Upload]:
-        return _decode(named_bytes, sizes, settings, img_size)
+        return _decode(named_bytes, sizes, settings, img_size, window)
 
     async with _decoder_turn():
         return await run_in_threadpool(decode)
 
 
 def _decode(named_bytes: Sequence[tuple[str | None, bytes]], sizes: list, settings: Settings,
-            img_size: int) -> list[limits.Upload]:
+            img_size: int, window: limits.Window | None) -> list[limits.Upload]:
     return [limits.decode_upload(name, data, max_pixels=settings.max_pixels, reduce_to=img_size,
-                                 index=n, stored_size=size)
+                                 index=n, stored_size=size, window=window)
             for n, ((name, data), size) in enumerate(zip(named_bytes, sizes, strict=True))]
 
 
