@@ -54,7 +54,7 @@ def test_predict_one_image(client, server):
     assert p["filename"] == "red.png" and (p["width"], p["height"]) == (40, 30)
     assert p["label"] in ("red", "blue") and p["label"] == p["top_k"][0]["label"]
     assert abs(sum(t["probability"] for t in p["top_k"]) - 1) < 1e-5  # 2 classes: top-5 is all
-    assert len(p["sha256"]) == 64
+    assert len(p["sha256"]) == 64 and "labels" not in p  # the label set is a multi-label model's
     assert logged(server[1], server[2]) == before + 1
 
 
@@ -149,6 +149,7 @@ def test_model_metadata(client, tiny_bundle):
     assert m["input_size"] == [3, 32, 32] and m["backend"] == "torch" and not m["auth_required"]
     assert m["limits"]["max_files"] == 4 and m["batching"]["max_batch"] >= 1
     assert "data" not in m["training"]
+    assert m["task"] == "multiclass" and m["thresholds"] is None and m["temperatures"] is None
 
 
 def test_health_readiness_metrics_docs(client):

@@ -58,6 +58,10 @@ def test_every_json_answer_has_its_model(spec):
     assert set(schemas["PredictResponse"]["required"]) == {"model_name", "model_version", "backend",
                                                           "latency_ms", "predictions"}
     assert {"class_names", "input_size", "limits", "auth_required"} <= set(schemas["ModelInfo"]["required"])
+    # a multi-label model's label set: documented, optional (single-label answers leave it out)
+    assert "labels" in schemas["ImagePrediction"]["properties"]
+    assert "labels" not in schemas["ImagePrediction"]["required"]
+    assert {"task", "thresholds"} <= set(schemas["ModelInfo"]["required"])
     # the infer body is documented, with the one input it takes
     body = paths["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["$ref"].endswith("/InferenceRequest")

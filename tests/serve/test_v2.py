@@ -211,6 +211,7 @@ ZEROS = [0.0] * (3 * 32 * 32)
     ("top_k zero", _bad(parameters={"top_k": 0}), 400, "top_k"),
     ("top_k text", _bad(parameters={"top_k": "three"}), 400, "top_k"),
     ("unknown output", _bad(outputs=[{"name": "logits"}]), 400, "unknown output 'logits'"),
+    ("a multi-label output", _bad(outputs=[{"name": "label_mask"}]), 400, "unknown output 'label_mask'"),
     ("pixels of another size", _pixels_tensor([1, 3, 64, 64], [0.0] * (3 * 64 * 64)), 400, "[N, 3, 32, 32]"),
     ("pixels too few", _pixels_tensor([1, 3, 32, 32], ZEROS[:-1]), 400, "3071 values"),
     ("pixels not numbers", _pixels_tensor([1, 3, 32, 32], ["0.5"] * 3072), 400, "numbers only"),

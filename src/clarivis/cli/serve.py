@@ -89,6 +89,14 @@ def monitor(
             stderr.print(f"wrote {path}")
 
 
+def _label_rates_table(drift: dict) -> Table:
+    """A multi-label model's labels: share of images holding each, live and on validation."""
+    table = Table("label", "live rate", "validation rate", "p")
+    for t in drift["label_tests"]:
+        table.add_row(t["label"], f"{t['live_rate']:.3f}", f"{t['baseline_rate']:.3f}", f"{t['p_value']:.3g}")
+    return table
+
+
 def print_monitor(r: dict) -> None:
     summary = Table(title=f"{r['total_predictions']} predictions, model {r['model_version']}",
                     show_header=False)
@@ -105,17 +113,24 @@ def print_monitor(r: dict) -> None:
                         f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f} ms")
         if r["confidence"]:
             summary.add_row("mean confidence", f"{r['confidence']['mean']:.3f}")
-        summary.add_row("answered 'unknown'", f"{100 * r['unknown_rate']:.1f}%")
+        if r["unknown_rate"] is not None:  # None: a multi-label model, which never answers it
+            summary.add_row("answered 'unknown'", f"{100 * r['unknown_rate']:.1f}%")
     drift = r["drift"]
     if drift:
-        summary.add_row("class drift PSI", f"{drift['psi']:.3f} (noise ~{drift['psi_noise_floor']:.3f})")
-        summary.add_row("chi-square p", f"{drift['chi_square']['p_value']:.3g}")
+        if drift["psi"] is not None:
+            summary.add_row("class drift PSI", f"{drift['psi']:.3f} (noise ~{drift['psi_noise_floor']:.3f})")
+        if drift["chi_square"]:
+            summary.add_row("chi-square p", f"{drift['chi_square']['p_value']:.3g}")
+        if drift.get("no_label_rate") is not None:
+            summary.add_row("images with no label", f"{100 * drift['no_label_rate']:.1f}%")
         if drift["ks"]:
             summary.add_row("confidence KS D / p",
                             f"{drift['ks']['statistic']:.3f} / {drift['ks']['p_value']:.3g}")
     summary.add_row("review queue", f"{len(r['review_queue'])} lowest-confidence predictions")
     stdout.print(summary)
-    if drift:
+    if drift and drift.get("task") == "multilabel":
+        stdout.print(_label_rates_table(drift))
+    elif drift:
         shares = Table("class", "live share", "validation share")
         for name, live, base in zip(drift["classes"], drift["live_shares"], drift["baseline_shares"],
                                     strict=True):

@@ -64,7 +64,8 @@ def add_v1_routes(app: FastAPI, service: Service) -> None:
               responses=errors(400, 401, 413, 415, 422, 503, 504))
     async def predict(request: Request, top_k: int = Query(TOP_K, ge=1, le=1000,
                                                            description="labels per image")) -> JSONResponse:
-        """Top-k labels with calibrated probabilities for every image in the `file` fields."""
+        """Top-k labels with calibrated probabilities for every image in the `file` fields (and,
+        from a multi-label model, the set of labels above their thresholds)."""
         # A JSONResponse, not a dict: FastAPI would validate and re-serialise the answer against
         # PredictResponse on every request (the schema documents it; tests/serve check the shape).
         return JSONResponse(await predict_uploads(request, service, top_k))
@@ -119,12 +120,23 @@ async def predict_uploads(request: Request, service: Service, top_k: int) -> dic
         service.log_answers(entries)
     except ClarivisError as err:
         raise HTTPException(503, f"prediction not logged: {err}") from None
-    predictions = [{"filename": u.filename, "label": s.label, "confidence": s.confidence,
-                    "top_k": [{"label": lbl, "probability": p} for lbl, p in s.top_k[:k]],
-                    "ood_score": s.ood_score, "width": u.width, "height": u.height, "sha256": u.sha256}
-                   for u, s in zip(uploads, scored, strict=True)]
+    predictions = [_answer(u, s, k) for u, s in zip(uploads, scored, strict=True)]
     return {"model_name": service.name, "model_version": service.version, "backend": service.backend.name,
             "latency_ms": latency_ms, "predictions": predictions}
+
+
+def _answer(upload, s, k: int) -> dict:
+    """One image's entry in /v1/predict's answer; `labels` (the set) only from a multi-label model."""
+    answer = {"filename": upload.filename, "label": s.label, "confidence": s.confidence,
+              "top_k": _labelled(s.top_k[:k]), "ood_score": s.ood_score,
+              "width": upload.width, "height": upload.height, "sha256": upload.sha256}
+    if s.labels is not None:
+        answer["labels"] = _labelled(s.labels)
+    return answer
+
+
+def _labelled(pairs: list[tuple[str, float]]) -> list[dict]:
+    return [{"label": lbl, "probability": p} for lbl, p in pairs]
 
 
 async def _explain(request: Request, service: Service, method: str, target: str | None) -> Response:
@@ -153,6 +165,9 @@ def model_info(service: Service) -> dict:
         "model_version": service.version, "clarivis_version": c.clarivis_version,
         "architecture": c.architecture, "num_classes": c.num_classes, "class_names": c.class_names,
         "input_size": list(c.input_size), "resize_mode": c.resize_mode, "temperature": c.temperature,
+        "task": c.task,
+        "thresholds": c.label_thresholds() if c.multilabel else None,
+        "temperatures": c.label_temperatures() if c.multilabel else None,
         "open_set_threshold": (c.ood or {}).get("threshold"),
         # the training summary without the data path: a path on the training machine says
         # nothing to a client and may name people or sites

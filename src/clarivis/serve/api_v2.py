@@ -16,10 +16,13 @@ NAME is the served model's name (Settings.model_name, by default the run folder'
 
 and gets the outputs label BYTES [N], confidence FP32 [N], probabilities FP32 [N, C] (calibrated,
 in the class order of the metadata's class_names), top_labels BYTES [N, k] and top_probabilities
-FP32 [N, k] (k = parameters.top_k, 5 by default). Every inference goes through the service's
-micro-batcher, limits and prediction log, as /v1/predict's do. Errors are {"error": "one line"}:
-400 for a bad request, 404 for an unknown model or version, 413/415 for images the limits
-refuse, 429 (with Retry-After) when too many images wait for the model, 503/504 as in v1.
+FP32 [N, k] (k = parameters.top_k, 5 by default). A multi-label model's probabilities are each
+class's own sigmoid, label and labels BYTES [N] are each image's set of labels (names joined by
+';', '' for none) and label_mask BOOL [N, C] says which classes are in it. Every inference goes
+through the service's micro-batcher, limits and prediction log, as /v1/predict's do. Errors are
+{"error": "one line"}: 400 for a bad request, 404 for an unknown model or version, 413/415 for
+images the limits refuse, 429 (with Retry-After) when too many images wait for the model,
+503/504 as in v1.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import numpy as np
 
 from clarivis.errors import ClarivisError
 from clarivis.extras import needs
+from clarivis.prediction import LABEL_SEP
 from clarivis.serve.api_v1 import TOP_K, deadline
 from clarivis.serve.backends import Scored
 from clarivis.serve.batching import QueueFull
@@ -70,6 +74,7 @@ if TYPE_CHECKING:
 IMAGE_INPUT = "image"  # BYTES [N]
 PIXELS_INPUT = "pixels"  # FP32 [N, 3, S, S]
 OUTPUTS = ("label", "confidence", "probabilities", "top_labels", "top_probabilities")
+MULTILABEL_OUTPUTS = (*OUTPUTS, "labels", "label_mask")  # the set, as text and as a mask
 # The protocol's platform names are <framework>_<format>.
 PLATFORMS = {"torch": "pytorch_clarivis", "onnx": "onnxruntime_onnx"}
 
@@ -212,10 +217,14 @@ def pixels_description(service: Service) -> str:
             f"{list(pp.std)}. clarivis.runtime.resize and normalize compute exactly this.")
 
 
+def output_names(service: Service) -> tuple[str, ...]:
+    return MULTILABEL_OUTPUTS if service.config.multilabel else OUTPUTS
+
+
 def metadata(service: Service) -> dict:
     c, n, s = service.config, service.config.num_classes, service.config.preprocess.img_size
     pp = c.preprocess
-    return {
+    answer = {
         "name": service.name,
         "versions": [service.version],
         "platform": PLATFORMS.get(service.backend.name, service.backend.name),
@@ -247,9 +256,32 @@ def metadata(service: Service) -> dict:
             "model_version": service.version, "temperature": c.temperature,
             "open_set_threshold": (c.ood or {}).get("threshold"),
             "img_size": s, "resize_mode": pp.resize_mode, "interpolation": pp.interpolation,
-            "mean": list(pp.mean), "std": list(pp.std), "crop_pct": pp.crop_pct,
+            "mean": list(pp.mean), "std": list(pp.std), "crop_pct": pp.crop_pct, "task": c.task,
         },
     }
+    if c.multilabel:
+        _describe_multilabel(answer, n)
+        answer["parameters"] |= {"thresholds": c.label_thresholds(), "temperatures": c.label_temperatures()}
+    return answer
+
+
+def _describe_multilabel(answer: dict, n: int) -> None:
+    """A multi-label model's outputs: its label set as text and as a mask, and what its
+    probabilities mean (each class's own, not a distribution)."""
+    outputs = {o["name"]: o for o in answer["outputs"]}
+    joined = ("the set of labels whose calibrated probability reaches their class's threshold, "
+              f"most probable first, joined by '{LABEL_SEP}' ('' for none)")
+    outputs["label"]["parameters"]["description"] = joined
+    outputs["confidence"]["parameters"]["description"] = "the highest calibrated probability of any class"
+    outputs["probabilities"]["parameters"]["description"] = (
+        "each class's calibrated probability, sigmoid(logit_c / temperatures[c]), in the order of "
+        "class_names (they need not sum to 1)")
+    answer["outputs"] += [
+        {"name": "labels", "datatype": "BYTES", "shape": [-1], "parameters": {"description": joined}},
+        {"name": "label_mask", "datatype": "BOOL", "shape": [-1, n],
+         "parameters": {"description": "true where the class is in the image's set, in the order of "
+                                       "class_names"}},
+    ]
 
 
 async def run_inference(service: Service, body: InferenceRequest) -> dict:
@@ -257,7 +289,7 @@ async def run_inference(service: Service, body: InferenceRequest) -> dict:
         raise HTTPException(400, f"send exactly one input, '{IMAGE_INPUT}' (BYTES) or '{PIXELS_INPUT}' "
                                  f"(FP32) (got {len(body.inputs)})")
     (tensor,) = body.inputs
-    wanted = _requested_outputs(body)
+    wanted = _requested_outputs(body, output_names(service))
     k = _top_k(body, service.config.num_classes)
     # probabilities needs every class's; top_k=C gives them (ties broken in class order)
     model_k = service.config.num_classes if "probabilities" in wanted else k
@@ -284,7 +316,8 @@ async def run_inference(service: Service, body: InferenceRequest) -> dict:
     response: dict[str, Any] = {
         "model_name": service.name, "model_version": service.version,
         "parameters": {"backend": service.backend.name, "latency_ms": latency_ms, "top_k": k},
-        "outputs": [o for o in _outputs(scored, service.config.class_names, k) if o["name"] in wanted],
+        "outputs": [o for o in _outputs(scored, service.config.class_names, k, wanted)
+                    if o["name"] in wanted],
     }
     if body.id is not None:
         response["id"] = body.id
@@ -309,14 +342,14 @@ def _record(service: Service, scored: list[Scored], sources: list[tuple[bytes, i
         raise HTTPException(503, f"prediction not logged: {err}") from None
 
 
-def _outputs(scored: list[Scored], class_names: list[str], k: int) -> list[dict]:
+def _outputs(scored: list[Scored], class_names: list[str], k: int, wanted: set[str]) -> list[dict]:
     n, c = len(scored), len(class_names)
     index = {name: i for i, name in enumerate(class_names)}
     probabilities = np.zeros((n, c), dtype=np.float32)
     for row, s in enumerate(scored):
         for label, p in s.top_k:
             probabilities[row, index[label]] = p
-    return [
+    outputs = [
         {"name": "label", "datatype": "BYTES", "shape": [n], "data": [s.label for s in scored]},
         {"name": "confidence", "datatype": "FP32", "shape": [n], "data": [s.confidence for s in scored]},
         {"name": "probabilities", "datatype": "FP32", "shape": [n, c],
@@ -326,15 +359,31 @@ def _outputs(scored: list[Scored], class_names: list[str], k: int) -> list[dict]
         {"name": "top_probabilities", "datatype": "FP32", "shape": [n, k],
          "data": [p for s in scored for _, p in s.top_k[:k]]},
     ]
+    if "labels" in wanted or "label_mask" in wanted:  # only a multi-label model's outputs
+        outputs += _label_set_outputs(scored, index)
+    return outputs
 
 
-def _requested_outputs(body: InferenceRequest) -> set[str]:
+def _label_set_outputs(scored: list[Scored], index: dict[str, int]) -> list[dict]:
+    """A multi-label model's sets: joined names BYTES [N] and the mask BOOL [N, C]."""
+    mask = np.zeros((len(scored), len(index)), dtype=bool)
+    for row, s in enumerate(scored):
+        for label, _ in s.labels or ():
+            mask[row, index[label]] = True
+    return [
+        {"name": "labels", "datatype": "BYTES", "shape": [len(scored)],
+         "data": [LABEL_SEP.join(label for label, _ in s.labels or ()) for s in scored]},
+        {"name": "label_mask", "datatype": "BOOL", "shape": list(mask.shape), "data": mask.ravel().tolist()},
+    ]
+
+
+def _requested_outputs(body: InferenceRequest, known: tuple[str, ...]) -> set[str]:
     if body.outputs is None:
-        return set(OUTPUTS)
+        return set(known)
     names = {o.name for o in body.outputs}
-    unknown = sorted(names - set(OUTPUTS))
+    unknown = sorted(names - set(known))
     if unknown:
-        raise HTTPException(400, f"unknown output '{unknown[0][:64]}'; the outputs are {', '.join(OUTPUTS)}")
+        raise HTTPException(400, f"unknown output '{unknown[0][:64]}'; the outputs are {', '.join(known)}")
     return names
 
 

@@ -18,19 +18,22 @@ from PIL import Image
 
 import clarivis
 from clarivis.errors import ModelError
-from clarivis.prediction import UNKNOWN_LABEL, check_backend
+from clarivis.prediction import UNKNOWN_LABEL, check_backend, multilabel_prediction
 from clarivis.runtime import Predictor, ood_score, softmax
-from clarivis.spec import ONNX_NAME
+from clarivis.spec import ONNX_NAME, BundleConfig
 
 
 @dataclass
 class Scored:
-    """One image's answer, whichever backend gave it."""
+    """One image's answer, whichever backend gave it. A multi-label model's (see
+    clarivis.prediction.Prediction): `labels` the set, most probable first; `label` its names
+    joined by LABEL_SEP ("" for none); `confidence` the highest probability of any class."""
 
     label: str  # "unknown" when the open-set check rejects the image
     confidence: float  # calibrated probability of the top class
     top_k: list[tuple[str, float]]
     ood_score: float | None = None
+    labels: list[tuple[str, float]] | None = None  # multi-label models only
 
 
 class Backend(Protocol):
@@ -59,6 +62,8 @@ class TorchBackend:
 
         logits = self.classifier.logits(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)))
         c = self.classifier.config
+        if c.multilabel:
+            return score_multilabel(logits.numpy(), c, top_k=top_k)
         return score_logits(logits.numpy(), self.classifier.class_names, temperature=c.temperature,
                             ood=c.ood or None, reject=self.classifier.reject, top_k=top_k)
 
@@ -70,12 +75,15 @@ class OnnxBackend:
 
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
+        self.config = BundleConfig.from_dict(predictor.config)
 
     def predict(self, images: list[Image.Image], top_k: int) -> list[Scored]:
         return [_scored(p) for p in self.predictor.predict(images, top_k=top_k)]
 
     def predict_pixels(self, pixels: np.ndarray, top_k: int) -> list[Scored]:
         p = self.predictor
+        if self.config.multilabel:
+            return score_multilabel(p.predict_pixels(pixels), self.config, top_k=top_k)
         return score_logits(p.predict_pixels(pixels), p.class_names, temperature=p.temperature,
                             ood=p.ood, reject=p.reject, top_k=top_k)
 
@@ -118,12 +126,29 @@ def score_logits(logits: np.ndarray, class_names: list[str], *, temperature: flo
     return out
 
 
+def score_multilabel(logits: np.ndarray, config: BundleConfig, *, top_k: int) -> list[Scored]:
+    """A multi-label model's (N, C) raw logits -> Scored: sigmoid(logit_c / T_c) a class, then
+    clarivis.prediction.multilabel_prediction, the rule every backend's predict follows."""
+    z = np.asarray(logits, dtype=np.float64) / np.asarray(config.label_temperatures(), dtype=np.float64)
+    probs = np.exp(-np.logaddexp(0.0, -z))  # sigmoid without overflow for large |z|
+    thresholds = config.label_thresholds()
+    k = min(top_k, config.num_classes)
+    return [_scored(multilabel_prediction("<pixels>", row, config.class_names, thresholds, k))
+            for row in probs.astype(np.float32)]
+
+
 def _scored(p: Any) -> Scored:
     """A clarivis Prediction (or the runtime's equivalent) -> Scored. Images reach the backend
     decoded, so an `error` here is a bug, not bad input: it fails the batch."""
     if getattr(p, "error", None):
         raise RuntimeError(f"the model could not score a decoded image: {p.error}")
-    top = [(t["label"], t["probability"]) if isinstance(t, dict) else (t[0], t[1]) for t in p.top_k]
-    return Scored(label=str(p.label), confidence=float(p.confidence),
-                  top_k=[(str(lbl), float(prob)) for lbl, prob in top],
-                  ood_score=None if p.ood_score is None else float(p.ood_score))
+    labels = getattr(p, "labels", None)
+    return Scored(label=str(p.label), confidence=float(p.confidence), top_k=_pairs(p.top_k),
+                  ood_score=None if p.ood_score is None else float(p.ood_score),
+                  labels=None if labels is None else _pairs(labels))
+
+
+def _pairs(items: Any) -> list[tuple[str, float]]:
+    """(label, probability) pairs from tuples or {"label", "probability"} dicts (a runtime's)."""
+    pairs = [(t["label"], t["probability"]) if isinstance(t, dict) else (t[0], t[1]) for t in items]
+    return [(str(lbl), float(prob)) for lbl, prob in pairs]

@@ -59,7 +59,9 @@ class ServiceMetrics:
                                     buckets=BATCH_BUCKETS, registry=self.registry)
         self.batch_seconds = Histogram("clarivis_batch_duration_seconds", "model time per batch",
                                        buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.predictions = Counter("clarivis_predictions_total", "predictions served by top label",
+        self.predictions = Counter("clarivis_predictions_total",
+                                   "predictions served by label (multi-label: one for each label of "
+                                   "an image's set; an image with no label as label \"\")",
                                    ["label"], registry=self.registry)
         # livesum: under --workers N each process has its own queue; the server's depth is their
         # sum over the processes alive (a dead worker's last value must not linger).

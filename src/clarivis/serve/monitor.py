@@ -1,5 +1,8 @@
 """The drift monitor: what served traffic looked like (volume, latency, confidence) and whether
-the predicted classes still look like they did on validation (the baseline in the bundle).
+the predicted classes still look like they did on validation (the baseline in the bundle). For a
+multi-label model the log's label is an image's set (names joined by ';'): each label of a set
+is counted, and each label's live rate (share of images holding it) is compared with its rate on
+validation (the baseline's label_rates).
 
 Everything is computed in the database with aggregates (GROUP BY, window functions, index walks),
 so a report costs a few queries whatever the log's size, never a Python list of every row.
@@ -20,7 +23,7 @@ import numpy as np
 from clarivis.errors import ClarivisError
 from clarivis.extras import needs
 from clarivis.fileio import atomic_write
-from clarivis.prediction import UNKNOWN_LABEL
+from clarivis.prediction import LABEL_SEP, UNKNOWN_LABEL
 from clarivis.serve.predlog import (
     LogDatabase,
     PredictionLog,
@@ -60,6 +63,11 @@ MIN_DRIFT_PREDICTIONS = 30
 # rate of the open-set threshold) by 5 percentage points and a binomial test says p < 0.01: then
 # a noticeable share of traffic is unlike any training class.
 UNKNOWN_EXCESS = 0.05
+# A multi-label model's label is flagged when its live rate (share of images predicted to hold
+# it) differs from its validation rate by more than 5 percentage points and a two-sided binomial
+# test says p < 0.01 / classes (Bonferroni: one test a label, so more labels would otherwise
+# mean more false alarms).
+LABEL_RATE_CHANGE = 0.05
 # Up to this span the time buckets are hours (at most 48 of them), beyond it days.
 HOURLY_SPAN = timedelta(hours=48)
 
@@ -414,7 +422,9 @@ def _fill(report: dict, agg: _Aggregates, config: dict, version: str,
     report["volume"], over_time = _time_buckets(agg, first, max(last, agg.last))
     report["latency_ms"] = agg.latency
     report["confidence"] = _confidence(agg.confidence_mean, agg.live_counts, config, over_time)
-    report["unknown_rate"] = agg.unknown / n
+    # A multi-label model never answers 'unknown' (it has no open-set check; a class may even be
+    # called that), so its rate says nothing.
+    report["unknown_rate"] = None if _multilabel(config) else agg.unknown / n
     report["drift"] = _drift_or_none(config, agg.labels, notes, agg.live_counts)
     report["flags"] = list(report["drift"]["flags"]) if report["drift"] else []
     unknown_flag = _unknown_flag(agg.labels, config)
@@ -464,9 +474,15 @@ def _confidence(mean: float, live: np.ndarray, config: dict, over_time: list) ->
 # ----------------------------------------------------------------------------- drift
 
 
+def _multilabel(config: dict) -> bool:
+    return config.get("task") == "multilabel"
+
+
 def _drift_or_none(config: dict, labels: dict[str, int], notes: list[str],
                    live_confidence_counts: np.ndarray | None = None) -> dict | None:
     """Class drift of this bundle's answers, `labels` being their counts per label."""
+    if _multilabel(config):
+        return _label_drift_or_none(config, labels, notes, live_confidence_counts)
     baseline = config.get("baseline") or {}
     class_names = list(config.get("class_names") or [])
     shares = baseline.get("class_distribution")
@@ -489,6 +505,100 @@ def _drift_or_none(config: dict, labels: dict[str, int], notes: list[str],
         return None
     return class_drift(counts, np.asarray(shares, dtype=np.float64), class_names, live_confidence_counts,
                        baseline)
+
+
+def _label_drift_or_none(config: dict, sets: dict[str, int], notes: list[str],
+                         live_confidence_counts: np.ndarray | None) -> dict | None:
+    """A multi-label bundle's drift, `sets` being its answers counted per label set."""
+    baseline = config.get("baseline") or {}
+    class_names = list(config.get("class_names") or [])
+    rates = baseline.get("label_rates")
+    if not rates:
+        notes.append("the bundle has no validation baseline of label rates (trained by an older clarivis, "
+                     "or too few validation images), so label drift is not measured; retrain to fit one")
+        return None
+    if len(rates) != len(class_names):
+        notes.append(f"the bundle's baseline has {len(rates)} labels but the model {len(class_names)}; "
+                     "label drift is not measured; retrain to refit the baseline")
+        return None
+    if not sets:
+        return None  # the empty-log note says why
+    counts, images, other = label_counts(sets, class_names)
+    if other:
+        notes.append(f"labels not in the bundle's classes are left out of drift: {', '.join(other[:5])}")
+    return label_drift(counts, images, np.asarray(rates, dtype=np.float64), class_names,
+                       live_confidence_counts, baseline, no_label=sets.get("", 0))
+
+
+def label_counts(sets: dict[str, int], class_names: list[str]) -> tuple[np.ndarray, int, list[str]]:
+    """{label set (names joined by LABEL_SEP, "" for none): images} -> (images holding each
+    class, images in all, names that are no class of the bundle, sorted)."""
+    index = {name: i for i, name in enumerate(class_names)}
+    counts = np.zeros(len(class_names), dtype=np.int64)
+    other: set[str] = set()
+    for joined, n in sets.items():
+        for name in set(joined.split(LABEL_SEP)) if joined else ():
+            if name in index:
+                counts[index[name]] += n
+            else:
+                other.add(name)
+    return counts, int(sum(sets.values())), sorted(other)
+
+
+def label_drift(counts: np.ndarray, images: int, baseline_rates: np.ndarray, class_names: list[str],
+                live_confidence_counts: np.ndarray | None = None, baseline: dict | None = None, *,
+                no_label: int = 0) -> dict:
+    """Each label's live rate (counts / images) against its validation rate (a two-sided
+    binomial test each), the share of images with no label (`no_label`: their number), PSI of
+    the labels' shares of all predicted labels against the baseline's class_distribution, KS
+    of the highest probability, and the flags."""
+    baseline = baseline or {}
+    live_rates = counts / images
+    base_shares = np.asarray(baseline.get("class_distribution") or _shares_or_zero(baseline_rates),
+                             dtype=np.float64)
+    assigned = int(counts.sum())  # labels predicted in all (an image may hold several, or none)
+    tests = []
+    for name, k, live, base in zip(class_names, counts.tolist(), live_rates, baseline_rates, strict=True):
+        p = stats.binomtest(int(k), images, float(np.clip(base, 1e-9, 1 - 1e-9))).pvalue
+        tests.append({"label": name, "count": int(k), "live_rate": float(live), "baseline_rate": float(base),
+                      "p_value": float(p)})
+    drift = {
+        "task": "multilabel",
+        "num_predictions": images,
+        "classes": class_names,
+        "live_rates": live_rates.tolist(),
+        "baseline_rates": baseline_rates.tolist(),
+        "no_label_rate": no_label / images,  # images whose set is empty
+        "label_tests": tests,
+        "live_shares": _shares(counts).tolist() if assigned else None,
+        "baseline_shares": base_shares.tolist(),
+        "psi": psi(_shares(counts), base_shares) if assigned else None,
+        "psi_noise_floor": (len(class_names) - 1) / assigned if assigned else None,
+        "chi_square": None,  # the labels of a set are not one draw each: see label_tests instead
+        "ks": _ks(live_confidence_counts, baseline),
+        "flags": [],
+    }
+    if images >= MIN_DRIFT_PREDICTIONS:
+        drift["flags"] = _drift_flags(drift) + _label_rate_flags(tests, len(class_names))
+    return drift
+
+
+def _label_rate_flags(tests: list[dict], num_classes: int) -> list[dict]:
+    alpha = P_VALUE_ALPHA / max(1, num_classes)
+    flags = []
+    for t in tests:
+        change = t["live_rate"] - t["baseline_rate"]
+        if abs(change) > LABEL_RATE_CHANGE and t["p_value"] < alpha:
+            flags.append(_flag("label_rate", t["live_rate"], t["baseline_rate"], "significant",
+                               f"label '{t['label']}' is predicted in {100 * t['live_rate']:.1f}% of images "
+                               f"(validation: {100 * t['baseline_rate']:.1f}%; binomial p = "
+                               f"{t['p_value']:.2g} < {alpha:.2g}); check what traffic the model now sees"))
+    return flags
+
+
+def _shares_or_zero(values: np.ndarray) -> np.ndarray:
+    total = float(np.sum(values))
+    return np.asarray(values, dtype=np.float64) / total if total > 0 else np.zeros(len(values))
 
 
 def class_drift(counts: np.ndarray, baseline_shares: np.ndarray, class_names: list[str],
@@ -557,7 +667,9 @@ def _ks(live_counts: np.ndarray | None, baseline: dict) -> dict | None:
 def _drift_flags(drift: dict) -> list[dict]:
     flags = []
     value = drift["psi"]
-    if value > PSI_SIGNIFICANT:
+    if value is None:  # a multi-label model predicted no label at all
+        pass
+    elif value > PSI_SIGNIFICANT:
         flags.append(_flag("psi", value, PSI_SIGNIFICANT, "significant",
                            f"predicted-class shares shifted: PSI {value:.3f} > {PSI_SIGNIFICANT} "
                            "(significant shift; check what traffic the model now sees)"))
@@ -565,7 +677,7 @@ def _drift_flags(drift: dict) -> list[dict]:
         flags.append(_flag("psi", value, PSI_MODERATE, "moderate",
                            f"predicted-class shares moved: PSI {value:.3f} in "
                            f"{PSI_MODERATE}-{PSI_SIGNIFICANT} (moderate shift; keep watching)"))
-    p = drift["chi_square"]["p_value"]
+    p = drift["chi_square"]["p_value"] if drift["chi_square"] else 1.0
     if p < P_VALUE_ALPHA:
         flags.append(_flag("chi_square", p, P_VALUE_ALPHA, "significant",
                            f"class counts differ from validation: chi-square p = {p:.2g} < {P_VALUE_ALPHA}"))

@@ -55,9 +55,14 @@ class TopLabel(BaseModel):
 
 class ImagePrediction(BaseModel):
     filename: str = Field(description="the client's file name, base name only")
-    label: str = Field(description="the top class, or 'unknown' when the open-set check rejects the image")
+    label: str = Field(description="the top class, or 'unknown' when the open-set check rejects the image; "
+                                   "multi-label models: the names in `labels` joined by ';' ('' for none)")
     confidence: float = Field(description="calibrated probability of the top class")
-    top_k: list[TopLabel] = Field(description="best first")
+    top_k: list[TopLabel] = Field(description="best first; multi-label models: each probability is the "
+                                              "class's own (they need not sum to 1)")
+    labels: list[TopLabel] | None = Field(None, description="multi-label models only: every class whose "
+                                                            "calibrated probability reaches its threshold, "
+                                                            "most probable first (empty: none does)")
     ood_score: float | None = Field(description="in-distribution score (higher: more like the training "
                                                 "data); null when the bundle has no open-set check")
     width: int = Field(description="pixels, as stored in the file")
@@ -102,6 +107,13 @@ class ModelInfo(BaseModel):
     input_size: list[int] = Field(description="[3, S, S]: channels, height, width")
     resize_mode: str = Field(description="pad | crop | squash")
     temperature: float = Field(description="calibration: probabilities are softmax(logits / temperature)")
+    task: Literal["multiclass", "multilabel"] = Field(
+        description="multiclass: one label an image; multilabel: a set of labels, each class decided "
+                    "on its own (sigmoid(logit_c / temperatures[c]) >= thresholds[c])")
+    thresholds: list[float] | None = Field(description="multilabel: each class's decision threshold, "
+                                                       "in class_names order; null otherwise")
+    temperatures: list[float] | None = Field(description="multilabel: each class's sigmoid temperature; "
+                                                         "null otherwise")
     open_set_threshold: float | None = Field(description="below it the label is 'unknown'")
     training: dict[str, Any] = Field(description="the training summary (no data path)")
     backend: str
@@ -201,7 +213,7 @@ class ModelReady(BaseModel):
 
 class TensorMetadata(BaseModel):
     name: str
-    datatype: str = Field(description="BYTES | FP32")
+    datatype: str = Field(description="BYTES | FP32 | BOOL")
     shape: list[int] = Field(description="-1: any size")
     parameters: Parameters | None = None
 

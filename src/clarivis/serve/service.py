@@ -17,12 +17,12 @@ from PIL import Image
 
 import clarivis
 from clarivis.errors import ClarivisError
-from clarivis.prediction import check_backend
+from clarivis.prediction import LABEL_SEP, check_backend
 from clarivis.serve.backends import Backend, Scored, load_backend
 from clarivis.serve.batching import MicroBatcher
 from clarivis.serve.metrics import ServiceMetrics
 from clarivis.serve.monitor import ServiceMonitor
-from clarivis.serve.predlog import LoggedPrediction, PredictionLog
+from clarivis.serve.predlog import TEXT_LIMITS, LoggedPrediction, PredictionLog
 from clarivis.serve.settings import Settings
 from clarivis.spec import bundle_version, read_bundle_config, resolve_bundle_path
 
@@ -95,10 +95,18 @@ class Service:
         """One request's answered predictions into the log, the metrics and /v1/recent (every
         route that predicts calls this). On the event loop: record() appends one journal line (no
         database I/O, no fsync while the database answers), cheaper than a thread-pool hop.
-        Raises ClarivisError when the journal cannot be written."""
+        Raises ClarivisError when the journal cannot be written.
+
+        A multi-label answer counts once for each label of its set in the per-label counter
+        (an empty set under the label "")."""
+        multilabel = self.config.multilabel
+        for e in entries:
+            for label in label_set(e.label) if multilabel else (e.label,):
+                self.metrics.predictions.labels(label).inc()
+            if multilabel:
+                e.label = fit_label_set(e.label)
         self.log.record(entries)
         for e in entries:
-            self.metrics.predictions.labels(e.label).inc()
             self.recent.appendleft({"time": e.time.isoformat(), "label": e.label, "confidence": e.confidence,
                                     "latency_ms": e.latency_ms, "width": e.width, "height": e.height,
                                     "sha256": e.sha256[:12]})
@@ -128,6 +136,26 @@ class Service:
     def close(self) -> None:
         self.log.close()
         self.metrics.close()
+
+
+def label_set(joined: str) -> list[str]:
+    """A multi-label answer's label (names joined by LABEL_SEP, "" for none) -> its names
+    (the empty set -> [""], so an image with no label is counted too)."""
+    return joined.split(LABEL_SEP) if joined else [""]
+
+
+def fit_label_set(joined: str, limit: int = TEXT_LIMITS["label"]) -> str:
+    """A label set as the log's label column holds it: whole labels, most probable first, as
+    many as fit (a set of many long names could pass the column's limit, and the log would then
+    refuse the prediction and the client get a 503)."""
+    if len(joined) <= limit:
+        return joined
+    kept: list[str] = []
+    for name in joined.split(LABEL_SEP):
+        if len(LABEL_SEP.join([*kept, name])) > limit:
+            break
+        kept.append(name)
+    return LABEL_SEP.join(kept)
 
 
 def default_model_name(model_dir: Path) -> str:

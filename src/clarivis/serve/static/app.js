@@ -1,5 +1,5 @@
-// The clarivis page: drop or pick images -> POST v1/predict (top-k bars), then v1/explain per
-// image (Grad-CAM overlay), then the recent table (when the server exposes it). The monitor
+// The clarivis page: drop or pick images -> POST v1/predict (top-k bars; a multi-label model's
+// label set above them), then v1/explain per image (Grad-CAM overlay), then the recent table (when the server exposes it). The monitor
 // summary loads with the page and on "refresh" only: it aggregates the whole log.
 // No libraries, no build. With an API key the server's login form has set an HttpOnly cookie,
 // which fetch sends by itself (same origin): the key is never in this page's reach.
@@ -28,6 +28,14 @@ function showError(message) {
 
 const pct = (p) => `${(100 * p).toFixed(1)}%`;
 
+// A multi-label model's answer has `labels`, the classes whose probability reaches their own
+// threshold (empty: none); a single-label one has none (null here).
+function labelSetText(p) {
+  if (!Array.isArray(p.labels)) return null;
+  if (!p.labels.length) return "no label above its threshold";
+  return "labels: " + p.labels.map((t) => `${t.label} ${pct(t.probability)}`).join(" · ");
+}
+
 function form(files) {
   const data = new FormData();
   for (const f of files) data.append("file", f, f.name);
@@ -51,9 +59,18 @@ async function predict(files) {
     $(".thumb", card).src = URL.createObjectURL(files[i]);
     $(".name", card).textContent = `${p.filename} · ${p.width}×${p.height} · ${answer.latency_ms.toFixed(0)} ms`;
     const bars = $(".bars", card);
+    const setText = labelSetText(p);
+    const chosen = new Set((p.labels || []).map((t) => t.label));
+    if (setText !== null) {
+      const line = $(".labelset", card);
+      line.textContent = setText;
+      line.classList.toggle("empty", !p.labels.length);
+      line.hidden = false;
+      card.classList.add("multilabel");
+    }
     for (const t of p.top_k) {
       const li = document.createElement("li");
-      li.className = "bar";
+      li.className = chosen.has(t.label) ? "bar chosen" : "bar";
       li.innerHTML = '<span class="label"></span><span class="track"><span class="fill"></span></span>' +
         '<span class="value"></span>';
       $(".label", li).textContent = t.label;
@@ -62,7 +79,7 @@ async function predict(files) {
       $(".value", li).textContent = pct(t.probability);
       bars.append(li);
     }
-    if (p.label !== p.top_k[0].label) {
+    if (setText === null && p.label !== p.top_k[0].label) {
       const li = document.createElement("li");
       li.className = "muted";
       li.textContent = `answered "${p.label}" (open-set score below the threshold)`;
@@ -92,7 +109,8 @@ async function explain(file, card) {
 async function loadModel() {
   try {
     const m = await (await call("v1/model")).json();
-    $("#model-info").textContent = `${m.name} · ${m.architecture} · ${m.num_classes} classes · ` +
+    const classes = m.task === "multilabel" ? `${m.num_classes} labels (multi-label)` : `${m.num_classes} classes`;
+    $("#model-info").textContent = `${m.name} · ${m.architecture} · ${classes} · ` +
       `version ${m.model_version} · ${m.backend}`;
     $("#limits").textContent = `up to ${m.limits.max_files} images, ${m.limits.max_upload_mb} MB a request`;
     exposeRecent = Boolean(m.expose_recent);
@@ -109,7 +127,7 @@ async function loadRecent() {
     const { predictions } = await (await call("v1/recent?limit=20")).json();
     body.replaceChildren(...predictions.map((p) => {
       const tr = document.createElement("tr");
-      const cells = [p.time.slice(0, 19).replace("T", " "), p.label, pct(p.confidence),
+      const cells = [p.time.slice(0, 19).replace("T", " "), p.label || "(no label)", pct(p.confidence),
         `${p.latency_ms.toFixed(0)} ms`, `${p.width}×${p.height}`, p.sha256];
       for (const c of cells) {
         const td = document.createElement("td");
@@ -119,6 +137,12 @@ async function loadRecent() {
       return tr;
     }));
   } catch (_) { /* the model info line already says why */ }
+}
+
+// A multi-label model's drift: each label's share of images, live and on validation.
+function labelRatesText(drift) {
+  if (!drift || drift.task !== "multilabel") return null;
+  return drift.label_tests.map((t) => `${t.label} ${pct(t.live_rate)} / ${pct(t.baseline_rate)}`).join(", ");
 }
 
 async function loadMonitor() {
@@ -132,6 +156,8 @@ async function loadMonitor() {
       ["unknown rate", r.unknown_rate == null ? "–" : pct(r.unknown_rate)],
       ["flags", r.flags.length ? r.flags.map((f) => f.message || f.check).join("; ") : "none"],
     ];
+    const rates = labelRatesText(r.drift);
+    if (rates) rows.splice(3, 0, ["label rates (live / validation)", rates]);
     const dl = document.createElement("dl");
     for (const [k, v] of rows) {
       const dt = document.createElement("dt");
