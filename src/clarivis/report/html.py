@@ -1,10 +1,15 @@
 """`clarivis report RUN`: one self-contained HTML file (every image embedded as a data URI, no
 script, no network) from what the run folder holds: training log, validation metrics, the audit
-and the data check. Sections whose input is missing say which command fills them."""
+and the data check. Sections whose input is missing say which command fills them.
+
+A multi-label run (the bundle's task) reports mAP, F1 at the fitted thresholds, subset accuracy
+and Hamming loss, a per-class table of AP / F1 / precision / recall with each class's threshold
+and temperature, and no confusion matrix (there is no one true class to confuse)."""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +28,9 @@ from clarivis.spec import VERSION as __version__
 from clarivis.spec import BundleConfig, read_bundle_config, resolve_bundle_path
 
 MAX_FINDINGS = 40  # rows of the data-check table; the JSON file has them all
+WEAK = 0.5  # a per-class recall (or AP) below this is shown in red
+SINGLE_LABEL_ONLY = ("applies to single-label models (one softmax answer an image); not run on this "
+                     "multi-label model")
 
 
 @dataclass
@@ -101,6 +109,10 @@ class _Run:
     scored: ScoredValidation | None
 
     @property
+    def multilabel(self) -> bool:
+        return self.bundle.multilabel
+
+    @property
     def audit(self) -> dict | None:
         return self.inputs["audit"]
 
@@ -120,7 +132,8 @@ class _Run:
 
 
 def _sections(run: _Run) -> list[Section]:
-    return [builder(run) for builder in _SECTION_BUILDERS]
+    """The page's sections; a builder returns None for one that does not apply to this run."""
+    return [s for s in (builder(run) for builder in _SECTION_BUILDERS) if s is not None]
 
 
 def _summary_section(r: _Run) -> Section:
@@ -136,23 +149,53 @@ def _training_section(r: _Run) -> Section:
         s.html = Markup(r.m.linear_probe(probe))
     elif history:
         training = r.bundle.training
-        s.html = Markup(r.m.training({"curves": data_uri(plots.png_bytes(
-            plots.training_curves_figure(history))), "epochs": len(history),
-            "best_val": training.get("best_val_accuracy"), "best_epoch": training.get("epoch")}))
+        key, metric = ("best_val_map", "mAP") if r.multilabel else ("best_val_accuracy", "accuracy")
+        s.html = Markup(r.m.training({"curves": data_uri(plots.png_bytes(_training_curves(history))),
+                                      "epochs": len(history), "metric": metric,
+                                      "best_val": training.get(key), "best_epoch": training.get("epoch")}))
     return s
+
+
+def _training_curves(history: list[dict]):
+    """plots' loss and accuracy curves, with the validation mAP of a multi-label run (its
+    epochs are ranked by it) drawn on the accuracy panel, whose accuracy is then per label."""
+    fig = plots.training_curves_figure(history)
+    maps = [row.get("val_map") for row in history]
+    if any(v is not None for v in maps):
+        ax = fig.axes[-1]
+        ax.plot([row["epoch"] for row in history], [math.nan if v is None else v for v in maps], ":",
+                marker=".", label="val mAP")
+        ax.set_title("accuracy (per label) and mAP")
+        ax.legend(loc="lower right")
+    return fig
 
 
 def _metrics_section(r: _Run) -> Section:
     s = Section("metrics", "Metrics", missing="no validation or test metrics in this run")
     splits = [(n, x) for n, x in (("validation", r.inputs["val"]), ("test", r.test_metrics)) if x]
     main_metrics, main_split = r.main_metrics
-    if splits:
+    if splits and r.multilabel:
+        s.html = Markup(r.m.multilabel_metrics(_multilabel_tables(r.bundle, splits, main_metrics,
+                                                                  main_split)))
+    elif splits:
         s.html = Markup(r.m.metrics({"splits": splits, "per_class": main_metrics["per_class"],
-                                  "per_class_split": main_split, "weak_recall": 0.5}))
+                                  "per_class_split": main_split, "weak_recall": WEAK}))
     return s
 
 
-def _confusion_section(r: _Run) -> Section:
+def _multilabel_tables(bundle: BundleConfig, splits: list[tuple[str, dict]], main: dict,
+                       main_split: str) -> dict:
+    """The multi-label metrics macro's input: the splits' summary metrics and the main split's
+    per-class rows with each class's fitted temperature."""
+    temperatures = dict(zip(bundle.class_names, bundle.label_temperatures(), strict=True))
+    rows = [{**row, "temperature": temperatures.get(row["class"])} for row in main["per_class"]]
+    return {"splits": splits, "per_class": rows, "per_class_split": main_split, "weak": WEAK,
+            "fitted": "bce_after" in bundle.calibration}
+
+
+def _confusion_section(r: _Run) -> Section | None:
+    if r.multilabel:  # no one true class a image: the per-class table stands in for it
+        return None
     s = Section("confusion", "Confusion matrix", missing="no metrics to draw it from")
     main_metrics, main_split = r.main_metrics
     if main_metrics:
@@ -167,16 +210,30 @@ def _calibration_section(r: _Run) -> Section:
     calibration, cal_split = ((r.audit["calibration"], "test") if r.audit
                               else (r.inputs["val_calibration"], "validation"))
     s = Section("calibration", "Calibration", missing="no calibration measured (needs a validation split)")
-    if calibration:
+    if r.multilabel:
+        s.html = Markup(r.m.multilabel_calibration(_multilabel_calibration(r.bundle, r.audit)))
+    elif calibration:
         png = data_uri(plots.png_bytes(plots.reliability_figure(calibration)))
         s.html = Markup(r.m.calibration({**calibration, "split": cal_split, "png": png}))
     return s
 
 
+def _multilabel_calibration(bundle: BundleConfig, audit: dict | None) -> dict:
+    """What the multi-label calibration macro shows: the fit on validation (bundle) and, after an
+    audit, class-wise ECE / BCE on test, with the pooled reliability diagram when plots draws it."""
+    test = audit["calibration"] if audit else None
+    png = None
+    if test and "temperature" in test:  # plots' reliability diagram labels the one temperature
+        png = data_uri(plots.png_bytes(plots.reliability_figure(test)))
+    return {"fit": bundle.calibration, "fitted": "bce_after" in bundle.calibration, "test": test, "png": png}
+
+
 def _open_set_section(r: _Run) -> Section:
     s = Section("open-set", "Unknown images (open-set rejection)",
                 missing="no rejection threshold in the bundle (it is fitted on the validation split)")
-    if r.bundle.ood:
+    if r.multilabel:
+        s.missing = f"open-set rejection {SINGLE_LABEL_ONLY}"
+    elif r.bundle.ood:
         report = r.audit.get("open_set") if r.audit else None
         hint = None if report and report["auroc"] else (
             "AUROC needs test images of classes the model was not trained on: audit a folder "
@@ -190,7 +247,8 @@ def _top_losses_section(r: _Run) -> Section:
     items = (top_losses(r.bundle_dir, r.inputs["split"], count=r.gallery, device=r.device, scored=r.scored)
              if r.gallery else [])
     if items:
-        s.html = Markup(r.m.top_losses({"images": items, "split": "validation"}))
+        s.html = Markup(r.m.top_losses({"images": items, "split": "validation",
+                                        "multilabel": r.multilabel}))
     return s
 
 
@@ -206,7 +264,7 @@ def _data_check_section(r: _Run) -> Section:
 def _subgroups_section(r: _Run) -> Section:
     s = Section("subgroups", "Subgroups", missing=r.audit_hint)
     if r.audit and r.audit["subgroups"].get("summary"):
-        s.html = Markup(r.m.subgroups(_subgroups(r.audit["subgroups"])))
+        s.html = Markup(r.m.subgroups(_subgroups(r.audit["subgroups"], r.multilabel)))
     elif r.audit:
         s.missing = "the test data has no group attributes: audit a CSV manifest with extra columns"
     return s
@@ -217,15 +275,27 @@ def _robustness_section(r: _Run) -> Section:
                 "the audit ran with --no-robustness; audit again without it to fill this section")
     if r.audit and r.audit.get("robustness"):
         rob = r.audit["robustness"]
-        png = plots.png_bytes(plots.robustness_figure(rob))
-        s.html = Markup(r.m.robustness({**rob, "png": data_uri(png)}))
+        if rob.get("metric") == "map":  # multi-label: the sweep in mAP; the table says it all
+            s.html = Markup(r.m.robustness(_multilabel_robustness(rob)))
+        else:
+            png = plots.png_bytes(plots.robustness_figure(rob))
+            s.html = Markup(r.m.robustness({**rob, "png": data_uri(png), "metric": "accuracy"}))
     return s
+
+
+def _multilabel_robustness(rob: dict) -> dict:
+    """The multi-label sweep (mAP) in the robustness macro's keys."""
+    rows = {name: {**row, "accuracy": row["map"]} for name, row in rob["corruptions"].items()}
+    return {**rob, "metric": "mAP", "clean_accuracy": rob["clean_map"],
+            "mean_corruption_accuracy": rob["mean_corruption_map"], "corruptions": rows, "png": None}
 
 
 def _adversarial_section(r: _Run) -> Section:
     s = Section("adversarial", "Adversarial robustness", missing=r.audit_hint.replace(
         "TEST_DATA", "TEST_DATA --adversarial"))
-    if r.audit and r.audit.get("adversarial"):
+    if r.multilabel:
+        s.missing = f"adversarial attacks (FGSM/PGD on the top class) {SINGLE_LABEL_ONLY}"
+    elif r.audit and r.audit.get("adversarial"):
         adv = r.audit["adversarial"]
         eps = list(next(iter(adv["attacks"].values())).keys())
         s.html = Markup(r.m.adversarial({**adv, "eps": eps}))
@@ -255,15 +325,18 @@ def _saved_val_confusion(run_dir: Path) -> bytes | None:
 
 def _summary(run_dir: Path, bundle, inputs: dict) -> dict:
     training, val, audit = bundle.training, inputs["val"], inputs["audit"]
-    cards = [("classes", bundle.num_classes), ("train images", training.get("train_images", "–"))]
-    if val:
-        cards.append(("val accuracy", f"{100 * val['accuracy']:.1f}%"))
-    if audit:
-        cards.append(("test accuracy", f"{100 * audit['metrics']['accuracy']:.1f}%"))
-    cards.append(("temperature", f"{bundle.temperature:.2f}"))
+    cards = [("labels" if bundle.multilabel else "classes", bundle.num_classes),
+             ("train images", training.get("train_images", "–"))]
+    for split, metrics in (("val", val), ("test", audit["metrics"] if audit else None)):
+        if metrics:
+            cards += _score_cards(split, metrics)
+    if not bundle.multilabel:  # multi-label: a temperature a class, in the per-class table
+        cards.append(("temperature", f"{bundle.temperature:.2f}"))
     facts = [("run folder", run_dir.name), ("data", training.get("data", "–")),
              ("dataset fingerprint", training.get("dataset_fingerprint", "–")),
              ("classes", ", ".join(bundle.class_names)),
+             *([("task", "multi-label: any set of the labels an image, a sigmoid and a decision "
+                         "threshold a label")] if bundle.multilabel else []),
              ("input", f"{bundle.input_size[1]} px, resize mode {bundle.resize_mode}"),
              ("trained", f"{_how_trained(training)}, at {training.get('trained_at', '–')}")]
     if audit:
@@ -272,20 +345,31 @@ def _summary(run_dir: Path, bundle, inputs: dict) -> dict:
     return {"cards": cards, "facts": facts, "config": inputs["config_text"]}
 
 
+def _score_cards(split: str, metrics: dict) -> list[tuple[str, str]]:
+    """The summary's headline numbers for one split: accuracy, or mAP and macro F1 (multi-label)."""
+    if metrics.get("task") == "multilabel":
+        return [(f"{split} mAP", f"{100 * metrics['map_macro']:.1f}%"),
+                (f"{split} F1 (macro)", f"{100 * metrics['f1_macro']:.1f}%")]
+    return [(f"{split} accuracy", f"{100 * metrics['accuracy']:.1f}%")]
+
+
 def _how_trained(training: dict) -> str:
     if training.get("method") == "linear_probe":
         return f"linear probe on frozen {training.get('backbone_weights', '–')} features"
     return f"{training.get('epoch', '–')} epochs"
 
 
-def _subgroups(subgroups: dict) -> dict:
+def _subgroups(subgroups: dict, multilabel: bool = False) -> dict:
+    """Columns of groups, worst first by accuracy (multi-label: mAP; a group with no positive
+    label has none and goes last)."""
+    key = "map" if multilabel else "accuracy"
     flagged = {(f["column"], f["group"]) for f in subgroups["flagged"]}
     columns = []
     for column, summary in subgroups["summary"].items():
-        groups = sorted(subgroups[column].items(), key=lambda kv: kv[1]["accuracy"])
+        groups = sorted(subgroups[column].items(), key=lambda kv: (kv[1][key] is None, kv[1][key] or 0.0))
         rows = [(g, {**r, "flagged": (column, g) in flagged}) for g, r in groups]
         columns.append((column, {"summary": summary, "groups": rows}))
-    return {"columns": columns}
+    return {"columns": columns, "multilabel": multilabel}
 
 
 def _data_check(check: dict, file: Path) -> dict:
