@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tests.tiny import CNN, VIT, multilabel_classifier, tiny_classifier, write_image
+from tests.e2e.test_cli import run_cli
+from tests.tiny import CNN, VIT, multilabel_bundle, multilabel_classifier, tiny_classifier, write_image
 
 from clarivis.explain import explain, explain_overlay
 from clarivis.explain.explanations import caption
@@ -68,3 +69,14 @@ def test_the_service_overlay_answers_the_label_set():
 def test_single_label_rows_keep_their_fields(tmp_path):
     [result] = explain(tiny_classifier(CNN), write_image(tmp_path / "x.png"))
     assert "labels" not in result.to_dict() and result.labels is None
+
+
+def test_the_explain_command_lists_a_row_per_map(tmp_path, capsys):
+    bundle = multilabel_bundle(tmp_path / "model", thresholds=[0.0, 0.0, 1.1])
+    image = write_image(tmp_path / "x.png")
+    code, out, _ = run_cli(["explain", bundle, image, "--out", tmp_path / "maps"], capsys)
+    assert code == 0 and sorted(p.name for p in (tmp_path / "maps").iterdir()) == [
+        "x_blue_gradcam.png", "x_green_gradcam.png"]
+    none = multilabel_bundle(tmp_path / "none", thresholds=[1.1, 1.1, 1.1])
+    code, out, _ = run_cli(["explain", none, image, "--out", tmp_path / "top"], capsys)
+    assert code == 0 and "(not predicted)" in out and len(list((tmp_path / "top").iterdir())) == 1

@@ -49,7 +49,9 @@ def explain(
             failed += 1
             table.add_row("[red]error[/]", "", e.error, e.source)
         else:
-            table.add_row(e.label, f"{e.confidence:.3f}", e.png, e.source)
+            # a multi-label map of a class not predicted (none was, or --target): say which class
+            label = e.label if e.label or e.labels is None else f"(not predicted) {e.target}"
+            table.add_row(label, f"{e.confidence:.3f}", e.png, e.source)
     stdout.print(table)
     if failed:
         stderr.print(f"[yellow]{failed} input(s) could not be read (see the error rows)")
