@@ -121,3 +121,25 @@ def _pixels(predictor: Predictor, path: str) -> np.ndarray:
     from clarivis.runtime import normalize
 
     return normalize(predictor.prepare(path)[None], predictor.preprocess)[0]
+
+
+@slow
+def test_predict_cli_on_onnx_prints_the_sets_torch_prints(ml_export, capsys):
+    import csv
+    import io
+
+    from tests.e2e.test_cli import run_cli
+
+    bundle, _, images = ml_export
+    held = Path(images[120]).parent
+    tables = {}
+    for backend in ("torch", "onnx"):
+        code, out, err = run_cli(["predict", bundle, held, "--format", "csv", "--backend", backend,
+                                  "--device", "cpu"], capsys)
+        assert code == 0, err
+        tables[backend] = list(csv.DictReader(io.StringIO(out)))
+    assert [r["labels"] for r in tables["onnx"]] == [r["labels"] for r in tables["torch"]]
+    assert len(tables["onnx"]) == 64 and list(tables["onnx"][0])[-3:] == [f"prob_{c}" for c in ML_CLASSES]
+    for a, b in zip(tables["torch"], tables["onnx"], strict=True):
+        assert [float(b[f"prob_{c}"]) for c in ML_CLASSES] == pytest.approx(
+            [float(a[f"prob_{c}"]) for c in ML_CLASSES], abs=1e-5)

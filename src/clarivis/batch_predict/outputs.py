@@ -18,9 +18,11 @@ from typing import TypeVar
 
 from clarivis.batch_predict.parquet import read_parquet_paths, write_parquet
 from clarivis.batch_predict.writers import (
+    SINGLE_LABEL,
     CsvWriter,
     JsonlWriter,
     OutputError,
+    RowLayout,
     RowWriter,
     chunked,
     read_csv_rows,
@@ -98,29 +100,29 @@ def refuse_existing(target: Path, fmt: str) -> None:
                           "pass --resume to finish it or choose another --out")
 
 
-def read_paths(path: Path, fmt: str) -> Iterator[str]:
+def read_paths(path: Path, fmt: str, layout: RowLayout = SINGLE_LABEL) -> Iterator[str]:
     """The paths in one output, part or journal file (a torn last line is ignored)."""
     if fmt == "parquet" and not path.name.endswith(_JOURNAL):
-        yield from read_parquet_paths(path)
+        yield from read_parquet_paths(path, layout)
     elif fmt == "csv":
-        yield from (row[0] for row in read_csv_rows(path))
+        yield from (row[0] for row in read_csv_rows(path, layout))
     else:
         yield from (record["path"] for record in read_records(path))
 
 
-def done_paths(target: Path, fmt: str) -> set[str]:
+def done_paths(target: Path, fmt: str, layout: RowLayout = SINGLE_LABEL) -> set[str]:
     """Every path already in the target or any of its leftovers (what --resume skips)."""
     done: set[str] = set()  # the one O(files) structure: about 100 bytes a path
     for path in ([target] if target.exists() else []) + leftovers(target, fmt):
-        done.update(read_paths(path, fmt))
+        done.update(read_paths(path, fmt, layout))
     return done
 
 
-def open_writer(path: Path, fmt: str) -> RowWriter:
-    return CsvWriter(path) if fmt == "csv" else JsonlWriter(path)
+def open_writer(path: Path, fmt: str, layout: RowLayout = SINGLE_LABEL) -> RowWriter:
+    return CsvWriter(path, layout) if fmt == "csv" else JsonlWriter(path, layout)
 
 
-def finalize(target: Path, fmt: str) -> None:
+def finalize(target: Path, fmt: str, layout: RowLayout = SINGLE_LABEL) -> None:
     """Merge all leftovers into the target and delete them; repeats of a path are dropped, so
     a merge that was interrupted can simply run again."""
     found = _leftovers(target, fmt)
@@ -128,17 +130,18 @@ def finalize(target: Path, fmt: str) -> None:
     if fmt == "parquet":
         # Rewriting a large Parquet file for empty journals (nothing new on resume) is waste.
         if not target.exists() or any(part.stat().st_size for part in parts):
-            write_parquet(target, _merged(found, read_records))
+            write_parquet(target, _merged(found, read_records), layout)
     elif fmt == "csv" and parts:
-        seen = set(read_paths(target, fmt)) if target.exists() else set()
-        rows = (row for row in _merged(found, read_csv_rows) if _first_time(row[0], seen))
-        with closing(CsvWriter(target)) as csv_writer:
+        seen = set(read_paths(target, fmt, layout)) if target.exists() else set()
+        rows = (row for row in _merged(found, lambda path: read_csv_rows(path, layout))
+                if _first_time(row[0], seen))
+        with closing(CsvWriter(target, layout)) as csv_writer:
             for chunk in chunked(rows, 1000):
                 csv_writer.write_fields(chunk)
     elif parts:
-        seen = set(read_paths(target, fmt)) if target.exists() else set()
+        seen = set(read_paths(target, fmt, layout)) if target.exists() else set()
         records = (r for r in _merged(found, read_records) if _first_time(r["path"], seen))
-        with closing(JsonlWriter(target)) as jsonl_writer:
+        with closing(JsonlWriter(target, layout)) as jsonl_writer:
             for chunk in chunked(records, 1000):
                 jsonl_writer.write_records(chunk)
     for part in parts:

@@ -19,7 +19,7 @@ from clarivis.batch_predict.outputs import (
     working_path,
 )
 from clarivis.batch_predict.stream import Source, iter_sources, predict_batch, shard, skip_done
-from clarivis.batch_predict.writers import RowWriter, chunked
+from clarivis.batch_predict.writers import RowLayout, RowWriter, chunked
 from clarivis.classifier import Classifier
 from clarivis.data.expand import SkippedFiles
 from clarivis.distributed import (
@@ -31,6 +31,7 @@ from clarivis.distributed import (
     world_from_env,
 )
 from clarivis.errors import ClarivisError
+from clarivis.spec import read_bundle_config
 
 
 @dataclass
@@ -107,19 +108,22 @@ def predict_to_file(
     # the same files and fail or go on together.
     if not opts.resume:
         refuse_existing(target, fmt)
-    done = done_paths(target, fmt) if opts.resume else set()
+    # The model's columns (a multi-label model's differ), known before a resumed file is read.
+    config = model.config if isinstance(model, Classifier) else read_bundle_config(model)
+    layout = RowLayout.for_model(config, opts.top_k)
+    done = done_paths(target, fmt, layout) if opts.resume else set()
     clf = model if isinstance(model, Classifier) else Classifier.load(
         model, device=rank_device(opts.device, world), reject=opts.reject)
     summary = PredictSummary(out=target, processes=world.size, is_main=world.is_main)
     with process_group(world):
         barrier(world)
         sources = _share(inputs, world, done, summary)
-        with closing(open_writer(working_path(target, fmt, world.rank, world.size), fmt)) as writer:
-            _write_predictions(clf, sources, writer, opts, summary,
+        with closing(open_writer(working_path(target, fmt, world.rank, world.size), fmt, layout)) as writer:
+            _write_predictions(clf, sources, writer, layout.predict_k, opts.batch_size, summary,
                                on_progress if world.is_main else None)
         barrier(world)  # every part is complete before rank 0 merges them
         if world.is_main:
-            finalize(target, fmt)
+            finalize(target, fmt, layout)
         # Also keeps the other ranks alive until rank 0 has merged (torchrun stops all
         # processes once one of them exits with an error).
         counts = [int(c) for c in sum_across(world, [summary.predicted, summary.errors, summary.skipped])]
@@ -137,12 +141,12 @@ def _share(inputs: list[str | Path], world: World, done: set[str],
                      count_skip)
 
 
-def _write_predictions(clf: Classifier, sources: Iterable[Source], writer: RowWriter,
-                       opts: PredictOptions, summary: PredictSummary,
+def _write_predictions(clf: Classifier, sources: Iterable[Source], writer: RowWriter, top_k: int,
+                       batch_size: int, summary: PredictSummary,
                        on_progress: ProgressCallback | None) -> None:
     """Predict the sources batch by batch, appending each batch's rows to the writer."""
-    for batch in chunked(sources, opts.batch_size):
-        rows = predict_batch(clf, batch, opts.top_k)
+    for batch in chunked(sources, batch_size):
+        rows = predict_batch(clf, batch, top_k)
         writer.write(rows)
         failed = sum(1 for row in rows if row.error)
         summary.errors += failed

@@ -8,15 +8,18 @@ import io
 import itertools
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from clarivis.errors import ClarivisError
 from clarivis.prediction import Prediction
+from clarivis.spec import BundleConfig
 
 # The same columns and top-k encoding as `clarivis predict --format csv|json` on stdout.
 COLUMNS = ["path", "label", "confidence", "top_k", "error"]
+PROB_PREFIX = "prob_"  # multi-label files: one column of probabilities a class, prob_<class>
 
 
 class OutputError(ClarivisError):
@@ -34,6 +37,75 @@ def to_csv_fields(p: Prediction) -> list[str]:
     top = ";".join(f"{label}:{prob:.6f}" for label, prob in p.top_k)
     conf = f"{p.confidence:.6f}" if p.confidence is not None else ""
     return [p.source, p.label or "", conf, top, p.error or ""]
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """The columns of a prediction file. A single-label model's (`classes` None) are COLUMNS.
+
+    A multi-label model's: path, labels, confidence, top_k, error, then prob_<class> for every
+    class (output order). `labels` is the set: its names joined by ';' in CSV, a list of names in
+    JSONL and Parquet; `label` is left out (the same set again). Every format thus reads into the
+    same dataframe of per-class scores, and the CSV is a training manifest again (path,labels).
+    Such rows are predicted with every class in top_k (`predict_k`), so each probability is
+    known; the files keep the first `top_k` of them in the top_k column."""
+
+    classes: tuple[str, ...] | None = None  # a multi-label model's class names; None: single-label
+    top_k: int = 5
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:  # checked here too: a multi-label model is asked for every class
+            raise ClarivisError(f"--top-k must be at least 1 (got {self.top_k})")
+
+    @classmethod
+    def for_model(cls, config: BundleConfig, top_k: int) -> RowLayout:
+        return cls(tuple(config.class_names) if config.multilabel else None, top_k)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.classes is not None
+
+    @property
+    def predict_k(self) -> int:
+        """The top_k to ask the model for."""
+        return len(self.classes) if self.classes is not None else self.top_k
+
+    @property
+    def columns(self) -> list[str]:
+        if self.classes is None:
+            return COLUMNS
+        return ["path", "labels", "confidence", "top_k", "error"] + prob_columns(self.classes)
+
+    def trimmed(self, p: Prediction) -> Prediction:
+        """The row with the top_k the user asked for (multi-label rows hold every class)."""
+        return replace(p, top_k=p.top_k[:self.top_k]) if self.multilabel else p
+
+    def probabilities(self, p: Prediction) -> list[float | None]:
+        """Each class's probability (class order); None each for an error row."""
+        probs = dict(p.top_k)
+        return [probs.get(name) if not p.error else None for name in self.classes or ()]
+
+    def record(self, p: Prediction) -> dict[str, Any]:
+        if not self.multilabel:
+            return to_record(p)
+        record = to_record(self.trimmed(p))
+        del record["label"]
+        names = [name for name, _ in p.labels] if p.labels is not None else None
+        return ({"path": record.pop("path"), "labels": names} | record
+                | dict(zip(prob_columns(self.classes), self.probabilities(p), strict=True)))
+
+    def csv_fields(self, p: Prediction) -> list[str]:
+        if not self.multilabel:
+            return to_csv_fields(p)
+        fields = to_csv_fields(self.trimmed(p))  # path, label (the set, joined), confidence, ...
+        return fields + [f"{prob:.6f}" if prob is not None else "" for prob in self.probabilities(p)]
+
+
+SINGLE_LABEL = RowLayout()
+
+
+def prob_columns(classes: Sequence[str]) -> list[str]:
+    return [f"{PROB_PREFIX}{name}" for name in classes]
 
 
 def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -76,20 +148,25 @@ class _AppendWriter:
 
 
 class CsvWriter(_AppendWriter):
-    def __init__(self, path: Path):
-        check_csv_header(path)
-        super().__init__(path, header=_csv_text([COLUMNS]))
+    def __init__(self, path: Path, layout: RowLayout = SINGLE_LABEL):
+        check_csv_header(path, layout)
+        self.layout = layout
+        super().__init__(path, header=_csv_text([layout.columns]))
 
     def write(self, rows: list[Prediction]) -> None:
-        self._append(_csv_text([to_csv_fields(p) for p in rows]))
+        self._append(_csv_text([self.layout.csv_fields(p) for p in rows]))
 
     def write_fields(self, rows: list[list[str]]) -> None:
         self._append(_csv_text(rows))
 
 
 class JsonlWriter(_AppendWriter):
+    def __init__(self, path: Path, layout: RowLayout = SINGLE_LABEL):
+        self.layout = layout
+        super().__init__(path)
+
     def write(self, rows: list[Prediction]) -> None:
-        self.write_records([to_record(p) for p in rows])
+        self.write_records([self.layout.record(p) for p in rows])
 
     def write_records(self, records: list[dict[str, Any]]) -> None:
         self._append("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
@@ -132,23 +209,24 @@ def complete_lines(path: Path) -> Iterator[str]:
                 yield line
 
 
-def check_csv_header(path: Path) -> None:
+def check_csv_header(path: Path, layout: RowLayout = SINGLE_LABEL) -> None:
     if not path.exists() or path.stat().st_size == 0:
         return
     first = next(csv.reader(complete_lines(path)), None)
-    if first is not None and first != COLUMNS:
-        raise OutputError(f"{path} does not have the columns clarivis writes "
-                          f"({','.join(COLUMNS)}); choose another --out")
+    if first is not None and first != layout.columns:
+        raise OutputError(f"{path} does not have the columns clarivis writes for this model "
+                          f"({','.join(layout.columns)}); choose another --out")
 
 
-def read_csv_rows(path: Path) -> Iterator[list[str]]:
+def read_csv_rows(path: Path, layout: RowLayout = SINGLE_LABEL) -> Iterator[list[str]]:
     """The data rows of a CSV written by CsvWriter (header checked and skipped)."""
-    check_csv_header(path)
+    check_csv_header(path, layout)
+    width = len(layout.columns)
     rows = csv.reader(complete_lines(path))
     next(rows, None)
     for row in rows:
-        if len(row) != len(COLUMNS):
-            raise OutputError(f"{path} has a row with {len(row)} fields instead of {len(COLUMNS)} "
+        if len(row) != width:
+            raise OutputError(f"{path} has a row with {len(row)} fields instead of {width} "
                               f"({row[:1]}); fix or remove it, or choose another --out")
         yield row
 

@@ -34,7 +34,9 @@ def predict(  # one parameter a flag: Typer reads the option list from this sign
     int8: Annotated[bool, Opt("--int8", help="with --backend onnx: use model.int8.onnx")] = False,
 ) -> None:
     """Top-k labels with calibrated probabilities; unreadable files become error rows; images
-    unlike the training classes are answered 'unknown' (open-set threshold fitted on val)."""
+    unlike the training classes are answered 'unknown' (open-set threshold fitted on val). A
+    multi-label model answers each image's label set (empty when no class reaches its
+    threshold); json and csv add every class's probability."""
     check_row_format(fmt)
     check_backend(backend)
     if backend == "onnx" and out_file is not None:
@@ -48,12 +50,17 @@ def predict(  # one parameter a flag: Typer reads the option list from this sign
         return
     if resume:
         raise ClarivisError("--resume continues an --out file; add --out FILE")
+    from clarivis.batch_predict.writers import RowLayout
     from clarivis.data.expand import SkippedFiles  # here: --help imports no PIL
+    from clarivis.spec import read_bundle_config
 
+    # A multi-label model answers label sets; its rows carry every class's probability.
+    layout = RowLayout.for_model(read_bundle_config(model), top_k)
     left_out = SkippedFiles()
-    rows = clarivis.predict_rows(model, images, backend=backend, top_k=top_k, batch_size=batch_size,
-                                 device=device, reject=reject, int8=int8, on_skip=left_out)
-    failed = print_rows(rows, fmt)
+    rows = clarivis.predict_rows(model, images, backend=backend, top_k=layout.predict_k,
+                                 batch_size=batch_size, device=device, reject=reject, int8=int8,
+                                 on_skip=left_out)
+    failed = print_rows(rows, fmt, layout)
     report_left_out(left_out.lines())
     exit_if_unreadable(failed)
 
