@@ -123,3 +123,15 @@ def test_cli_an_image_with_no_label_is_an_empty_set(none_bundle, ml_images, caps
     code, out, _ = run_cli(["predict", none_bundle, image, "--format", "csv", "--device", "cpu"], capsys)
     row = next(csv.DictReader(io.StringIO(out)))
     assert (code, row["labels"], row["error"]) == (0, "", "") and float(row["prob_red"]) < 1.01
+
+
+def test_the_csv_reads_back_as_a_multilabel_manifest(ml_bundle, ml_images, tmp_path):
+    from clarivis.data.sources import index_dataset
+
+    out = tmp_path / "preds.csv"
+    predict_to_file(ml_bundle, ml_images, out, device="cpu")
+    index = index_dataset(out)
+    expected = _expected(ml_bundle, ml_images)
+    assert index.task == "multilabel"
+    got = {s.path: set(s.labels) for s in index.all_samples if not s.path.endswith("broken.png")}
+    assert got == {path: {name for name, _ in p.labels} for path, p in expected.items() if not p.error}
