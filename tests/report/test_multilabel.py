@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 from contextlib import redirect_stderr
 
 import pytest
@@ -100,3 +101,43 @@ def test_the_report_command_on_a_multilabel_run(ml_run, tmp_path, capsys):
     run, _ = ml_run
     code, out, err = run_cli(["report", run, "--out", tmp_path / "r.html", "--gallery", "0"], capsys)
     assert code == 0 and "r.html" in out and "mAP (macro)" in (tmp_path / "r.html").read_text()
+
+
+def _multilabel_audit(val: dict) -> dict:
+    """An audit.json of a multi-label model, in the shape clarivis audit writes (task
+    "multilabel": metrics, class-wise calibration, subgroups and corruptions in mAP)."""
+    group = {"map": 0.6, "f1": 0.5, "subset_accuracy": 0.4, "map_ci": [0.5, 0.7], "count": 12, "gap": 0.3}
+    bins = {"edges": [0.0, 0.5, 1.0], "confidence": [0.2, 0.8], "accuracy": [0.3, 0.7], "count": [5, 5]}
+    return {
+        "model": "model", "data": "test.csv", "num_images": 40, "task": "multilabel",
+        "metrics": {**val, "map_macro": 0.812, "f1_macro": 0.701},
+        "calibration": {"temperatures": [1.0] * 3, "num_images": 40, "ece_before": 0.2, "ece_after": 0.09,
+                        "bce_before": 0.5, "bce_after": 0.4, "reliability_before": bins,
+                        "reliability_after": bins,
+                        "per_class": [{"class": c, "temperature": 1.0, "ece_before": 0.2, "ece_after": 0.09,
+                                       "bce_before": 0.5, "bce_after": 0.4} for c in ML_CLASSES]},
+        "subgroups": {"metric": "map", "site": {"a": {**group, "map": 0.9, "gap": 0.0}, "b": group},
+                      "flagged": [{"column": "site", "group": "b", "map": 0.6, "overall_map": 0.9, "gap": 0.3,
+                                   "count": 12, "significant": True}],
+                      "summary": {"site": {"overall_map": 0.9, "largest_gap": 0.3, "smallest_ratio": 0.667,
+                                           "worst_group": "b"}}},
+        "open_set": None, "adversarial": None,
+        "robustness": {"metric": "map", "clean_map": 0.8, "mean_corruption_map": 0.5, "relative_drop": 0.375,
+                       "num_images": 40, "families": {"noise": 0.5},
+                       "corruptions": {"gaussian_noise": {"family": "noise", "map": [0.7, 0.6, 0.5, 0.4, 0.3],
+                                                          "mean": 0.5}}},
+        "skipped": [], "notes": [], "seconds": {"total": 3.0},
+    }
+
+
+def test_an_audit_of_a_multilabel_model_fills_the_report_in_map(ml_run, tmp_path):
+    run = shutil.copytree(ml_run[0], tmp_path / "run")
+    val = json.loads((run / "val_metrics.json").read_text())
+    (run / "audit.json").write_text(json.dumps(_multilabel_audit(val)))
+    text = _text(write_report(run, gallery=0).read_text())
+    assert "test mAP 81.2%" in text and "per label (test)" in text
+    assert "class-wise ECE 0.2000 before, 0.0900 after" in text
+    assert "Largest mAP gap 30.0%" in text and "b 12 0.600 0.500 – 0.700 0.500 0.400 flagged" in text
+    assert "Mean corruption mAP 0.500 against 0.800 clean" in text
+    assert "site = b: mAP 0.600 against 0.900 overall (12 images)" in text  # the model card
+    assert "corruptions cut mAP by 38% on average" in text and "weakest under: gaussian_noise" in text
