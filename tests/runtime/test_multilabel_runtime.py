@@ -4,6 +4,7 @@ them, after an ONNX export that checked label sets (issue 15)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,9 @@ def ml_export(tmp_path_factory) -> tuple[Path, object, list[str]]:
     from clarivis.export import check, export_bundle, pipeline
 
     base = tmp_path_factory.mktemp("ml-runtime")
-    bundle = trained_multilabel(base, CNN)
+    # A copy: the trained bundle is shared by the session's tests, and exporting writes into it.
+    trained = trained_multilabel(base, CNN)  # <base>/CNN/run/model, trained on <base>/CNN/data
+    bundle = Path(shutil.copytree(trained, base / "model"))
     held = write_multilabel(base / "held", 64, seed=7).parent / "images"
     with pytest.MonkeyPatch.context() as patch:
         quick = lambda run, pixels: check.measure_speed(run, pixels, budget_s=0.05)  # noqa: E731
@@ -35,7 +38,7 @@ def ml_export(tmp_path_factory) -> tuple[Path, object, list[str]]:
         result = export_bundle(bundle, check_data=held, device="cpu")
     blank = base / "blank.png"
     Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(blank)
-    train_images = sorted((bundle.parent.parent / "data" / "images").glob("*.png"))
+    train_images = sorted((trained.parents[1] / "data" / "images").glob("*.png"))
     images = [str(p) for p in train_images + sorted(held.glob("*.png"))] + [str(blank)]
     return bundle, result, images
 
@@ -88,8 +91,6 @@ def test_an_image_with_no_label_is_an_empty_set(ml_export):
 
 @slow
 def test_per_class_temperature_and_threshold_come_from_the_bundle(ml_export, tmp_path):
-    import shutil
-
     bundle, _, images = ml_export
     copy = tmp_path / "model"
     shutil.copytree(bundle, copy)
