@@ -22,7 +22,8 @@ from clarivis.prediction import LABEL_SEP
 def top_losses(bundle_dir: str | Path, split: dict | None, *, count: int = 8,
                device: str | None = None, scored: ScoredValidation | None = None) -> list[dict]:
     """[{path, name, true, predicted, confidence, loss, method, png (data URI)}] for the `count`
-    validation images with the highest loss; [] when the run has no validation split."""
+    validation images with the highest loss; [] when the run has no validation split.
+    Multi-label: label sets, and `target`, the class the map is for (_multilabel_top_losses)."""
     if not split or not split.get("val"):
         return []
     scored = scored or _score_validation(bundle_dir, split, device)
@@ -37,16 +38,12 @@ def top_losses(bundle_dir: str | Path, split: dict | None, *, count: int = 8,
     probs = torch.softmax(logits[worst], dim=1)
     confidence, predicted = probs.max(dim=1)
     method = gallery_method(clf)
-    try:
-        maps = heatmaps(clf, val.pixels[worst], method=method, targets=predicted)
-    except ClarivisError:  # an architecture no method can explain: show the images alone
-        maps = None
+    maps = _maps(clf, val.pixels[worst], method, predicted)
     items = []
     for n, i in enumerate(worst.tolist()):
         name = clf.class_names[int(predicted[n])]
         caption = f"{name} {100 * float(confidence[n]):.0f}% (true {val.samples[i].label})"
-        heat = maps[n] if maps is not None else torch.zeros(val.pixels.shape[2:]).numpy()
-        png = overlay_png(val.pixels[i], heat, caption)
+        png = overlay_png(val.pixels[i], maps[n], caption)
         items.append({"path": val.samples[i].path, "name": Path(val.samples[i].path).name,
                       "true": val.samples[i].label, "predicted": name,
                       "confidence": float(confidence[n]), "loss": float(losses[i]), "method": method,
