@@ -12,14 +12,16 @@ import json
 import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
+from io import BytesIO
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 from tests.e2e.test_cli import run_cli
 from tests.serve.live import png_bytes, running_server
-from tests.tiny import ML_CLASSES, multilabel_bundle
+from tests.tiny import ML_CLASSES, multilabel_bundle, write_multilabel
 
 from clarivis.runtime import RuntimePreprocess, normalize, resize
 from clarivis.serve.app import create_app
@@ -140,9 +142,6 @@ def test_v2_infer_gives_probabilities_the_set_and_its_mask(server, bundles):
         assert joined.split(";") == sorted(["blue", "green"], key=lambda c: -probs[n, ML_CLASSES.index(c)])
     # The same images preprocessed by the client (FP32 pixels): the same sets and probabilities.
     pp = RuntimePreprocess(**read_bundle_config(bundles["always"]).preprocess.to_dict())
-    from io import BytesIO
-
-    from PIL import Image
     pixels = normalize(np.stack([resize(Image.open(BytesIO(i)).convert("RGB"), pp) for i in images]), pp)
     by_pixels = infer(url, app, {"name": "pixels", "datatype": "FP32", "shape": list(pixels.shape),
                                  "data": pixels.ravel().tolist()})
@@ -282,3 +281,29 @@ def test_monitor_is_quiet_when_label_rates_match_validation(tmp_path):
     report = monitor_report(folder, url, now=NOW)
     assert report["drift"]["live_rates"] == pytest.approx(RATES)
     assert not [f for f in report["flags"] if f["check"] in ("label_rate", "psi")]
+
+
+@pytest.mark.slow  # the ONNX export, ~10 s
+def test_onnx_backend_serves_the_same_sets(bundles, server, tmp_path):
+    """The bundle exported to ONNX and served with --backend onnx: v1 sets and v2 pixels as torch's."""
+    pytest.importorskip("onnxruntime")
+    from clarivis.export import export_bundle
+
+    folder = shutil.copytree(bundles["always"], tmp_path / "bundle")
+    export_bundle(folder, device="cpu", check_data=write_multilabel(tmp_path / "check", 8).parent / "images")
+    images = [png_bytes((220, 20, 20)), png_bytes((20, 20, 220), size=(30, 50))]
+    reference = predict(server[0], *images)["predictions"]
+    app = create_app(folder, db_url=f"sqlite:///{tmp_path / 'log.db'}", backend="onnx")
+    with running_server(app) as url:
+        body = predict(url, *images)
+        assert body["backend"] == "onnx"
+        for got, want in zip(body["predictions"], reference, strict=True):
+            assert [t["label"] for t in got["labels"]] == [t["label"] for t in want["labels"]]
+            assert [t["probability"] for t in got["labels"]] == pytest.approx(
+                [t["probability"] for t in want["labels"]], abs=1e-4)
+        pp = RuntimePreprocess(**read_bundle_config(folder).preprocess.to_dict())
+        pixels = normalize(np.stack([resize(Image.open(BytesIO(i)).convert("RGB"), pp) for i in images]), pp)
+        out = infer(url, app, {"name": "pixels", "datatype": "FP32", "shape": list(pixels.shape),
+                               "data": pixels.ravel().tolist()})
+        assert out["labels"]["data"] == [p["label"] for p in reference]
+        assert out["label_mask"]["data"] == [True, True, False] * 2

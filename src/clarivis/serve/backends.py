@@ -19,7 +19,7 @@ from PIL import Image
 import clarivis
 from clarivis.errors import ModelError
 from clarivis.prediction import UNKNOWN_LABEL, check_backend, multilabel_prediction
-from clarivis.runtime import Predictor, ood_score, softmax
+from clarivis.runtime import Predictor, ood_score, sigmoid, softmax
 from clarivis.spec import ONNX_NAME, BundleConfig
 
 
@@ -129,12 +129,11 @@ def score_logits(logits: np.ndarray, class_names: list[str], *, temperature: flo
 def score_multilabel(logits: np.ndarray, config: BundleConfig, *, top_k: int) -> list[Scored]:
     """A multi-label model's (N, C) raw logits -> Scored: sigmoid(logit_c / T_c) a class, then
     clarivis.prediction.multilabel_prediction, the rule every backend's predict follows."""
-    z = np.asarray(logits, dtype=np.float64) / np.asarray(config.label_temperatures(), dtype=np.float64)
-    probs = np.exp(-np.logaddexp(0.0, -z))  # sigmoid without overflow for large |z|
-    thresholds = config.label_thresholds()
-    k = min(top_k, config.num_classes)
-    return [_scored(multilabel_prediction("<pixels>", row, config.class_names, thresholds, k))
-            for row in probs.astype(np.float32)]
+    probs = sigmoid(np.asarray(logits, dtype=np.float32) /
+                    np.asarray(config.label_temperatures(), dtype=np.float32))  # as the runtime does
+    thresholds, k = config.label_thresholds(), min(top_k, config.num_classes)
+    return [_scored(multilabel_prediction("<pixels>", row.tolist(), config.class_names, thresholds, k))
+            for row in probs]
 
 
 def _scored(p: Any) -> Scored:
