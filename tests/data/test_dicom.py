@@ -234,3 +234,37 @@ def test_predict_gives_a_row_for_a_dicom_file(tiny_bundle, tmp_path, capsys):
     rows = json.loads(out)
     assert code == 0 and [Path(r["source"]).name for r in rows] == ["IM0002", "scan.dcm"]
     assert all(r["label"] in ("red", "blue") and not r.get("error") for r in rows)
+
+
+def test_training_folders_take_extensionless_dicom_reading_132_bytes(tmp_path, monkeypatch):
+    from clarivis.data import io as data_io
+    from clarivis.data.sources import index_class_folders
+
+    _write(_dataset(_ramp()), tmp_path / "a" / "IM0001")
+    _write(_dataset(_ramp()), tmp_path / "a" / "1.2.840.113619.2.55")  # a UID-named export
+    _write(_dataset(_ramp()), tmp_path / "b" / "scan.dcm")
+    (tmp_path / "b" / "README").write_text("not an image")
+    (tmp_path / "b" / "notes.txt").write_text("x" * 200)
+    opened = []
+    real_open = open
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(Path(path).name)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(data_io, "open", counting_open, raising=False)
+    samples = index_class_folders(tmp_path)
+    assert [(Path(s.path).name, s.label) for s in samples] == [
+        ("1.2.840.113619.2.55", "a"), ("IM0001", "a"), ("scan.dcm", "b")]
+    # only files without an image extension and a bare or numeric one are opened, never .txt
+    assert sorted(opened) == ["1.2.840.113619.2.55", "IM0001", "README"]
+
+
+def test_header_mode_of_dicom_reads_no_pixels(tmp_path):
+    from clarivis.data.io import image_mode
+
+    path = _write(_dataset(_ramp()), tmp_path / "IM0001")
+    assert image_mode(path.read_bytes()) == ("L", "DICOM", False)
+    assert image_mode(Path(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))) == ("RGB", "DICOM", False)
+    header_only = _dataset(_ramp(), Rows=4000, Columns=4000)  # pixel data far too short
+    assert image_mode(_write(header_only, tmp_path / "big.dcm"))[0] == "L"

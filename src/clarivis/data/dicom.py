@@ -163,6 +163,15 @@ def _reason(exc: Exception) -> str:
 
 def dicom_size(source: Path | BinaryIO, label: str) -> tuple[int, int]:
     """(width, height) = (Columns, Rows) of a DICOM file, read from its header (no pixels)."""
+    width, height, _ = dicom_header(source, label)
+    return width, height
+
+
+def dicom_header(source: Path | BinaryIO, label: str) -> tuple[int, int, str]:
+    """(width, height, mode) of a DICOM file from its header alone (no pixel data is read):
+    mode is the Pillow mode decode_dicom gives it before RGB, "L" for grey (MONOCHROME1/2,
+    whatever its bit depth: the window maps it to 8 bits) or "RGB" for colour. Only these tags
+    are parsed (module docstring)."""
     try:
         import pydicom
     except ModuleNotFoundError as err:
@@ -172,9 +181,11 @@ def dicom_size(source: Path | BinaryIO, label: str) -> tuple[int, int]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             where = None if isinstance(source, Path) else source.tell()
-            ds = pydicom.dcmread(source, specific_tags=["Rows", "Columns"], stop_before_pixels=True)
+            ds = pydicom.dcmread(source, specific_tags=["Rows", "Columns", "SamplesPerPixel"],
+                                 stop_before_pixels=True)
             if where is not None:
                 source.seek(where)  # type: ignore[union-attr]  # load_image may read the same object next
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad files
         raise ImageDecodeError(f"{label}: unreadable DICOM ({_reason(exc)})") from exc
-    return int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0)
+    mode = "RGB" if int(ds.get("SamplesPerPixel", 1) or 1) > 1 else "L"
+    return int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), mode

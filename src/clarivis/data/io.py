@@ -65,6 +65,16 @@ def is_image_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def is_image_file(path: str | Path) -> bool:
+    """is_image_path, or a DICOM file without an image extension: no extension at all, or a
+    numeric one (UID-named exports such as 1.2.840.113619.2.55.1), and the DICM magic. Only those
+    files are opened (132 bytes read), so indexing a folder of photos reads no file."""
+    if is_image_path(path):
+        return True
+    suffix = Path(path).suffix
+    return (not suffix or suffix[1:].isdigit()) and is_dicom(path)
+
+
 def is_dicom(source: str | Path | bytes | BinaryIO) -> bool:
     """Whether `source` is a DICOM file: a .dcm/.dicom name, or (any other name, bytes, a
     seekable file object) the "DICM" magic after the 128-byte preamble. Reads 132 bytes at most;
@@ -188,6 +198,18 @@ def decoded_size(source: str | Path | bytes | BinaryIO, *, max_pixels: int = MAX
         if reduce_to is not None and img.format == "JPEG":
             img.draft(img.mode, (2 * reduce_to, 2 * reduce_to))  # sets the size, decodes nothing
         return stored, img.size
+
+
+def image_mode(source: str | Path | bytes) -> tuple[str, str, bool]:
+    """(Pillow mode, format name, colour-key transparency) from the header alone, as the file is
+    stored (before load_image converts it to RGB). DICOM: "L" (grey) or "RGB" and "DICOM", from
+    its header tags (no pixel data read, no patient tag parsed). Raises ImageDecodeError."""
+    label = _label(source)
+    if is_dicom(source):
+        _, _, mode = _dicom_module(source, label).dicom_header(_dicom_source(source), label)
+        return mode, "DICOM", False
+    with _decoding(label), Image.open(_open_source(source, label), formats=ALLOWED_FORMATS) as img:
+        return img.mode, img.format or "", "transparency" in img.info
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

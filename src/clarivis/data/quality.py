@@ -5,7 +5,6 @@ No model is involved; every file is read and decoded once, in processes."""
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import multiprocessing
 import os
@@ -16,11 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-# The decoders load_image allows: the header read below must not wake any other Pillow
-# plugin (EPS shells out to Ghostscript). clarivis.data.io keeps the list private.
-from clarivis.data.io import ALLOWED_FORMATS, load_image
+from clarivis.data.io import image_mode, load_image
 from clarivis.data.sources import DatasetIndex
 from clarivis.errors import ImageDecodeError
 from clarivis.extras import needs
@@ -150,9 +146,8 @@ def _inspect(item: tuple[str, str, str]) -> FileInfo:
         # load_image is the safe decoder every stage uses: if it fails here, training would skip
         # the file too. It checks the pixel count before decoding, so read the header after it.
         image = load_image(data)
-        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as header:
-            info.mode, info.format = header.mode, header.format or ""
-            info.transparency = "transparency" in header.info
+        # the stored mode (DICOM: from its header tags; only the accepted decoders are opened)
+        info.mode, info.format, info.transparency = image_mode(data)
     except ImageDecodeError as err:
         info.ok, info.reason = False, str(err).removeprefix("<bytes>: ")
         return info

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from clarivis.data.io import is_image_path
+from clarivis.data.io import is_image_file, is_image_path
 from clarivis.errors import DataError
 from clarivis.prediction import LABEL_SEP
 
@@ -92,11 +92,12 @@ def index_dataset(path: str | Path, *, task: str = "auto", label_sep: str = LABE
 
 
 def index_class_folders(root: Path) -> list[Sample]:
-    """All images under root/<class>/ (recursively), labeled by the class folder name."""
+    """All images under root/<class>/ (recursively), labeled by the class folder name; DICOM
+    files without an extension (IM0001) count too (is_image_file)."""
     samples: list[Sample] = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p)):
         for file in _walk_files(class_dir):
-            if is_image_path(file):
+            if is_image_file(file):
                 samples.append(Sample(str(file), class_dir.name))
     if not samples:
         loose = [p for p in root.iterdir() if p.is_file() and is_image_path(p)]
