@@ -41,6 +41,7 @@ class PreparedData:
     skipped: list[tuple[str, str]]
     fingerprint: str
     from_record: bool = False  # decode check taken from an earlier run's record
+    group_leaks: int = 0  # --group-by: groups with images in two of the splits (a given split)
 
     @property
     def multilabel(self) -> bool:
@@ -65,6 +66,11 @@ def prepare_data(config: TrainConfig, console: Console) -> PreparedData:
         raise DataError("--mixup and --cutmix mix one label per image; leave them at 0 for "
                         "multi-label data")
     splits = resolve_splits(index, config.val_fraction, config.seed, config.group_by)
+    leaks = shared_groups(splits, config.group_by) if config.group_by else 0
+    if leaks:  # the manifest's own split column put them there: say so, never which ones
+        console.print(f"[yellow]warning: {leaks} '{config.group_by}' group(s) have images in more than "
+                      "one of the manifest's splits, so validation is not independent of training; "
+                      f"`clarivis check --group-by {config.group_by}` lists them")
     t0 = time.perf_counter()
     with console.status("checking images (once; later runs reuse the result)..."):
         train_scan = scan_images(splits["train"], window=config.window)
@@ -97,8 +103,18 @@ def prepare_data(config: TrainConfig, console: Console) -> PreparedData:
         train_images=train_scan.images, val_images=val_images, sizes=train_scan.sizes,
         skipped=skipped,
         fingerprint=fingerprint(index.all_samples, index.root),
-        from_record=train_scan.from_record,
+        from_record=train_scan.from_record, group_leaks=leaks,
     )
+
+
+def shared_groups(splits: dict[str, list[Sample]], column: str) -> int:
+    """How many groups of `column` have images in more than one split (a count: ids may be
+    personal data)."""
+    seen: dict[str, set[str]] = {}
+    for name, samples in splits.items():
+        for s in samples:
+            seen.setdefault(s.groups.get(column, ""), set()).add(name)
+    return sum(len(names) > 1 for names in seen.values())
 
 
 def _keep_known(samples, images, known: set[str]):
@@ -191,6 +207,7 @@ def _write_data_report(run_dir: Path, config: TrainConfig, data: PreparedData, b
         report["groups"] = {"column": config.group_by, **{
             name: len({s.groups.get(config.group_by) for s in samples})
             for name, samples in (("train", data.train), ("val", data.val))}}
+        report["group_leaks"] = data.group_leaks
     (run_dir / runs.DATA_REPORT).write_text(json.dumps(report, indent=2))
     return report
 
