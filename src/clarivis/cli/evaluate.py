@@ -22,10 +22,16 @@ def evaluate(
     batch_size: Annotated[int, Opt(help="images per forward pass")] = 64,
     device: Annotated[Optional[str], Opt()] = None,
 ) -> None:
-    """Accuracy, top-5, balanced accuracy, precision/recall/F1, confusion matrix, ECE."""
+    """Accuracy, top-5, balanced accuracy, precision/recall/F1, confusion matrix, ECE.
+
+    A multi-label model (data: a CSV manifest path,labels) gets mAP, F1 at its fitted thresholds,
+    subset accuracy, Hamming loss and a per-class table; --json also writes a per-class figure."""
     result = clarivis.Classifier.load(model, device=device).evaluate(data, batch_size=batch_size)
     written = clarivis.save_evaluation(result, json_path) if json_path else None  # before printing: a
-    print_evaluation(result)  # closed pipe (`| head`) must not cost the file
+    if getattr(result, "task", None) == "multilabel":  # closed pipe (`| head`) must not cost the file
+        print_multilabel_evaluation(result)
+    else:
+        print_evaluation(result)
     if written:
         stderr.print(f"wrote {written[0]} and {written[1]}")
 
@@ -124,7 +130,31 @@ def print_evaluation(result: clarivis.EvaluationResult) -> None:
         stderr.print(f"[yellow]skipped {len(result.skipped)} unreadable file(s)")
 
 
+def print_multilabel_evaluation(result) -> None:
+    """A multilabel_metrics.MultilabelEvaluation: the summary, then one row a class."""
+    summary = Table(title=f"evaluation on {result.num_samples} images (multi-label)", show_header=False)
+    for name, value in (("mAP (macro)", result.map_macro), ("mAP (micro)", result.map_micro),
+                        ("F1 at the thresholds (macro)", result.f1_macro),
+                        ("F1 at the thresholds (micro)", result.f1_micro),
+                        ("precision / recall (macro)",
+                         f"{result.precision_macro:.4f} / {result.recall_macro:.4f}"),
+                        ("subset accuracy (exact set)", result.subset_accuracy),
+                        ("Hamming loss", result.hamming_loss)):
+        summary.add_row(name, f"{value:.4f}" if isinstance(value, float) else value)
+    stdout.print(summary)
+    per_class = Table("class", "AP", "F1", "precision", "recall", "threshold", "support")
+    for row in result.per_class:
+        ap = "-" if row["ap"] is None else f"{row['ap']:.3f}"  # no positive image: no AP
+        per_class.add_row(row["class"], ap, f"{row['f1']:.3f}", f"{row['precision']:.3f}",
+                          f"{row['recall']:.3f}", f"{row['threshold']:.3f}", str(row["support"]))
+    stdout.print(per_class)
+    if result.skipped:
+        stderr.print(f"[yellow]skipped {len(result.skipped)} unreadable file(s)")
+
+
 def print_audit(a: dict) -> None:
+    if a.get("task") == "multilabel":
+        return print_multilabel_audit(a)
     m, cal = a["metrics"], a["calibration"]
     summary = Table(title=f"audit on {a['num_images']} images", show_header=False)
     summary.add_row("accuracy (known classes)", f"{m['accuracy']:.4f}")
@@ -156,3 +186,41 @@ def print_audit(a: dict) -> None:
         stderr.print(f"note: {note}", highlight=False)
     if a["skipped"]:
         stderr.print(f"[yellow]skipped {len(a['skipped'])} unreadable file(s)")
+
+
+def print_multilabel_audit(a: dict) -> None:
+    """The audit of a multi-label model: mAP where a single-label audit has accuracy."""
+    m, cal = a["metrics"], a["calibration"]
+    summary = Table(title=f"audit on {a['num_images']} images (multi-label)", show_header=False)
+    summary.add_row("mAP macro / micro", f"{m['map_macro']:.4f} / {m['map_micro']:.4f}")
+    summary.add_row("F1 at the thresholds (macro)", f"{m['f1_macro']:.4f}")
+    summary.add_row("subset accuracy / Hamming loss", f"{m['subset_accuracy']:.4f} / {m['hamming_loss']:.4f}")
+    summary.add_row("class-wise ECE before / after temperatures",
+                    f"{cal['ece_before']:.4f} / {cal['ece_after']:.4f}")
+    summary.add_row("BCE before / after temperatures", f"{cal['bce_before']:.4f} / {cal['bce_after']:.4f}")
+    if a["robustness"]:
+        r = a["robustness"]
+        summary.add_row("mean corruption mAP", f"{r['mean_corruption_map']:.4f} (clean {r['clean_map']:.4f}, "
+                                               f"drop {100 * r['relative_drop']:.1f}%)")
+    summary.add_row("time", f"{a['seconds'].get('total', 0):.1f} s")
+    stdout.print(summary)
+    sub = a["subgroups"]
+    for column in sub.get("summary", {}):
+        groups = Table(f"{column}", "images", "mAP", "mAP 95% CI", "F1", "subset accuracy")
+        for group, row in sub[column].items():
+            low, high = row["map_ci"]
+            groups.add_row(group, str(row["count"]), _num(row["map"]),
+                           f"{_num(low)} - {_num(high)}", _num(row["f1"]), _num(row["subset_accuracy"]))
+        stdout.print(groups)
+    for f in sub.get("flagged", []):
+        stderr.print(f"[yellow]flagged[/]: {f['column']} = {f['group']}: mAP {f['map']:.3f} "
+                     f"vs {f['overall_map']:.3f} overall ({f['count']} images)")
+    for note in a["notes"]:
+        stderr.print(f"note: {note}", highlight=False)
+    if a["skipped"]:
+        stderr.print(f"[yellow]skipped {len(a['skipped'])} unreadable file(s)")
+
+
+def _num(value: float | None) -> str:
+    """A metric cell; '-' where there is none (a group with no positive label has no mAP)."""
+    return "-" if value is None else f"{value:.3f}"

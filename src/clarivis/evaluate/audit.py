@@ -1,7 +1,12 @@
 """`clarivis audit`: everything a reviewer asks of a model before it ships, measured on a test
 set in one pass: metrics, calibration, subgroups, open-set rejection, corruption robustness and
 (on request) adversarial robustness. The result is one JSON document that the report renders;
-auditing a run's bundle saves it in the run folder, where `clarivis report` finds it."""
+auditing a run's bundle saves it in the run folder, where `clarivis report` finds it.
+
+A multi-label model (task "multilabel") is audited on what its outputs mean: metrics are
+mAP / F1 at its thresholds / subset accuracy (multilabel_metrics), calibration is class-wise
+(ECE and BCE per sigmoid), subgroups and corruptions are measured in mAP; open-set rejection
+and the attacks, which need one softmax answer, are not run and a note says so."""
 
 from __future__ import annotations
 
@@ -19,16 +24,18 @@ from clarivis.classifier import Classifier
 from clarivis.data.sources import evaluation_samples, index_dataset
 from clarivis.errors import DataError
 from clarivis.evaluate.adversarial import adversarial_robustness
-from clarivis.evaluate.calibration import calibration_report
+from clarivis.evaluate.calibration import calibration_report, multilabel_calibration_report
 from clarivis.evaluate.inputs import LabeledPixels, load_labeled_pixels
 from clarivis.evaluate.ood import rejection_report
-from clarivis.evaluate.robustness import corruption_robustness
-from clarivis.evaluate.subgroups import subgroup_report
+from clarivis.evaluate.robustness import corruption_robustness, multilabel_corruption_robustness
+from clarivis.evaluate.subgroups import multilabel_subgroup_report, subgroup_report
 from clarivis.fileio import atomic_write
 from clarivis.metrics import compute_metrics
 from clarivis.spec import resolve_bundle_path
 
 AUDIT_NAME = runs.AUDIT  # in the run folder, where `clarivis report` finds it
+SINGLE_LABEL_ONLY = ("{}: applies to single-label models (one softmax answer an image); "
+                     "not run on this multi-label model")
 
 
 @dataclass
@@ -38,15 +45,24 @@ class AuditResult:
     model: str
     data: str
     num_images: int  # readable test images, known and unknown classes
-    metrics: dict  # EvaluationResult on the images of known classes, calibrated
-    calibration: dict  # ECE/NLL and reliability bins before and after the temperature
-    subgroups: dict  # {column: {group: {accuracy, ...}}, "flagged": [...], "summary": {...}}
+    # EvaluationResult on the images of known classes, calibrated (multi-label:
+    # MultilabelEvaluation on every image: map_macro, f1_macro, per_class, ...)
+    metrics: dict
+    # ECE/NLL and reliability bins before and after the temperature (multi-label: class-wise
+    # ECE, BCE, pooled reliability bins and per_class rows, before and after each class's T)
+    calibration: dict
+    # {column: {group: {accuracy, ...}}, "flagged": [...], "summary": {...}} (multi-label:
+    # {group: {map, f1, subset_accuracy, ...}}, flagged on map, "metric": "map")
+    subgroups: dict
     open_set: dict | None  # AUROC and rejection rates; needs images of classes the model lacks
-    robustness: dict | None  # corruption accuracy per severity, mean and relative drop
+    # corruption accuracy per severity, mean and relative drop (multi-label: clean_map,
+    # mean_corruption_map, corruptions[name]["map"], relative_drop, "metric": "map")
+    robustness: dict | None
     adversarial: dict | None  # FGSM/PGD accuracy per eps (with --adversarial)
     skipped: list[dict] = field(default_factory=list)  # unreadable test files
     notes: list[str] = field(default_factory=list)  # why a section is empty
     seconds: dict = field(default_factory=dict)  # wall time per stage
+    task: str = "multiclass"  # the model's: multiclass or multilabel (how to read the sections)
     # Where audit() saved this JSON in the model's run folder (RUN/audit.json); None when the
     # model is not the bundle of a run. Not part of the JSON.
     run_file: Path | None = field(default=None, compare=False)
@@ -88,22 +104,33 @@ def audit(model, data: str | Path, options: AuditOptions | None = None, *,
     logits = clf.pixel_logits(test.pixels)
     seconds["inference"] = time.perf_counter() - started
     notes: list[str] = []
-    probs, metrics, calibration = _known_class_metrics(clf, test, logits, notes)
+    multilabel = clf.config.multilabel
+    if multilabel:
+        probs, metrics, calibration = _multilabel_metrics(clf, test, logits, notes)
+    else:
+        probs, metrics, calibration = _known_class_metrics(clf, test, logits, notes)
 
     stage("subgroups")
-    subgroups = _timed(seconds, "subgroups", _subgroups, test, probs.argmax(dim=1), columns,
-                       len(clf.class_names), notes)
-    open_set = _open_set(clf, logits, test.known, notes)
+    if multilabel:
+        subgroups = _timed(seconds, "subgroups", _multilabel_subgroups, clf, test, probs, columns, notes)
+        open_set = None
+        notes.append(SINGLE_LABEL_ONLY.format("open-set rejection"))
+    else:
+        subgroups = _timed(seconds, "subgroups", _subgroups, test, probs.argmax(dim=1), columns,
+                           len(clf.class_names), notes)
+        open_set = _open_set(clf, logits, test.known, notes)
 
     name = clf.config.architecture if isinstance(model, Classifier) else str(model)
-    result = AuditResult(name, str(data), len(test.samples), metrics,
-                         calibration, subgroups, open_set, None, None, test.skipped, notes, seconds)
+    result = AuditResult(name, str(data), len(test.samples), metrics, calibration, subgroups,
+                         open_set, None, None, test.skipped, notes, seconds, task=clf.config.task)
     # Both stages keep the images of known classes themselves (robustness.known_images).
     if opts.robustness:
         stage("corruption robustness")
         result.robustness = _timed(seconds, "robustness", _robustness, clf, test,
                                    opts.robustness_images)
-    if opts.adversarial:
+    if opts.adversarial and multilabel:
+        notes.append(SINGLE_LABEL_ONLY.format("adversarial attacks (FGSM/PGD on the top class)"))
+    elif opts.adversarial:
         stage("adversarial attacks")
         result.adversarial = _timed(seconds, "adversarial", _adversarial, clf, test,
                                     opts.adversarial_images)
@@ -123,9 +150,17 @@ def _save_in_run(result: AuditResult, model) -> Path | None:
 def _load_test(clf: Classifier, data: str | Path,
                groups: list[str] | None) -> tuple[LabeledPixels, list[str]]:
     """The decoded test images and the group columns to split them by."""
-    samples = evaluation_samples(index_dataset(data))
+    # As Classifier.evaluate reads data: a multi-label model reads a manifest's cells as sets.
+    index = index_dataset(data, task="multilabel" if clf.config.multilabel else "auto")
+    if index.task == "multilabel" and not clf.config.multilabel:
+        raise DataError(f"{data} is multi-label (a 'labels' column) but the model is "
+                        "single-label; audit a model trained on multi-label data")
+    samples = evaluation_samples(index)
     columns = _group_columns(samples, groups, data)
     test = load_labeled_pixels(clf, samples)
+    if clf.config.multilabel and not bool(test.targets.any()):
+        raise DataError(f"no image in {data} has any of the model's labels "
+                        f"({', '.join(clf.class_names[:10])}); audit needs labeled test images")
     if not bool(test.known.any()):
         raise DataError(f"no image in {data} belongs to the model's classes "
                         f"({', '.join(clf.class_names[:10])}); audit needs labeled test images")
@@ -145,6 +180,37 @@ def _known_class_metrics(clf: Classifier, test: LabeledPixels, logits: torch.Ten
     return probs, metrics, calibration
 
 
+def _multilabel_metrics(clf: Classifier, test: LabeledPixels, logits: torch.Tensor,
+                        notes: list[str]) -> tuple[torch.Tensor, dict, dict]:
+    """(calibrated probabilities (N, C), MultilabelEvaluation dict, class-wise calibration) on
+    every test image; labels the model lacks are left out of the targets, and a note names them."""
+    from clarivis.multilabel_metrics import compute_multilabel_metrics  # torchmetrics: this path only
+
+    probs = clf.probabilities(logits)
+    config = clf.config
+    metrics = compute_multilabel_metrics(probs, test.targets, clf.class_names,
+                                         config.label_thresholds()).to_dict()
+    calibration = multilabel_calibration_report(logits, test.targets, config.label_temperatures(),
+                                                clf.class_names)
+    unknown = sorted({n for s in test.samples for n in s.label_set} - set(clf.class_names))
+    if unknown:
+        notes.append(f"labels the model was not trained on are left out: {', '.join(unknown[:10])}")
+    if config.temperatures is None or "note" in config.calibration:
+        notes.append("the bundle has no fitted temperatures and thresholds: " +
+                     config.calibration.get("note", "retrain with a validation split to fit them"))
+    return probs, metrics, calibration
+
+
+def _multilabel_subgroups(clf: Classifier, test: LabeledPixels, probs: torch.Tensor,
+                          columns: list[str], notes: list[str]) -> dict:
+    if not columns:
+        notes.append("subgroups: no group attributes (pass a CSV manifest with extra columns)")
+        return {"metric": "map", "flagged": [], "summary": {}}
+    attributes = {c: [s.groups.get(c, "") or "(blank)" for s in test.samples] for c in columns}
+    return multilabel_subgroup_report(probs.numpy(), test.targets.numpy(),
+                                      clf.config.label_thresholds(), attributes)
+
+
 def _open_set(clf: Classifier, logits: torch.Tensor, known: torch.Tensor,
               notes: list[str]) -> dict | None:
     """Rejection of the images of unknown classes at the bundle's threshold (None: no threshold)."""
@@ -160,7 +226,8 @@ def _open_set(clf: Classifier, logits: torch.Tensor, known: torch.Tensor,
 
 def _robustness(clf, data: LabeledPixels, max_images: int | None) -> dict:
     kwargs = {} if max_images is None else {"max_images": max_images}
-    return corruption_robustness(clf, data, **kwargs).to_dict()
+    sweep = multilabel_corruption_robustness if clf.config.multilabel else corruption_robustness
+    return sweep(clf, data, **kwargs).to_dict()
 
 
 def _adversarial(clf, data: LabeledPixels, max_images: int) -> dict:

@@ -95,3 +95,67 @@ def prediction_baseline(probs: torch.Tensor, bins: int = 10) -> dict:
     hist = torch.histc(confidence, bins=bins, min=0.0, max=1.0)
     return {"num_images": len(probs), "class_distribution": (counts / counts.sum()).tolist(),
             "confidence_histogram": {"edges": edges.tolist(), "counts": hist.int().tolist()}}
+
+
+# ----------------------------------------------------------------------------- multi-label
+# Each sigmoid output is its own binary classifier, so calibration is measured a class at a time:
+# class-wise ECE (Kull et al. 2019), the count-weighted mean |observed rate - mean probability|
+# over equal-width probability bins of one class, averaged over the classes; and the mean BCE.
+# The reliability bins pool every (image, class) pair: is a label given 0.8 present 80% of the time?
+
+
+def _binned(probs: torch.Tensor, targets: torch.Tensor, n_bins: int
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, C) probabilities and 0/1 targets -> (count, probability sum, positives) per class and
+    bin, each (C, n_bins); a probability of exactly 1 falls in the last bin."""
+    c = probs.shape[1]
+    edges = torch.linspace(0, 1, n_bins + 1)
+    bins = torch.bucketize(probs.contiguous(), edges[1:-1], right=True)  # (N, C) in 0..n_bins-1
+    flat = (bins + torch.arange(c) * n_bins).flatten()  # one bin index per (class, bin)
+
+    def per_bin(values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(c * n_bins).scatter_add_(0, flat, values.flatten()).view(c, n_bins)
+
+    return per_bin(torch.ones_like(probs)), per_bin(probs), per_bin(targets)
+
+
+def classwise_ece(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = ECE_BINS) -> list[float]:
+    """(N, C) sigmoid probabilities and 0/1 targets -> each class's binary ECE, in 0..1."""
+    count, prob_sum, positives = _binned(probs.float(), targets.float(), n_bins)
+    gap = (prob_sum - positives).abs()  # = count * |mean probability - observed rate|
+    return (gap.sum(1) / max(len(probs), 1)).tolist()
+
+
+def pooled_reliability_bins(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = ECE_BINS) -> dict:
+    """reliability_bins' shape for every (image, class) pair pooled: per probability bin the
+    mean probability ('confidence') and the share of pairs whose label is present ('accuracy')."""
+    count, prob_sum, positives = (t.sum(0) for t in _binned(probs.float(), targets.float(), n_bins))
+    rows = {"edges": torch.linspace(0, 1, n_bins + 1).tolist(), "confidence": [], "accuracy": [],
+            "count": [int(n) for n in count.tolist()]}
+    for n, p, y in zip(count.tolist(), prob_sum.tolist(), positives.tolist(), strict=True):
+        rows["confidence"].append(p / n if n else None)
+        rows["accuracy"].append(y / n if n else None)
+    return rows
+
+
+def multilabel_calibration_report(logits: torch.Tensor, targets: torch.Tensor,
+                                  temperatures: list[float], class_names: list[str]) -> dict:
+    """Before (T = 1) and after the per-class temperatures: mean class-wise ECE, mean BCE and
+    pooled reliability bins; per class its T, ECE and BCE. logits, targets: (N, C)."""
+    logits, targets = logits.float(), targets.float()
+    report: dict = {"temperatures": list(temperatures), "num_images": len(targets),
+                    "ece": "class-wise (mean over classes of each sigmoid's binary ECE)"}
+    per_class: list[dict] = [{"class": name, "temperature": t}
+                             for name, t in zip(class_names, temperatures, strict=True)]
+    for name, t in (("before", torch.ones(len(temperatures))), ("after", torch.tensor(temperatures))):
+        scaled = logits / t
+        probs = torch.sigmoid(scaled)
+        eces = classwise_ece(probs, targets)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(scaled, targets, reduction="none")
+        report[f"ece_{name}"] = sum(eces) / len(eces) if eces else 0.0
+        report[f"bce_{name}"] = float(bce.mean()) if len(targets) else 0.0
+        report[f"reliability_{name}"] = pooled_reliability_bins(probs, targets)
+        for row, ece, loss in zip(per_class, eces, bce.mean(0).tolist(), strict=True):
+            row[f"ece_{name}"], row[f"bce_{name}"] = ece, loss
+    report["per_class"] = per_class
+    return report

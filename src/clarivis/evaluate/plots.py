@@ -38,7 +38,14 @@ def png_bytes(fig) -> bytes:
 
 
 def save_evaluation(result: EvaluationResult, json_path: str | Path) -> tuple[Path, Path]:
-    """Write the metrics JSON and a confusion-matrix PNG beside it (runs.confusion_png)."""
+    """Write the metrics JSON and a confusion-matrix PNG beside it (runs.confusion_png); a
+    multi-label evaluation (it has no confusion matrix) gets its per-class figure instead
+    (per_class_png)."""
+    if getattr(result, "task", None) == "multilabel":
+        json_path = save_multilabel_evaluation(result, json_path)
+        png = per_class_png(json_path)
+        png.write_bytes(png_bytes(per_class_figure(result.per_class)))
+        return json_path, png
     json_path = Path(json_path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result.to_dict(), indent=2))
@@ -53,6 +60,36 @@ def save_multilabel_evaluation(result, json_path: str | Path) -> Path:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result.to_dict(), indent=2))
     return json_path
+
+
+def per_class_png(metrics_json: str | Path) -> Path:
+    """The per-class figure written beside a multi-label metrics JSON (NAME.json ->
+    NAME_per_class.png)."""
+    path = Path(metrics_json)
+    return path.with_name(path.stem + "_per_class.png")
+
+
+def per_class_figure(per_class: list[dict]):
+    """Multi-label: AP, F1, precision and recall a class as bars, with each class's decision
+    threshold and support written beside its name (multilabel_metrics' per_class rows)."""
+    metrics = (("ap", "AP", "tab:blue"), ("f1", "F1", "tab:orange"),
+               ("precision", "precision", "tab:green"), ("recall", "recall", "tab:red"))
+    n = len(per_class)
+    fig, ax = _pyplot().subplots(figsize=(7.5, min(1.5 + 0.5 * n, 40.0)))
+    height = 0.8 / len(metrics)
+    y = np.arange(n)
+    for k, (key, label, color) in enumerate(metrics):
+        values = [np.nan if row[key] is None else row[key] for row in per_class]  # AP: no positive
+        ax.barh(y + (k - 1.5) * height, values, height=height, color=color, label=label)
+    names = [f"{row['class']}  (t {row['threshold']:.2f}, n {row['support']})" for row in per_class]
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()  # the first class on top, as in the table
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("score (t: decision threshold, n: images with the label)")
+    ax.set_title("per-class metrics at the fitted thresholds", pad=22)  # room for the legend
+    ax.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    ax.grid(alpha=0.3, axis="x")
+    return fig
 
 
 def save_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path) -> Path:
@@ -103,7 +140,10 @@ def training_curves_figure(history: list[dict]):
 
 
 def reliability_figure(calibration: dict):
-    """Reliability diagram: accuracy against confidence per bin, before and after scaling."""
+    """Reliability diagram: accuracy against confidence per bin, before and after scaling.
+    Multi-label calibration (per-class temperatures): every (image, class) pair pooled, the
+    share of pairs whose label is present against the probability."""
+    multilabel = "temperatures" in calibration
     fig, ax = _pyplot().subplots(figsize=(4.6, 4.2))
     ax.plot([0, 1], [0, 1], color="grey", lw=1, label="perfect calibration")
     for name, color in (("before", "tab:red"), ("after", "tab:blue")):
@@ -112,11 +152,15 @@ def reliability_figure(calibration: dict):
                   if c is not None]
         if points:
             conf, acc = zip(*points, strict=True)
-            t = 1.0 if name == "before" else calibration["temperature"]
+            if multilabel:
+                t = "T = 1" if name == "before" else "T per class"
+            else:
+                t = f"T = {1.0 if name == 'before' else calibration['temperature']:.2f}"
+            ece = "class-wise ECE" if multilabel else "ECE"
             ax.plot(conf, acc, marker="o", color=color,
-                    label=f"T = {t:.2f}, ECE {calibration[f'ece_{name}']:.3f}")
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
+                    label=f"{t}, {ece} {calibration[f'ece_{name}']:.3f}")
+    ax.set_xlabel("probability" if multilabel else "confidence")
+    ax.set_ylabel("share with the label" if multilabel else "accuracy")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_title("reliability diagram")
@@ -126,16 +170,17 @@ def reliability_figure(calibration: dict):
 
 
 def robustness_figure(robustness: dict):
-    """Accuracy against severity (0 = clean) for every corruption."""
+    """Accuracy (multi-label: mAP) against severity (0 = clean) for every corruption."""
+    metric = robustness.get("metric", "accuracy")  # single-label results predate the key
     fig, ax = _pyplot().subplots(figsize=(8, 4))
-    clean = robustness["clean_accuracy"]
+    clean = robustness[f"clean_{metric}"]
     for name, row in robustness["corruptions"].items():
-        accuracy = row["accuracy"]
-        ax.plot(range(len(accuracy) + 1), [clean, *accuracy], marker=".", label=name)
+        values = row[metric]
+        ax.plot(range(len(values) + 1), [clean, *values], marker=".", label=name)
     ax.set_xlabel("severity (0 = clean)")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("mAP" if metric == "map" else metric)
     ax.set_ylim(0, 1)
-    ax.set_title(f"corruption robustness (mean {robustness['mean_corruption_accuracy']:.3f}, "
+    ax.set_title(f"corruption robustness (mean {robustness[f'mean_corruption_{metric}']:.3f}, "
                  f"clean {clean:.3f})")
     ax.legend(fontsize=7, ncol=2, bbox_to_anchor=(1.02, 1), loc="upper left")
     ax.grid(alpha=0.3)

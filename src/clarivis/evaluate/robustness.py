@@ -242,12 +242,7 @@ def corruption_robustness(clf, data: LabeledPixels, *, severities: int = SEVERIT
                           seed: int = 0, corruptions: Sequence[str] | None = None) -> RobustnessResult:
     """Accuracy of `clf` on `data` (known classes only, a class-stratified `max_images` subset;
     None: all) under each corruption (default: all of CORRUPTIONS) at severities 1..`severities`."""
-    if not 1 <= severities <= SEVERITIES:
-        raise ValueError(f"severities must be 1..{SEVERITIES} (got {severities})")
-    names = list(CORRUPTIONS) if corruptions is None else list(corruptions)
-    unknown = [n for n in names if n not in CORRUPTIONS]
-    if unknown or not names:
-        raise ValueError(f"unknown corruptions {unknown}; choose from {', '.join(CORRUPTIONS)}")
+    names = _sweep_names(severities, corruptions)
     data = stratified_subset(known_images(data), max_images, seed)
 
     clean = _accuracy(clf, data, batch_size)
@@ -255,12 +250,99 @@ def corruption_robustness(clf, data: LabeledPixels, *, severities: int = SEVERIT
     for name in names:
         acc = [_accuracy(clf, data, batch_size, name, s, seed) for s in range(1, severities + 1)]
         rows[name] = {"family": CORRUPTIONS[name].family, "accuracy": acc, "mean": sum(acc) / len(acc)}
-    mca = sum(r["mean"] for r in rows.values()) / len(rows)
-    families: dict[str, list[float]] = {}
-    for r in rows.values():
-        families.setdefault(r["family"], []).append(r["mean"])
+    mca, families = _means(rows)
     return RobustnessResult(
         clean_accuracy=clean, mean_corruption_accuracy=mca,
         relative_drop=1 - mca / clean if clean > 0 else 0.0, num_images=len(data.targets),
-        corruptions=rows, families={f: sum(v) / len(v) for f, v in families.items()},
+        corruptions=rows, families=families,
+    )
+
+
+def _sweep_names(severities: int, corruptions: Sequence[str] | None) -> list[str]:
+    """The corruptions to sweep (default: all of CORRUPTIONS), checked with `severities`."""
+    if not 1 <= severities <= SEVERITIES:
+        raise ValueError(f"severities must be 1..{SEVERITIES} (got {severities})")
+    names = list(CORRUPTIONS) if corruptions is None else list(corruptions)
+    unknown = [n for n in names if n not in CORRUPTIONS]
+    if unknown or not names:
+        raise ValueError(f"unknown corruptions {unknown}; choose from {', '.join(CORRUPTIONS)}")
+    return names
+
+
+def _means(rows: dict) -> tuple[float, dict]:
+    """(mean over every corruption's mean, {family: mean over its corruptions})."""
+    families: dict[str, list[float]] = {}
+    for r in rows.values():
+        families.setdefault(r["family"], []).append(r["mean"])
+    overall = sum(r["mean"] for r in rows.values()) / len(rows)
+    return overall, {f: sum(v) / len(v) for f, v in families.items()}
+
+
+# ----------------------------------------------------------------------------- multi-label
+# A multi-label model has no top-1 accuracy: its sweep measures mAP (macro, over the labels with
+# a positive image) under each corruption cell, and the relative mAP drop.
+
+
+@dataclass
+class MultilabelRobustnessResult:
+    clean_map: float
+    mean_corruption_map: float  # over every corruption and severity
+    relative_drop: float  # 1 - mean corruption mAP / clean mAP
+    num_images: int
+    corruptions: dict  # name -> {"family": str, "map": [severity 1..5], "mean": float}
+    families: dict  # family -> mean mAP over its corruptions and severities
+    metric: str = "map"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def random_subset(data: LabeledPixels, max_images: int | None, seed: int = 0) -> LabeledPixels:
+    """At most `max_images` images chosen by `seed`, in their original order (label sets rarely
+    repeat, so there is no class to stratify by)."""
+    if max_images is None or len(data.targets) <= max_images:
+        return data
+    order = torch.randperm(len(data.targets), generator=torch.Generator().manual_seed(seed))
+    return data.subset(order[:max_images].sort().values)
+
+
+def _mean_ap(clf, data: LabeledPixels, batch_size: int, name: str | None = None,
+             severity: int = 0, seed: int = 0) -> float:
+    """Macro mAP of `clf` on `data` under one corruption cell, corrupting batch by batch."""
+    from clarivis.evaluate.subgroups import average_precisions  # numpy; torchmetrics' numbers
+
+    generator = generator_for(name, severity, seed) if name else None
+    probs = []
+    for start in range(0, len(data.targets), batch_size):
+        pixels = data.pixels[start:start + batch_size]
+        if name:
+            pixels = corrupt(pixels, name, severity, generator=generator)
+        probs.append(clf.probabilities(clf.pixel_logits(pixels, batch_size=batch_size)))
+    aps = average_precisions(torch.cat(probs).double().numpy(), data.targets.numpy())
+    aps = aps[aps == aps]  # drop NaN: labels with no positive image have no AP
+    return float(aps.mean()) if len(aps) else 0.0
+
+
+def multilabel_corruption_robustness(clf, data: LabeledPixels, *, severities: int = SEVERITIES,
+                                     max_images: int | None = DEFAULT_MAX_IMAGES,
+                                     batch_size: int = 128, seed: int = 0,
+                                     corruptions: Sequence[str] | None = None
+                                     ) -> MultilabelRobustnessResult:
+    """mAP of the multi-label `clf` on `data` (targets (N, C) multi-hot; a seeded `max_images`
+    subset, None: all) under each corruption at severities 1..`severities`."""
+    names = _sweep_names(severities, corruptions)
+    if not bool(data.targets.any()):
+        raise DataError("no test image has any of the model's labels; robustness needs "
+                        "labeled images (mAP counts the labels that are present)")
+    data = random_subset(data, max_images, seed)
+    clean = _mean_ap(clf, data, batch_size)
+    rows = {}
+    for name in names:
+        maps = [_mean_ap(clf, data, batch_size, name, s, seed) for s in range(1, severities + 1)]
+        rows[name] = {"family": CORRUPTIONS[name].family, "map": maps, "mean": sum(maps) / len(maps)}
+    mean_map, families = _means(rows)
+    return MultilabelRobustnessResult(
+        clean_map=clean, mean_corruption_map=mean_map,
+        relative_drop=1 - mean_map / clean if clean > 0 else 0.0, num_images=len(data.targets),
+        corruptions=rows, families=families,
     )

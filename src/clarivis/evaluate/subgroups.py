@@ -87,3 +87,115 @@ def subgroup_report(y_true: np.ndarray, y_pred: np.ndarray, attributes: dict[str
             "worst_group": str(by_group["accuracy"].idxmin()),
         }
     return report
+
+
+# ----------------------------------------------------------------------------- multi-label
+# A multi-label model is judged per group on mAP (threshold-free ranking: does the model still
+# find each label in this group), with F1 at the bundle's thresholds and subset accuracy beside
+# it; a group this far below the overall mAP is flagged, as accuracy is for single-label models.
+
+
+def average_precisions(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """(N, C) scores and 0/1 targets -> (C,) AP a class, NaN for a class with no positive.
+    sklearn's step-wise AP (precision at each distinct score, weighted by the recall it adds,
+    ties counted together: torchmetrics' numbers) in numpy: the bootstrap calls it thousands of
+    times, and sklearn's scorer costs about 1 ms a call."""
+    n, c = scores.shape
+    aps = np.full(c, np.nan)
+    for k in range(c):
+        y = targets[:, k] > 0.5
+        positives = int(y.sum())
+        if positives == 0:
+            continue
+        order = np.argsort(-scores[:, k], kind="mergesort")
+        s, hits = scores[order, k], y[order]
+        last = np.r_[np.flatnonzero(np.diff(s)), n - 1]  # the end of each run of equal scores
+        tp = np.cumsum(hits)[last]
+        precision = tp / (last + 1)
+        recall = tp / positives
+        aps[k] = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return aps
+
+
+def _multilabel_metrics(probs: np.ndarray, targets: np.ndarray, predicted: np.ndarray) -> dict:
+    """mAP, macro F1 (classes with a positive in the group) and subset accuracy of the rows the
+    MetricFrame hands over: it sees row indices (y_true = y_pred = 0..N-1), so its bootstrap
+    resamples whole images, every label of an image together."""
+
+    def rows(t) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        i = np.asarray(t, dtype=np.int64)
+        return probs[i], targets[i], predicted[i]
+
+    def mean_ap(t, p) -> float:
+        aps = average_precisions(*rows(t)[:2])
+        return float(np.nanmean(aps)) if np.isfinite(aps).any() else math.nan
+
+    def f1(t, p) -> float:
+        _, y, pred = rows(t)
+        tp, support, chosen = (y * pred).sum(0), y.sum(0), pred.sum(0)
+        present = support > 0
+        if not present.any():
+            return math.nan
+        return float((2 * tp[present] / (support[present] + chosen[present])).mean())
+
+    def subset_accuracy(t, p) -> float:
+        _, y, pred = rows(t)
+        return float((y == pred).all(axis=1).mean())
+
+    return {"map": mean_ap, "f1": f1, "subset_accuracy": subset_accuracy}
+
+
+def _finite(value) -> float | None:
+    """A JSON-safe number: None for NaN (a group with no positive label has no mAP)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def multilabel_subgroup_report(probs: np.ndarray, targets: np.ndarray, thresholds: list[float],
+                               attributes: dict[str, list[str]], *, max_gap: float = DEFAULT_MAX_GAP,
+                               n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> dict:
+    """{column: {group: {map, f1, subset_accuracy, count, gap, *_ci}}, "flagged": [...],
+    "summary": {...}, "metric": "map"} for (N, C) calibrated probabilities and 0/1 targets;
+    F1 and subset accuracy at the per-class `thresholds`. None where a group has no positive."""
+    with needs("trust", "clarivis audit with group columns"):
+        from fairlearn.metrics import MetricFrame
+
+    targets = (np.asarray(targets) > 0.5).astype(np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    predicted = (probs >= np.asarray(thresholds, dtype=np.float64)).astype(np.int64)
+    metrics = _multilabel_metrics(probs, targets, predicted)
+    index = np.arange(len(targets))
+    report: dict = {"metric": "map", "flagged": [], "summary": {}}
+    for column, values in attributes.items():
+        frame = MetricFrame(metrics=metrics, y_true=index, y_pred=index,
+                            sensitive_features=np.asarray(values, dtype=object), n_boot=n_boot,
+                            ci_quantiles=list(CI_QUANTILES), random_state=seed)
+        by_group = frame.by_group
+        low, high = frame.by_group_ci
+        counts = {str(g): int(n) for g, n in zip(*np.unique(np.asarray(values, dtype=str),
+                                                            return_counts=True), strict=True)}
+        overall = _finite(frame.overall["map"])
+        groups = {}
+        for group in by_group.index:
+            row = {name: _finite(by_group.loc[group, name]) for name in by_group.columns}
+            for name in by_group.columns:
+                row[f"{name}_ci"] = [_finite(low.loc[group, name]), _finite(high.loc[group, name])]
+            row["count"] = counts[str(group)]
+            row["gap"] = overall - row["map"] if overall is not None and row["map"] is not None else None
+            groups[str(group)] = row
+            if row["gap"] is not None and row["gap"] >= max_gap and row["count"] >= MIN_GROUP_SIZE:
+                high_end = row["map_ci"][1]
+                report["flagged"].append({
+                    "column": column, "group": str(group), "map": row["map"], "overall_map": overall,
+                    "gap": row["gap"], "count": row["count"],
+                    "significant": high_end is not None and high_end < overall,
+                })
+        report[column] = groups
+        scored = {g: r["map"] for g, r in groups.items() if r["map"] is not None}
+        report["summary"][column] = {
+            "overall_map": overall,
+            "largest_gap": _finite(frame.difference()["map"]),
+            "smallest_ratio": _finite(frame.ratio()["map"]),
+            "worst_group": min(scored, key=scored.get) if scored else None,
+        }
+    return report

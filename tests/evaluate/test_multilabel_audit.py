@@ -1,0 +1,133 @@
+"""`clarivis evaluate` and `clarivis audit` on a multi-label model: mAP where a single-label model
+has accuracy, subgroups and corruptions in mAP, class-wise calibration, one-line refusals."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tests.e2e.test_cli import assert_one_line_error, run_cli
+from tests.tiny import ML_CLASSES, trained_multilabel, write_multilabel
+
+from clarivis.classifier import Classifier
+from clarivis.data.sources import index_dataset
+from clarivis.evaluate.audit import audit
+from clarivis.evaluate.inputs import load_labeled_pixels
+from clarivis.evaluate.plots import per_class_figure, png_bytes, reliability_figure, robustness_figure
+from clarivis.evaluate.robustness import multilabel_corruption_robustness
+from clarivis.evaluate.subgroups import average_precisions
+from clarivis.multilabel_metrics import average_precision
+
+N = 40
+DARK = [i for i in range(N) if i % 10 < 3]  # 12 images, darkened to a quarter of their brightness
+
+
+@pytest.fixture(scope="module")
+def ml(tmp_path_factory):
+    """(trained multi-label bundle, test manifest of 40 other images with lighting and site
+    columns; the 'dark' lighting group really is dark, so the model finds its labels worse)."""
+    bundle = trained_multilabel(tmp_path_factory.mktemp("ml"))
+    root = tmp_path_factory.mktemp("ml_test")
+    lighting = ["dark" if i in DARK else "normal" for i in range(N)]
+    csv = write_multilabel(root, N, seed=1, extra_columns={"lighting": lighting,
+                                                           "site": ["a", "b"] * (N // 2)})
+    for i in DARK:
+        path = root / "images" / f"img{i:03d}.png"
+        Image.fromarray((np.asarray(Image.open(path)) * 0.25).astype(np.uint8)).save(path)
+    return bundle, csv
+
+
+def test_evaluate_prints_map_and_a_per_class_table(ml, tmp_path, capsys):
+    bundle, csv = ml
+    code, out, err = run_cli(["evaluate", bundle, csv, "--json", tmp_path / "m.json"], capsys)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["task"] == "multilabel" and metrics["num_samples"] == N
+    for key in ("map_macro", "map_micro", "f1_macro", "f1_micro", "subset_accuracy", "hamming_loss"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert [r["class"] for r in metrics["per_class"]] == ML_CLASSES
+    assert {"ap", "f1", "precision", "recall", "threshold", "support"} <= set(metrics["per_class"][0])
+    assert f"{metrics['map_macro']:.4f}" in out and f"{metrics['hamming_loss']:.4f}" in out
+    for row in metrics["per_class"]:  # one table row a class: name, AP, ..., threshold, support
+        line = next(x for x in out.splitlines() if f" {row['class']} " in x)
+        assert f"{row['threshold']:.3f}" in line and f" {row['support']} " in line
+    assert (tmp_path / "m_per_class.png").stat().st_size > 0  # the figure, not a confusion matrix
+    assert not (tmp_path / "m_confusion.png").exists()
+
+
+def test_audit_cli_writes_subgroup_map_per_group_value(ml, tmp_path, capsys):
+    bundle, csv = ml
+    code, out, err = run_cli(["audit", bundle, csv, "--groups", "site", "--no-robustness",
+                              "--adversarial", "--json", tmp_path / "a.json"], capsys)
+    assert code == 0, err
+    a = json.loads((tmp_path / "a.json").read_text())
+    assert a["task"] == "multilabel" and a["metrics"]["task"] == "multilabel"
+    assert set(a["subgroups"]["site"]) == {"a", "b"}
+    assert all(0.0 <= g["map"] <= 1.0 and g["count"] == N // 2 for g in a["subgroups"]["site"].values())
+    assert a["open_set"] is None and a["adversarial"] is None and a["robustness"] is None
+    assert sum("applies to single-label models" in n for n in a["notes"]) == 2  # open set, attacks
+    assert "mAP macro / micro" in out and "site" in out
+    assert (bundle.parent / "audit.json").is_file()  # in the run folder, for the report
+
+
+def test_audit_measures_subgroups_and_calibration_in_map(ml):
+    bundle, csv = ml
+    report = audit(bundle, csv, groups=["lighting"], robustness=False)
+    lighting = report.subgroups["lighting"]
+    assert set(lighting) == {"dark", "normal"}
+    assert lighting["dark"]["count"] == len(DARK)
+    assert lighting["dark"]["map"] < lighting["normal"]["map"] - 0.2
+    flagged = [(f["column"], f["group"]) for f in report.subgroups["flagged"]]
+    assert flagged == [("lighting", "dark")]
+    summary = report.subgroups["summary"]["lighting"]
+    assert summary["worst_group"] == "dark"
+    # the subgroup module's numpy AP is the metrics' torchmetrics AP
+    assert summary["overall_map"] == pytest.approx(report.metrics["map_macro"], abs=1e-6)
+    cal = report.calibration
+    assert len(cal["temperatures"]) == len(cal["per_class"]) == 3
+    assert 0 <= cal["ece_after"] <= 1 and cal["bce_after"] > 0
+    assert cal["ece_after"] == pytest.approx(np.mean([r["ece_after"] for r in cal["per_class"]]))
+    assert sum(cal["reliability_after"]["count"]) == N * 3  # every (image, class) pair
+    json.dumps(report.to_dict(), allow_nan=False)  # strict JSON: no NaN anywhere
+    for fig in (reliability_figure(cal), per_class_figure(report.metrics["per_class"])):
+        assert png_bytes(fig)[:4] == b"\x89PNG"
+
+
+def test_robustness_is_the_map_drop_under_corruption(ml):
+    bundle, csv = ml
+    clf = Classifier.load(bundle, device="cpu")
+    normal = [s for s in index_dataset(csv, task="multilabel").all_samples
+              if s.groups["lighting"] == "normal"]
+    data = load_labeled_pixels(clf, normal)
+    result = multilabel_corruption_robustness(clf, data, corruptions=["brightness_down"], severities=5)
+    row = result.corruptions["brightness_down"]
+    assert result.clean_map > 0.9 and len(row["map"]) == 5
+    assert row["map"][-1] < result.clean_map - 0.1  # a fifth of the light hides the patches
+    assert result.relative_drop == pytest.approx(1 - row["mean"] / result.clean_map)
+    again = multilabel_corruption_robustness(clf, data, corruptions=["brightness_down"], severities=5)
+    assert again.to_dict() == result.to_dict()  # seeded
+    assert png_bytes(robustness_figure(result.to_dict()))[:4] == b"\x89PNG"
+
+
+def test_average_precisions_are_torchmetrics_with_ties_and_empty_classes():
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.random((60, 4)), 1)  # rounded: many tied scores
+    targets = (rng.random((60, 4)) < 0.4).astype(int)
+    targets[:, 3] = 0  # no positive: no AP
+    ours = average_precisions(scores, targets)
+    with warnings.catch_warnings():  # torchmetrics warns about the empty class
+        warnings.simplefilter("ignore")
+        theirs, _ = average_precision(torch.tensor(scores), torch.tensor(targets))
+    assert np.isnan(ours[3]) and theirs[3] is None
+    assert ours[:3] == pytest.approx(theirs[:3], abs=1e-6)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "audit"])
+def test_a_multilabel_manifest_is_refused_by_a_single_label_model(tiny_bundle, ml, command, capsys):
+    _, csv = ml
+    code, _, err = run_cli([command, tiny_bundle, csv], capsys)
+    assert_one_line_error(code, err, "is multi-label")
