@@ -25,7 +25,7 @@ from tests.tiny import ML_CLASSES, multilabel_bundle, write_multilabel
 
 from clarivis.runtime import RuntimePreprocess, normalize, resize
 from clarivis.serve.app import create_app
-from clarivis.serve.monitor import LABEL_RATE_CHANGE, label_counts, monitor_report
+from clarivis.serve.monitor import LABEL_RATE_CHANGE, label_counts, monitor_report, split_label_set
 from clarivis.serve.predlog import LoggedPrediction, PredictionLog
 from clarivis.serve.schemas import PredictResponse
 from clarivis.serve.service import fit_label_set
@@ -246,6 +246,9 @@ def log_sets(url: str, sets: dict[str, int], version: str) -> None:
 def test_label_counts_count_each_label_of_a_set():
     counts, images, other = label_counts({"cat;dog": 5, "dog": 2, "": 3, "cat;owl": 1}, MONITOR_CLASSES)
     assert counts.tolist() == [6, 7, 0] and images == 11 and other == ["owl"]
+    # a class name holding the separator (a manifest read with another --label-sep) stays whole
+    assert split_label_set("cat;a;b;owl", {"cat", "a;b", "a"}) == ["cat", "a;b", "owl"]
+    assert split_label_set("", {"cat"}) == []
 
 
 def test_monitor_compares_live_label_rates_with_validation(tmp_path, capsys):

@@ -537,12 +537,26 @@ def label_counts(sets: dict[str, int], class_names: list[str]) -> tuple[np.ndarr
     counts = np.zeros(len(class_names), dtype=np.int64)
     other: set[str] = set()
     for joined, n in sets.items():
-        for name in set(joined.split(LABEL_SEP)) if joined else ():
+        for name in set(split_label_set(joined, index)):
             if name in index:
                 counts[index[name]] += n
             else:
                 other.add(name)
     return counts, int(sum(sets.values())), sorted(other)
+
+
+def split_label_set(joined: str, class_names) -> list[str]:
+    """A logged label set (names joined by LABEL_SEP, "" for none) -> its names. A class name
+    may itself hold LABEL_SEP (a manifest read with another --label-sep), so the longest run of
+    parts that is a class name is taken first; a part that is none is returned alone."""
+    parts = joined.split(LABEL_SEP) if joined else []
+    names, i = [], 0
+    while i < len(parts):
+        longer = (j for j in range(len(parts), i + 1, -1) if LABEL_SEP.join(parts[i:j]) in class_names)
+        j = next(longer, i + 1)
+        names.append(LABEL_SEP.join(parts[i:j]))
+        i = j
+    return names
 
 
 def label_drift(counts: np.ndarray, images: int, baseline_rates: np.ndarray, class_names: list[str],

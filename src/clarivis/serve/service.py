@@ -21,7 +21,7 @@ from clarivis.prediction import LABEL_SEP, check_backend
 from clarivis.serve.backends import Backend, Scored, load_backend
 from clarivis.serve.batching import MicroBatcher
 from clarivis.serve.metrics import ServiceMetrics
-from clarivis.serve.monitor import ServiceMonitor
+from clarivis.serve.monitor import ServiceMonitor, split_label_set
 from clarivis.serve.predlog import TEXT_LIMITS, LoggedPrediction, PredictionLog
 from clarivis.serve.settings import Settings
 from clarivis.spec import bundle_version, read_bundle_config, resolve_bundle_path
@@ -41,6 +41,7 @@ class Service:
         self.settings = settings
         self.model_dir = resolve_bundle_path(model_dir)
         self.config = read_bundle_config(self.model_dir)
+        self._class_names = frozenset(self.config.class_names)
         self.version = bundle_version(self.model_dir)
         self.name = settings.model_name or default_model_name(self.model_dir)
         self.backend: Backend = load_backend(settings.backend, self.model_dir, settings.device,
@@ -101,7 +102,7 @@ class Service:
         (an empty set under the label "")."""
         multilabel = self.config.multilabel
         for e in entries:
-            for label in label_set(e.label) if multilabel else (e.label,):
+            for label in self._label_set(e.label) if multilabel else (e.label,):
                 self.metrics.predictions.labels(label).inc()
             if multilabel:
                 e.label = fit_label_set(e.label)
@@ -110,6 +111,11 @@ class Service:
             self.recent.appendleft({"time": e.time.isoformat(), "label": e.label, "confidence": e.confidence,
                                     "latency_ms": e.latency_ms, "width": e.width, "height": e.height,
                                     "sha256": e.sha256[:12]})
+
+    def _label_set(self, joined: str) -> list[str]:
+        """A multi-label answer's label -> its names; the empty set -> [""], so an image with
+        no label is counted too."""
+        return split_label_set(joined, self._class_names) or [""]
 
     def readiness(self) -> dict:
         """/readyz's checks, from state only (no I/O: it must answer while the database is slow)."""
@@ -136,12 +142,6 @@ class Service:
     def close(self) -> None:
         self.log.close()
         self.metrics.close()
-
-
-def label_set(joined: str) -> list[str]:
-    """A multi-label answer's label (names joined by LABEL_SEP, "" for none) -> its names
-    (the empty set -> [""], so an image with no label is counted too)."""
-    return joined.split(LABEL_SEP) if joined else [""]
 
 
 def fit_label_set(joined: str, limit: int = TEXT_LIMITS["label"]) -> str:
