@@ -61,11 +61,13 @@ def test_wheel_holds_the_runtime_and_requires_only_its_three_packages(wheel):
     with zipfile.ZipFile(wheel) as whl:
         names = whl.namelist()
         meta = whl.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
-    requires = sorted(Requirement(line.split(":", 1)[1]).name.lower()
-                      for line in meta.splitlines() if line.startswith("Requires-Dist:"))
-    assert requires == sorted(RUNTIME_DEPS)
+    requirements = [Requirement(line.split(":", 1)[1]) for line in meta.splitlines()
+                    if line.startswith("Requires-Dist:")]
+    assert sorted(r.name.lower() for r in requirements if r.marker is None) == sorted(RUNTIME_DEPS)
+    medical = {r.name.lower() for r in requirements if r.marker and r.marker.evaluate({"extra": "medical"})}
+    assert medical == {"pydicom", "pylibjpeg", "pylibjpeg-libjpeg"}  # DICOM, behind its extra
     modules = {n for n in names if n.endswith(".py")}
-    assert "clarivis/runtime/predictor.py" in modules
+    assert {"clarivis/runtime/predictor.py", "clarivis/data/dicom.py", "clarivis/extras.py"} <= modules
     # no torch-based module rides along (api, models, training, export, ...)
     assert not {n for n in modules if n.split("/")[1] in ("api.py", "models", "training", "export")}
 
@@ -102,3 +104,32 @@ def test_fresh_venv_without_torch_predicts_like_the_full_package(runtime_venv, c
     assert [label for label, _ in out["rows"]] == [label for label, _ in expected]
     assert [c for _, c in out["rows"]] == pytest.approx([c for _, c in expected], abs=1e-6)
     _run(sys.executable, "-m", "pip", "--python", runtime_venv, "check")  # its requirements are met
+
+
+def test_fresh_venv_reads_dicom_with_the_medical_extra_only(runtime_venv, tmp_path):
+    """Without pydicom a DICOM file is one line naming clarivis-runtime's extra; with the
+    extra's packages on the path it decodes as the full package decodes it."""
+    pytest.importorskip("pydicom")
+    from tests.dicom_files import dicom_dataset, ramp, write_dicom
+
+    from clarivis.data.io import load_image
+
+    path = write_dicom(dicom_dataset(ramp(), WindowCenter=1000, WindowWidth=2000), tmp_path / "IM0001")
+    code = textwrap.dedent(f"""
+        import json
+        from clarivis.data.io import load_image
+        from clarivis.errors import ClarivisError
+        try:
+            pixels = list(load_image({str(path)!r}, window=(1500, 1000)).getdata())
+            print(json.dumps({{"pixels": pixels}}))
+        except ClarivisError as err:
+            print(json.dumps({{"error": str(err)}}))
+    """)
+    env = {"PYTHONPATH": "", "PYTHONNOUSERSITE": "1"}
+    without = json.loads(_run(runtime_venv, "-c", code, cwd=tmp_path, env=env).stdout)
+    assert without == {"error": f"{path}: reading DICOM needs the 'medical' extra: "
+                                'pip install "clarivis-runtime[medical]"'}
+    medical = link_site(closure(("pydicom", "pylibjpeg", "pylibjpeg-libjpeg")), tmp_path / "medical")
+    done = _run(runtime_venv, "-c", code, cwd=tmp_path, env={**env, "PYTHONPATH": str(medical)})
+    expected = [list(p) for p in load_image(path, window=(1500, 1000)).getdata()]
+    assert json.loads(done.stdout) == {"pixels": expected}

@@ -49,8 +49,7 @@ def decode_dicom(source: Path | BinaryIO, label: str, *, max_pixels: int,
     try:
         import pydicom
     except ModuleNotFoundError as err:
-        raise MissingExtraError(f"{label}: reading DICOM needs the 'medical' extra: "
-                                f"{install_hint('medical')}") from err
+        raise MissingExtraError(f"{label}: reading DICOM needs the 'medical' extra: {_hint()}") from err
     try:
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError:  # pydicom 2.x
@@ -154,6 +153,20 @@ def _first(value: object) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+def _hint() -> str:
+    """The command that installs the 'medical' extra of the distribution this module came with:
+    clarivis, or the torch-free clarivis-runtime (packages/clarivis-runtime ships this module)."""
+    from importlib import metadata
+
+    for dist in ("clarivis", "clarivis-runtime"):
+        try:
+            metadata.distribution(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        return install_hint("medical").replace("clarivis[", f"{dist}[")
+    return install_hint("medical")
+
+
 def _reason(exc: Exception) -> str:
     """A short one-line reason (pydicom's messages name tags and plugins, never values of
     patient tags, which are never parsed)."""
@@ -175,8 +188,7 @@ def dicom_header(source: Path | BinaryIO, label: str) -> tuple[int, int, str]:
     try:
         import pydicom
     except ModuleNotFoundError as err:
-        raise MissingExtraError(f"{label}: reading DICOM needs the 'medical' extra: "
-                                f"{install_hint('medical')}") from err
+        raise MissingExtraError(f"{label}: reading DICOM needs the 'medical' extra: {_hint()}") from err
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

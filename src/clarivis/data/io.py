@@ -160,9 +160,10 @@ def _dicom_size(source: str | Path | bytes | BinaryIO, label: str) -> tuple[int,
 
 
 def _dicom_module(source: str | Path | bytes | BinaryIO, label: str) -> ModuleType:
-    """data.dicom, imported only when a DICOM file comes: pydicom is optional, and the torch-free
-    runtime wheel does not ship data/dicom.py (then: one line naming the extra). Empty and missing
-    files fail first, with the same messages as other formats."""
+    """data.dicom, imported only when a DICOM file comes: pydicom is optional (the torch-free
+    runtime wheel ships data/dicom.py too, with its own 'medical' extra), and an install without
+    the module gets one line naming the extra. Empty and missing files fail first, with the same
+    messages as other formats."""
     _open_source(source, label)  # empty inputs named as such
     if isinstance(source, (str, Path)):
         with _decoding(label):
