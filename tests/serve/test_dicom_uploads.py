@@ -5,6 +5,8 @@ refusals as one-line 4xx answers that never name the patient."""
 from __future__ import annotations
 
 import io
+import json
+import shutil
 import sys
 
 import httpx
@@ -16,6 +18,7 @@ from fastapi import HTTPException  # noqa: E402
 from tests.dicom_files import PATIENT, PATIENT_ID, dicom_dataset, ramp  # noqa: E402
 from tests.serve.live import running_server  # noqa: E402
 
+from clarivis.classifier import Classifier  # noqa: E402
 from clarivis.data.io import load_image  # noqa: E402
 from clarivis.serve import limits  # noqa: E402
 from clarivis.serve.app import create_app  # noqa: E402
@@ -70,8 +73,11 @@ def test_dicom_refusals_are_4xx_that_never_name_the_patient(monkeypatch):
     assert err.status_code == 415 and "cannot read DICOM" in err.detail and "'medical' extra" in err.detail
 
 
-def test_a_dicom_body_is_predicted_over_http(tiny_bundle, tmp_path):
-    app = create_app(tiny_bundle, db_url=f"sqlite:///{tmp_path / 'log.db'}")
+def test_a_dicom_body_is_predicted_over_http_with_the_bundles_window(tiny_bundle, tmp_path):
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "model")
+    config = json.loads((bundle / "config.json").read_text())
+    (bundle / "config.json").write_text(json.dumps({**config, "window": [1000, 500]}))
+    app = create_app(bundle, db_url=f"sqlite:///{tmp_path / 'log.db'}")
     data = dicom_bytes(WindowCenter=2048, WindowWidth=4096)
     with running_server(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         raw = client.post("/v1/predict", content=data, headers={"Content-Type": "application/dicom",
@@ -79,9 +85,14 @@ def test_a_dicom_body_is_predicted_over_http(tiny_bundle, tmp_path):
         form = client.post("/v1/predict", files=[("file", ("scan.dcm", data))])
         refused = client.post("/v1/predict", content=data[:-300],
                               headers={"Content-Type": "application/dicom"})
+    (tmp_path / "IM0001").write_bytes(data)
+    windowed, = Classifier.load(bundle).predict(tmp_path / "IM0001")  # decodes with the window
+    own, = Classifier.load(tiny_bundle).predict(tmp_path / "IM0001")
+    assert abs(windowed.confidence - own.confidence) > 1e-4  # the window changes the answer
     for response in (raw, form):
         assert response.status_code == 200, response.text
         (p,) = response.json()["predictions"]
-        assert (p["width"], p["height"]) == (32, 24) and p["label"] in ("red", "blue")
+        assert (p["width"], p["height"]) == (32, 24) and p["label"] == windowed.label
+        assert p["confidence"] == pytest.approx(windowed.confidence, abs=1e-5)
     assert raw.json()["predictions"][0]["filename"] == "IM0001"
     assert refused.status_code == 422 and PATIENT not in refused.text and PATIENT_ID not in refused.text

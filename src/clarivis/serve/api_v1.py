@@ -105,7 +105,8 @@ def add_v1_routes(app: FastAPI, service: Service) -> None:
 async def predict_uploads(request: Request, service: Service, top_k: int) -> dict:
     start = time.perf_counter()
     async with deadline(service.settings.timeout_s):
-        uploads = await read_uploads(request, service.settings, service.config.preprocess.img_size)
+        pp = service.config.preprocess
+        uploads = await read_uploads(request, service.settings, pp.img_size, window=pp.window)
         k = min(top_k, service.config.num_classes)
         scored = await service.batcher.submit([(u.image, k) for u in uploads])
     latency_ms = (time.perf_counter() - start) * 1000
@@ -146,7 +147,8 @@ async def _explain(request: Request, service: Service, method: str, target: str 
         raise HTTPException(422, f"unknown target class '{target:.100}'; the model's classes are "
                                  f"{', '.join(service.config.class_names[:20])}")
     async with deadline(service.settings.timeout_s):
-        uploads = await read_uploads(request, service.settings, service.config.preprocess.img_size)
+        pp = service.config.preprocess
+        uploads = await read_uploads(request, service.settings, pp.img_size, window=pp.window)
         if len(uploads) != 1:
             raise HTTPException(422, f"send one image per explain request (got {len(uploads)})")
         png, label, confidence = await run_in_threadpool(

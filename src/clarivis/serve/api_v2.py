@@ -298,7 +298,8 @@ async def run_inference(service: Service, body: InferenceRequest) -> dict:
         if tensor.name == IMAGE_INPUT:
             _check_datatype(tensor, "BYTES")
             uploads = await decode_all(_encoded_images(tensor, service), service.settings,
-                                       service.config.preprocess.img_size)
+                                       service.config.preprocess.img_size,
+                                       window=service.config.preprocess.window)
             scored = await service.batcher.submit([(u.image, model_k) for u in uploads])
             sources = [(u.data, u.width, u.height) for u in uploads]
         elif tensor.name == PIXELS_INPUT:
