@@ -15,6 +15,7 @@ from tests.tiny import ML_CLASSES, trained_multilabel, write_multilabel
 
 from clarivis.classifier import Classifier
 from clarivis.data.sources import index_dataset
+from clarivis.evaluate.adversarial import attack, multilabel_adversarial_robustness
 from clarivis.evaluate.audit import audit
 from clarivis.evaluate.inputs import load_labeled_pixels
 from clarivis.evaluate.plots import per_class_figure, png_bytes, reliability_figure, robustness_figure
@@ -62,15 +63,20 @@ def test_evaluate_prints_map_and_a_per_class_table(ml, tmp_path, capsys):
 def test_audit_cli_writes_subgroup_map_per_group_value(ml, tmp_path, capsys):
     bundle, csv = ml
     code, out, err = run_cli(["audit", bundle, csv, "--groups", "site", "--no-robustness",
-                              "--adversarial", "--json", tmp_path / "a.json"], capsys)
+                              "--adversarial", "--adversarial-images", "4", "--json", tmp_path / "a.json"],
+                             capsys)
     assert code == 0, err
     a = json.loads((tmp_path / "a.json").read_text())
     assert a["task"] == "multilabel" and a["metrics"]["task"] == "multilabel"
     assert set(a["subgroups"]["site"]) == {"a", "b"}
     assert all(0.0 <= g["map"] <= 1.0 and g["count"] == N // 2 for g in a["subgroups"]["site"].values())
-    assert a["open_set"] is None and a["adversarial"] is None and a["robustness"] is None
-    assert sum("applies to single-label models" in n for n in a["notes"]) == 2  # open set, attacks
-    assert "mAP macro / micro" in out and "site" in out
+    assert a["open_set"] is None and a["robustness"] is None
+    assert [n for n in a["notes"] if "applies to single-label models" in n] == [
+        "open-set rejection: applies to single-label models (one softmax answer an image); "
+        "not run on this multi-label model"]
+    adv = a["adversarial"]
+    assert adv["metric"] == "map" and adv["num_images"] == 4 and set(adv["attacks"]) == {"fgsm", "pgd"}
+    assert "mAP macro / micro" in out and "PGD mAP" in out and "site" in out
     assert (bundle.parent / "audit.json").is_file()  # in the run folder, for the report
 
 
@@ -131,3 +137,18 @@ def test_a_multilabel_manifest_is_refused_by_a_single_label_model(tiny_bundle, m
     _, csv = ml
     code, _, err = run_cli([command, tiny_bundle, csv], capsys)
     assert_one_line_error(code, err, "is multi-label")
+
+
+def test_attacks_on_the_label_set_lower_map_within_eps(ml):
+    bundle, csv = ml
+    clf = Classifier.load(bundle, device="cpu")
+    normal = [s for s in index_dataset(csv, task="multilabel").all_samples
+              if s.groups["lighting"] == "normal"][:12]
+    data = load_labeled_pixels(clf, normal)
+    images = data.pixels.float() / 255
+    adv = attack(clf, images, data.targets, method="pgd", eps=8 / 255)
+    assert (adv - images).abs().max() <= 8 / 255 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    result = multilabel_adversarial_robustness(clf, data, eps=(2 / 255, 8 / 255))
+    assert result.num_images == 12 and result.clean_map > 0.9
+    assert result.attacks["pgd"]["8/255"] < result.clean_map - 0.2  # undefended: fooled
+    assert result.attacks["pgd"]["8/255"] <= result.attacks["fgsm"]["8/255"] + 0.05

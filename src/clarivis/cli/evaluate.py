@@ -202,6 +202,11 @@ def print_multilabel_audit(a: dict) -> None:
         r = a["robustness"]
         summary.add_row("mean corruption mAP", f"{r['mean_corruption_map']:.4f} (clean {r['clean_map']:.4f}, "
                                                f"drop {100 * r['relative_drop']:.1f}%)")
+    if a["adversarial"]:
+        adv = a["adversarial"]
+        for attack, row in adv["attacks"].items():
+            summary.add_row(f"{attack.upper()} mAP (clean {adv['clean_map']:.3f})",
+                            ", ".join(f"{eps}: {value:.3f}" for eps, value in row.items()))
     summary.add_row("time", f"{a['seconds'].get('total', 0):.1f} s")
     stdout.print(summary)
     sub = a["subgroups"]

@@ -3,7 +3,11 @@ captum.robust. (torchattacks, which the design names, pins requests~=2.25.1 and 
 Hugging Face hub client that timm uses; captum is already our attribution library.)
 
 Attacks run in [0, 1] pixel space on the model-input image, so eps = 2/255 means "each pixel
-moves by at most 2 grey levels": the bundle's normalisation sits inside the attacked function."""
+moves by at most 2 grey levels": the bundle's normalisation sits inside the attacked function.
+
+A multi-label model is attacked on its whole label set: each step raises the summed binary
+cross-entropy of every class against the image's true set (labels dropped, labels added), and
+robustness is the mAP left on the attacked images."""
 
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ from captum.robust import FGSM, PGD
 from torch import nn
 
 from clarivis.evaluate.inputs import LabeledPixels
-from clarivis.evaluate.robustness import known_images, stratified_subset
+from clarivis.evaluate.robustness import known_images, random_subset, stratified_subset
+from clarivis.evaluate.subgroups import average_precisions  # numpy; torchmetrics' numbers
 
 METHODS = ("fgsm", "pgd")
 # The budgets of the robustness literature for 32 px images (RobustBench reports 8/255); the
@@ -49,6 +54,11 @@ def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     # Per-image cross-entropy on the logits: captum's default, -log(output), assumes the model
     # returns probabilities and gives NaN gradients (no step) for negative logits.
     return nnf.cross_entropy(logits, target, reduction="none")
+
+
+def _label_set_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    # Multi-label: per-image BCE summed over the classes (target: (N, C) multi-hot floats).
+    return nnf.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1)
 
 
 @dataclass
@@ -85,21 +95,23 @@ def _frozen(model: nn.Module):
 def attack(clf, images: torch.Tensor, targets: torch.Tensor, *, method: str, eps: float,
            steps: int = PGD_STEPS, seed: int = 0) -> torch.Tensor:
     """[0, 1] float (N, 3, S, S) -> adversarial images within eps (L-inf) of them, in [0, 1],
-    pushed away from `targets` (int64 (N,)); PGD takes `steps` steps from a seeded random start."""
+    pushed away from `targets` (int64 (N,), or (N, C) multi-hot floats for a multi-label model:
+    away from the whole set); PGD takes `steps` steps from a seeded random start."""
     if method not in METHODS:
         raise ValueError(f"unknown attack {method!r}; choose fgsm or pgd")
     model = PixelModel(clf)
     images = images.detach()
+    loss = _label_set_loss if targets.ndim == 2 else _loss
     # enable_grad: callers often sit in no_grad (inference code); the attack needs input gradients.
     with _frozen(clf.model), torch.enable_grad(), warnings.catch_warnings():
         # captum sets requires_grad on the input itself and warns each step that it had to.
         warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
         if method == "fgsm":
-            adv = FGSM(model, loss_func=_loss, lower_bound=0.0, upper_bound=1.0).perturb(images, eps, targets)
+            adv = FGSM(model, loss_func=loss, lower_bound=0.0, upper_bound=1.0).perturb(images, eps, targets)
         else:
             with torch.random.fork_rng(devices=[]):  # captum's random start draws from the global RNG
                 torch.manual_seed(seed)
-                adv = PGD(model, loss_func=_loss, lower_bound=0.0, upper_bound=1.0).perturb(
+                adv = PGD(model, loss_func=loss, lower_bound=0.0, upper_bound=1.0).perturb(
                     images, radius=eps, step_size=STEP_FACTOR * eps / steps, step_num=steps,
                     target=targets, random_start=True)
     return adv.detach()
@@ -138,3 +150,52 @@ def adversarial_robustness(clf, data: LabeledPixels, *, eps: tuple[float, ...] =
     attacks = {m: {eps_name(e): correct[(m, e)] / n for e in eps} for m in METHODS}
     return AdversarialResult(num_images=n, clean_accuracy=clean / n, pgd_steps=pgd_steps,
                              attacks=attacks, seconds=time.perf_counter() - started)
+
+
+@dataclass
+class MultilabelAdversarialResult:
+    num_images: int
+    clean_map: float  # on the same subset
+    pgd_steps: int
+    attacks: dict  # {"fgsm": {"1/255": mAP, ...}, "pgd": {...}}
+    seconds: float
+    metric: str = "map"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def multilabel_adversarial_robustness(clf, data: LabeledPixels, *, eps: tuple[float, ...] = DEFAULT_EPS,
+                                      max_images: int | None = DEFAULT_MAX_IMAGES,
+                                      pgd_steps: int = PGD_STEPS, batch_size: int = 64,
+                                      seed: int = 0) -> MultilabelAdversarialResult:
+    """FGSM and PGD mAP per eps of a multi-label `clf` on a seeded subset of `data` (targets
+    (N, C) multi-hot). Every image is attacked: with no single right answer there is no
+    'already wrong' image to skip, so robust mAP is compared with clean mAP on the same images."""
+    if not eps or min(eps) <= 0:
+        raise ValueError(f"eps must be positive budgets on the 0-1 scale (got {eps})")
+    if pgd_steps < 1:
+        raise ValueError(f"pgd_steps must be at least 1 (got {pgd_steps})")
+    started = time.perf_counter()
+    data = random_subset(data, max_images, seed)
+    model = PixelModel(clf)
+    cells = [("clean", 0.0)] + [(m, e) for m in METHODS for e in eps]
+    probs: dict[tuple[str, float], list[torch.Tensor]] = {cell: [] for cell in cells}
+    for start in range(0, len(data.targets), batch_size):
+        images = data.pixels[start:start + batch_size].to(clf.device).float() / 255
+        targets = data.targets[start:start + batch_size].to(clf.device)
+        for method, e in cells:
+            adv = images if method == "clean" else attack(clf, images, targets, method=method, eps=e,
+                                                          steps=pgd_steps, seed=seed + start)
+            with torch.no_grad():
+                probs[(method, e)].append(clf.probabilities(model(adv).float().cpu()))
+
+    def mean_ap(cell) -> float:
+        aps = average_precisions(torch.cat(probs[cell]).double().numpy(), data.targets.numpy())
+        aps = aps[aps == aps]  # labels with no positive image have no AP
+        return float(aps.mean()) if len(aps) else 0.0
+
+    attacks = {m: {eps_name(e): mean_ap((m, e)) for e in eps} for m in METHODS}
+    return MultilabelAdversarialResult(num_images=len(data.targets), clean_map=mean_ap(("clean", 0.0)),
+                                       pgd_steps=pgd_steps, attacks=attacks,
+                                       seconds=time.perf_counter() - started)

@@ -5,8 +5,9 @@ auditing a run's bundle saves it in the run folder, where `clarivis report` find
 
 A multi-label model (task "multilabel") is audited on what its outputs mean: metrics are
 mAP / F1 at its thresholds / subset accuracy (multilabel_metrics), calibration is class-wise
-(ECE and BCE per sigmoid), subgroups and corruptions are measured in mAP; open-set rejection
-and the attacks, which need one softmax answer, are not run and a note says so."""
+(ECE and BCE per sigmoid), subgroups, corruptions and attacks (on the whole label set) are
+measured in mAP; open-set rejection, which needs one softmax answer, is not run and a note
+says so."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from clarivis import runs
 from clarivis.classifier import Classifier
 from clarivis.data.sources import evaluation_samples, index_dataset
 from clarivis.errors import DataError
-from clarivis.evaluate.adversarial import adversarial_robustness
+from clarivis.evaluate.adversarial import adversarial_robustness, multilabel_adversarial_robustness
 from clarivis.evaluate.calibration import calibration_report, multilabel_calibration_report
 from clarivis.evaluate.inputs import LabeledPixels, load_labeled_pixels
 from clarivis.evaluate.ood import rejection_report
@@ -58,7 +59,8 @@ class AuditResult:
     # corruption accuracy per severity, mean and relative drop (multi-label: clean_map,
     # mean_corruption_map, corruptions[name]["map"], relative_drop, "metric": "map")
     robustness: dict | None
-    adversarial: dict | None  # FGSM/PGD accuracy per eps (with --adversarial)
+    # FGSM/PGD accuracy per eps (with --adversarial; multi-label: clean_map and mAP per eps)
+    adversarial: dict | None
     skipped: list[dict] = field(default_factory=list)  # unreadable test files
     notes: list[str] = field(default_factory=list)  # why a section is empty
     seconds: dict = field(default_factory=dict)  # wall time per stage
@@ -128,9 +130,7 @@ def audit(model, data: str | Path, options: AuditOptions | None = None, *,
         stage("corruption robustness")
         result.robustness = _timed(seconds, "robustness", _robustness, clf, test,
                                    opts.robustness_images)
-    if opts.adversarial and multilabel:
-        notes.append(SINGLE_LABEL_ONLY.format("adversarial attacks (FGSM/PGD on the top class)"))
-    elif opts.adversarial:
+    if opts.adversarial:
         stage("adversarial attacks")
         result.adversarial = _timed(seconds, "adversarial", _adversarial, clf, test,
                                     opts.adversarial_images)
@@ -231,7 +231,8 @@ def _robustness(clf, data: LabeledPixels, max_images: int | None) -> dict:
 
 
 def _adversarial(clf, data: LabeledPixels, max_images: int) -> dict:
-    return adversarial_robustness(clf, data, max_images=max_images).to_dict()
+    attacks = multilabel_adversarial_robustness if clf.config.multilabel else adversarial_robustness
+    return attacks(clf, data, max_images=max_images).to_dict()
 
 
 def _timed(seconds: dict, name: str, fn, *args):
