@@ -132,9 +132,9 @@ def test_exclude_passes_files_over_without_decoding(tiny_bundle, tmp_path, monke
     decoded = []
     decode = classifier.model_pixels
 
-    def spy(path, img_size):
+    def spy(path, img_size, **kwargs):
         decoded.append(_name(path))
-        return decode(path, img_size)
+        return decode(path, img_size, **kwargs)
 
     monkeypatch.setattr(classifier, "model_pixels", spy)
     clf = Classifier.load(tiny_bundle, device="cpu")
