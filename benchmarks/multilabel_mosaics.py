@@ -62,7 +62,8 @@ class Preset:
 
 
 PRESETS = {
-    "cpu": Preset(4000, 1000, 12, "about 12 minutes for the three arms on 2 shared CPU cores"),
+    "cpu": Preset(2000, 1000, 8, "about 15 minutes for the three arms on 2 CPU cores shared with other "
+                                 "work (airnet_s at 64 px trained at 40-60 img/s there, one thread)"),
     "gpu": Preset(10000, 2500, 30, "every train-pool photo once (40,000 tiles), 30 epochs; minutes on a GPU"),
 }
 
