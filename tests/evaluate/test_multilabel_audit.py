@@ -4,7 +4,10 @@ has accuracy, subgroups and corruptions in mAP, class-wise calibration, one-line
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +25,7 @@ from clarivis.evaluate.plots import per_class_figure, png_bytes, reliability_fig
 from clarivis.evaluate.robustness import multilabel_corruption_robustness
 from clarivis.evaluate.subgroups import average_precisions
 from clarivis.multilabel_metrics import average_precision
+from clarivis.report.html import write_report
 
 N = 40
 DARK = [i for i in range(N) if i % 10 < 3]  # 12 images, darkened to a quarter of their brightness
@@ -30,9 +34,10 @@ DARK = [i for i in range(N) if i % 10 < 3]  # 12 images, darkened to a quarter o
 @pytest.fixture(scope="module")
 def ml(tmp_path_factory):
     """(trained multi-label bundle, test manifest of 40 other images with lighting and site
-    columns; the 'dark' lighting group really is dark, so the model finds its labels worse)."""
-    bundle = trained_multilabel(tmp_path_factory.mktemp("ml"))
+    columns; the 'dark' lighting group really is dark, so the model finds its labels worse).
+    The bundle sits in a copy of the session's run folder: an audit writes RUN/audit.json."""
     root = tmp_path_factory.mktemp("ml_test")
+    bundle = Path(shutil.copytree(trained_multilabel(root / "train").parent, root / "run")) / "model"
     lighting = ["dark" if i in DARK else "normal" for i in range(N)]
     csv = write_multilabel(root, N, seed=1, extra_columns={"lighting": lighting,
                                                            "site": ["a", "b"] * (N // 2)})
@@ -77,7 +82,9 @@ def test_audit_cli_writes_subgroup_map_per_group_value(ml, tmp_path, capsys):
     adv = a["adversarial"]
     assert adv["metric"] == "map" and adv["num_images"] == 4 and set(adv["attacks"]) == {"fgsm", "pgd"}
     assert "mAP macro / micro" in out and "PGD mAP" in out and "site" in out
-    assert (bundle.parent / "audit.json").is_file()  # in the run folder, for the report
+    assert json.loads((bundle.parent / "audit.json").read_text()) == a  # in the run, for the report
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", write_report(bundle.parent, gallery=0).read_text()))
+    assert f"the cells are mAP (clean mAP {adv['clean_map']:.3f})" in text
 
 
 def test_audit_measures_subgroups_and_calibration_in_map(ml):

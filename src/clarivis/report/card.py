@@ -96,15 +96,15 @@ def _audit_limits(audit: dict, limits: list[str], not_run: list[str]) -> None:
             limits.append("weakest under: " + ", ".join(weak))
     else:
         not_run.append("corruption robustness")
-    if multilabel:  # attacks and open-set rejection need one softmax answer an image
-        return
     adv = audit.get("adversarial")
     if adv:
         pgd = adv["attacks"].get("pgd", {}).get(ADVERSARIAL_EPS)
         if pgd is not None:
-            limits.append(f"a {ADVERSARIAL_EPS} pixel perturbation (PGD) leaves accuracy {pgd:.3f}")
+            limits.append(f"a {ADVERSARIAL_EPS} pixel perturbation (PGD) leaves {name} {pgd:.3f}")
     else:
         not_run.append("adversarial attacks (clarivis audit --adversarial)")
+    if multilabel:  # open-set rejection needs one softmax answer an image
+        return
     open_set = audit.get("open_set")
     if open_set and open_set.get("rejection_rate_unknown") is not None:
         limits.append(f"{100 * (1 - open_set['rejection_rate_unknown']):.0f}% of images from unknown "
