@@ -23,7 +23,7 @@ from clarivis.evaluate.audit import audit
 from clarivis.evaluate.inputs import load_labeled_pixels
 from clarivis.evaluate.plots import per_class_figure, png_bytes, reliability_figure, robustness_figure
 from clarivis.evaluate.robustness import multilabel_corruption_robustness
-from clarivis.evaluate.subgroups import average_precisions
+from clarivis.evaluate.subgroups import average_precisions, multilabel_subgroup_report
 from clarivis.multilabel_metrics import average_precision
 from clarivis.report.html import write_report
 
@@ -159,3 +159,16 @@ def test_attacks_on_the_label_set_lower_map_within_eps(ml):
     assert result.num_images == 12 and result.clean_map > 0.9
     assert result.attacks["pgd"]["8/255"] < result.clean_map - 0.2  # undefended: fooled
     assert result.attacks["pgd"]["8/255"] <= result.attacks["fgsm"]["8/255"] + 0.05
+
+
+def test_a_group_with_no_label_present_has_no_map_and_is_not_flagged():
+    rng = np.random.default_rng(0)
+    targets = (rng.random((30, 3)) < 0.5).astype(int)
+    targets[:8] = 0  # the 'empty' group: no image holds any label
+    report = multilabel_subgroup_report(rng.random((30, 3)), targets, [0.5] * 3,
+                                        {"g": ["empty"] * 8 + ["x"] * 22}, n_boot=20)
+    empty = report["g"]["empty"]
+    assert empty["map"] is None and empty["gap"] is None and empty["map_ci"] == [None, None]
+    assert empty["subset_accuracy"] is not None and empty["count"] == 8
+    assert report["flagged"] == [] and report["summary"]["g"]["worst_group"] == "x"
+    json.dumps(report, allow_nan=False)

@@ -4,6 +4,7 @@ model fail for some lighting, site, scanner or skin tone that the overall accura
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -167,9 +168,11 @@ def multilabel_subgroup_report(probs: np.ndarray, targets: np.ndarray, threshold
     index = np.arange(len(targets))
     report: dict = {"metric": "map", "flagged": [], "summary": {}}
     for column, values in attributes.items():
-        frame = MetricFrame(metrics=metrics, y_true=index, y_pred=index,
-                            sensitive_features=np.asarray(values, dtype=object), n_boot=n_boot,
-                            ci_quantiles=list(CI_QUANTILES), random_state=seed)
+        with warnings.catch_warnings():  # a group with no positive label: NaN mAP, All-NaN quantiles
+            warnings.simplefilter("ignore", RuntimeWarning)
+            frame = MetricFrame(metrics=metrics, y_true=index, y_pred=index,
+                                sensitive_features=np.asarray(values, dtype=object), n_boot=n_boot,
+                                ci_quantiles=list(CI_QUANTILES), random_state=seed)
         by_group = frame.by_group
         low, high = frame.by_group_ci
         counts = {str(g): int(n) for g, n in zip(*np.unique(np.asarray(values, dtype=str),
