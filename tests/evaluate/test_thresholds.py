@@ -57,3 +57,11 @@ def test_class_without_positives_keeps_the_default():
     y = np.zeros((20, 1), dtype=int)
     thresholds, notes = fit_thresholds(torch.rand(20, 1), torch.tensor(y))
     assert thresholds == [DEFAULT_THRESHOLD] and notes[0]["rule"] == "default"
+
+
+def test_perfectly_separated_class_keeps_t_one():
+    # Class 0 is separated by its logits (the BCE optimum is T -> 0); class 1 overlaps.
+    logits = torch.tensor([[3.0, 1.0], [2.0, -1.0], [-2.0, 0.5], [-1.0, -0.5]] * 10)
+    targets = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0], [0.0, 1.0]] * 10)
+    temps = fit_label_temperatures(logits, targets)
+    assert temps[0] == 1.0 and temps[1] != 1.0

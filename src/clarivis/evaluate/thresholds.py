@@ -20,7 +20,8 @@ _LOG_T_RANGE = (math.log(0.05), math.log(20.0))  # as calibration.py: stops sepa
 
 def fit_label_temperatures(logits: torch.Tensor, targets: torch.Tensor) -> list[float]:
     """logits, targets: (N, C) -> the T_c minimising each class's BCE of sigmoid(logit / T_c).
-    A class with only positives or only negatives on val keeps T = 1 (nothing to balance)."""
+    A class with only positives or only negatives on val, or separated perfectly by the logits,
+    keeps T = 1 (nothing to fit: see `separable`)."""
     logits, targets = logits.detach().float().cpu(), targets.float().cpu()
     log_t = torch.zeros(logits.shape[1], requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
@@ -36,8 +37,18 @@ def fit_label_temperatures(logits: torch.Tensor, targets: torch.Tensor) -> list[
     optimizer.step(closure)
     values = log_t.detach().clamp(*_LOG_T_RANGE).exp().tolist()
     positives = targets.sum(0)
-    fittable = (positives > 0) & (positives < len(targets))
+    fittable = (positives > 0) & (positives < len(targets)) & ~separable(logits, targets)
     return [v if fittable[i] and math.isfinite(v) else 1.0 for i, v in enumerate(values)]
+
+
+def separable(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """bool (C,): every positive's logit above every negative's. There the BCE keeps falling as
+    T -> 0, so a fitted T says nothing about calibration and would only make the model
+    certain (p = 0 or 1) of everything, wrong answers on shifted data included."""
+    positive = targets > 0.5
+    lowest_positive = torch.where(positive, logits, torch.inf).min(0).values
+    highest_negative = torch.where(~positive, logits, -torch.inf).max(0).values
+    return lowest_positive > highest_negative
 
 
 def fit_thresholds(probs: torch.Tensor, targets: torch.Tensor,
