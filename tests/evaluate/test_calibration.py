@@ -40,7 +40,9 @@ def test_scaling_lowers_ece_and_nll_of_an_overconfident_model():
 
 def test_separable_data_does_not_run_the_temperature_to_zero():
     logits = torch.eye(3).repeat(20, 1) * 5
-    assert fit_temperature(logits, torch.arange(3).repeat(20)) >= 0.05
+    assert fit_temperature(logits, torch.arange(3).repeat(20)) == 1.0  # every image right: no fit
+    logits[0] = torch.tensor([0.0, 5.0, 0.0])  # one mistake: a finite optimum, inside the bounds
+    assert 0.05 <= fit_temperature(logits, torch.arange(3).repeat(20)) <= 20
 
 
 def test_reliability_bins_count_every_image_and_match_accuracy():
