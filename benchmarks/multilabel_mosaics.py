@@ -172,11 +172,18 @@ def read_manifest(path: Path) -> list[tuple[str, list[str]]]:
 
 
 def label_stats(rows: list[tuple[str, list[str]]], class_names: list[str]) -> dict[str, Any]:
-    """Mean labels per mosaic, share of each label, how many distinct label sets."""
+    """Mean labels per mosaic, share of each label, how many distinct label sets, and what
+    answers that look at no pixel score (the floor every arm is read against): mAP of random
+    scores (each class's AP is its label rate), macro F1 of saying every label on every image,
+    Hamming loss of saying none."""
     n = len(rows)
+    rates = [sum(c in ls for _, ls in rows) / n for c in class_names]
     return {"mosaics": n, "mean_labels": round(sum(len(ls) for _, ls in rows) / n, 3),
-            "label_rates": {c: round(sum(c in ls for _, ls in rows) / n, 3) for c in class_names},
-            "distinct_label_sets": len({tuple(ls) for _, ls in rows})}
+            "label_rates": {c: round(r, 3) for c, r in zip(class_names, rates, strict=True)},
+            "distinct_label_sets": len({tuple(ls) for _, ls in rows}),
+            "no_pixels": {"map_random": round(sum(rates) / len(rates), 4),
+                          "f1_macro_all_labels": round(sum(2 * r / (1 + r) for r in rates) / len(rates), 4),
+                          "hamming_no_labels": round(sum(rates) / len(rates), 4)}}
 
 
 # ----------------------------------------------------------------------------- clarivis arms
@@ -439,6 +446,10 @@ def arm_text(arm: dict[str, Any]) -> str:
 def summary_line(result: dict[str, Any], path: Path) -> str:
     s = result["settings"]
     parts = [f"{name} {arm_text(arm)}" for name, arm in result["arms"].items()]
+    floor = result.get("data", {}).get("test", {}).get("no_pixels")
+    if floor:
+        parts.append(f"no pixels: mAP {_f(floor['map_random'])}, F1 {_f(floor['f1_macro_all_labels'])} "
+                     f"(every label), Hamming {_f(floor['hamming_no_labels'])} (none)")
     return (f"{NAME} {s['model']} on {s['device']} ({s['train_mosaics']} train / {s['test_mosaics']} test "
             f"mosaics, {s['epochs']} ep; F1 macro/micro): " + " | ".join(parts) + f" | {path}")
 

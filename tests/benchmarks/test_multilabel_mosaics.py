@@ -68,6 +68,9 @@ def test_mosaics_hold_out_photos_and_carry_the_set_of_their_classes(bench, photo
     assert [sorted(s.labels) for s in index.all_samples] == [labels for _, labels in rows]
     stats = bench.label_stats(rows, sorted(COLOURS))
     assert stats["mosaics"] == 6 and 1 <= stats["mean_labels"] <= 3
+    rate = stats["mean_labels"] / 3  # mean label rate over the 3 classes
+    floor = stats["no_pixels"]
+    assert floor["map_random"] == floor["hamming_no_labels"] == pytest.approx(rate, abs=1e-3)
 
 
 def test_baseline_trains_with_bce_and_decides_at_one_half(bench, photos, tmp_path):
