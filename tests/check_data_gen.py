@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import random
 import shutil
 from pathlib import Path
@@ -47,3 +48,25 @@ def flip_labels(root: Path, n: int, seed: int = 0, split: str = "train") -> list
         shutil.move(file, target)
         moved.append(str(target))
     return moved
+
+
+def change_label_sets(manifest: Path, n: int, names: list[str], seed: int = 0) -> dict[str, tuple[str, str]]:
+    """Plant n label errors in a multi-label manifest (path,labels,...): half the images lose one
+    of their labels, half gain one they do not show (an image with every label or none can only
+    lose or gain). Returns {manifest path: ("removed" | "added", label)}."""
+    rng = random.Random(seed)
+    with manifest.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    changed = {}
+    for k, i in enumerate(rng.sample(range(len(rows)), n)):
+        present = {name for name in rows[i]["labels"].split(";") if name}
+        remove = present == set(names) or (bool(present) and k % 2 == 0)
+        name = rng.choice(sorted(present if remove else set(names) - present))
+        present ^= {name}
+        rows[i]["labels"] = ";".join(sorted(present))
+        changed[rows[i]["path"]] = ("removed" if remove else "added", name)
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return changed

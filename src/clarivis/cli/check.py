@@ -33,15 +33,22 @@ def check(  # one parameter a flag: Typer reads the option list from this signat
     group_by: Annotated[Optional[str], Opt(help="manifest column (e.g. patient_id): a group in two "
                                                 "splits is a leak; label-check folds keep groups "
                                                 "whole")] = None,
+    task: Annotated[str, Opt(help="auto | multiclass | multilabel [auto: multilabel when the CSV "
+                                  "has a labels column]")] = "auto",
+    label_sep: Annotated[str, Opt(help="separator of a multi-label cell")] = ";",
     top: Annotated[int, Opt(min=1, help="findings shown in the table (all go to --json)")] = 50,
     device: Annotated[Optional[str], Opt()] = None,
 ) -> None:
     """Corrupt files, duplicates and train/test leaks, imbalance, odd sizes and modes, and
     suspected label errors (cleanlab). Exit code 1 when there are errors (corrupt, leaks, one
-    image under two labels)."""
+    image under two labels).
+
+    A multi-label manifest (a labels column) is checked label by label: each suspect image
+    gets the labels likely missing from its set and those likely wrong."""
     result = clarivis.check_data(data, model=model, weights=weights, pretrained=pretrained,
                                  img_size=img_size, cached=cached, label_issues=labels, folds=folds,
-                                 group_by=group_by, device=device, console=stderr)
+                                 group_by=group_by, task=task, label_sep=label_sep,
+                                 device=device, console=stderr)
     written = clarivis.save_check(result, json_path) if json_path else None  # before printing (| head)
     findings = result.findings
     colours = {"error": "red", "warning": "yellow", "info": "dim"}

@@ -18,12 +18,19 @@ from clarivis.data.quality import (
     NEAR_DUPLICATE_DISTANCE,
     QualityReport,
     check_quality,
+    class_imbalance,
 )
-from clarivis.data.sources import DatasetIndex, Sample, index_dataset
+from clarivis.data.sources import LABEL_SEP, DatasetIndex, Sample, index_dataset, multilabel_sample
 from clarivis.data.splits import check_group_column
 from clarivis.data.thumbnails import FINDING_THUMBNAIL, thumbnail
 from clarivis.datacheck.label_features import choose_features
-from clarivis.datacheck.label_issues import DEFAULT_FOLDS, LabelIssueResult, find_label_issues
+from clarivis.datacheck.label_issues import (
+    DEFAULT_FOLDS,
+    LabelIssue,
+    LabelIssueResult,
+    find_label_issues,
+)
+from clarivis.datacheck.multilabel_issues import MultilabelIssue, find_multilabel_issues
 
 SEVERITIES = ("error", "warning", "info")
 # Within a severity: what breaks training or evaluation first, then what misleads it.
@@ -67,6 +74,11 @@ class DataCheckResult:
     label_check_note: str = ""  # why there is no label check, when there is none
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
     group_leaks: list[GroupLeak] = field(default_factory=list)  # with --group-by
+    task: str = "multiclass"  # "multilabel": a label set an image (DatasetIndex.task)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
 
     @property
     def findings(self) -> list[Finding]:
@@ -80,6 +92,7 @@ class DataCheckResult:
         return {
             "data": self.data,
             "layout": self.layout,
+            **({"task": self.task} if self.multilabel else {}),  # single-label JSON as before
             "class_names": self.class_names,
             "summary": {
                 "images": len(q.files),
@@ -96,9 +109,7 @@ class DataCheckResult:
                 "imbalance_ratio": q.imbalance.get("ratio"),
                 "findings": {s: sum(f.severity == s for f in findings) for s in SEVERITIES},
             },
-            "label_issues": [{"path": i.path, "split": i.split, "given_label": i.given_label,
-                              "suggested_label": i.suggested_label, "score": i.score}
-                             for i in issues],
+            "label_issues": [_issue_dict(i) for i in issues],
             "label_check": ({k: v for k, v in self.labels.to_dict().items() if k != "issues"}
                             if self.labels else {"skipped": self.label_check_note}),
             "duplicates": duplicates,
@@ -130,6 +141,8 @@ class CheckOptions:
     # check's folds keep each group whole. None: images are independent.
     group_by: str | None = None
     workers: int | None = None  # file-check workers [CPU count, at most 16]
+    task: str = "auto"  # auto: multi-label when the manifest has a `labels` column
+    label_sep: str = LABEL_SEP  # separator of a multi-label manifest cell
 
 
 def check_data(data: str | Path, options: CheckOptions | None = None, *,
@@ -147,15 +160,17 @@ def check_data(data: str | Path, options: CheckOptions | None = None, *,
     source = choose_features(opts.model, weights=opts.weights, pretrained=opts.pretrained,
                              img_size=opts.img_size, cached=opts.cached and opts.train_settings is None,
                              ) if opts.label_issues else None
-    index = index_dataset(data)
+    index = index_dataset(data, task=opts.task, label_sep=opts.label_sep)
     if opts.group_by is not None:
         check_group_column(index, opts.group_by)  # before minutes of file checks
     started = time.perf_counter()
     quality = check_quality(index, near_distance=opts.near_distance, workers=opts.workers)
+    if index.task == "multilabel":
+        quality.imbalance = class_imbalance(per_label(index))
     seconds = {"files": round(time.perf_counter() - started, 3)}
     console.print(f"checked {len(quality.files)} files in {seconds['files']:.1f} s")
     result = DataCheckResult(str(data), index.layout, index.class_names, quality, None,
-                             seconds=seconds)
+                             seconds=seconds, task=index.task)
     group_of: dict[str, str] = {}
     if opts.group_by is not None:
         group_of = {s.path: s.groups[opts.group_by] for s in index.all_samples}
@@ -167,14 +182,28 @@ def check_data(data: str | Path, options: CheckOptions | None = None, *,
         return result
     readable = quality.readable
     started = time.perf_counter()
-    result.labels = find_label_issues(
-        [Sample(f.path, f.label) for f in readable], [f.split for f in readable], model=source,
-        cached=False, folds=opts.folds, device=opts.device, train_settings=opts.train_settings,
+    if result.multilabel:  # FileInfo.label is the set joined: take the set from the index
+        label_set = {s.path: s.label_set for s in index.all_samples}
+        samples = [multilabel_sample(f.path, label_set[f.path]) for f in readable]
+        find = find_multilabel_issues
+    else:
+        samples, find = [Sample(f.path, f.label) for f in readable], find_label_issues
+    result.labels = find(
+        samples, [f.split for f in readable], model=source, cached=False, folds=opts.folds,
+        device=opts.device, train_settings=opts.train_settings,
         groups=[group_of[f.path] for f in readable] if opts.group_by is not None else None,
         console=console,
     )
     seconds["labels"] = round(time.perf_counter() - started, 3)
     return result
+
+
+def per_label(index: DatasetIndex) -> DatasetIndex:
+    """A multi-label index as one single-label row per (image, label): what the class counts of
+    data.quality count (images per label; an image with no label counts for none)."""
+    splits = {split: [Sample(s.path, name) for s in samples for name in s.label_set]
+              for split, samples in index.splits.items()}
+    return replace(index, splits=splits, task="multiclass")
 
 
 def find_group_leaks(index: DatasetIndex, column: str) -> list[GroupLeak]:
@@ -186,6 +215,15 @@ def find_group_leaks(index: DatasetIndex, column: str) -> list[GroupLeak]:
     leaks = [GroupLeak(column, [p for _, p in members], sorted({sp for sp, _ in members}))
              for members in by_group.values() if len({sp for sp, _ in members}) > 1]
     return sorted(leaks, key=lambda g: -len(g.paths))
+
+
+def _issue_dict(issue: LabelIssue) -> dict:
+    found = {"path": issue.path, "split": issue.split, "given_label": issue.given_label,
+             "suggested_label": issue.suggested_label, "score": issue.score}
+    if isinstance(issue, MultilabelIssue):  # the sets as lists, and what changes between them
+        found |= {"given_labels": issue.given_labels, "suggested_labels": issue.suggested_labels,
+                  "likely_missing": issue.likely_missing, "likely_wrong": issue.likely_wrong}
+    return found
 
 
 def save_check(result: DataCheckResult, json_path: str | Path) -> Path:
@@ -201,9 +239,10 @@ def ranked_findings(result: DataCheckResult) -> list[Finding]:
     q = result.quality
     found = [Finding("error", "corrupt", [c["path"]], f"unreadable: {c['reason']}")
              for c in q.corrupt]
+    shown = _label_set_text if result.multilabel else str
     for g in q.duplicates:
         what = "identical" if g.kind == "exact" else f"near-identical ({g.distance} bits of 64 apart)"
-        labels = ", ".join(sorted(set(g.labels)))
+        labels = ", ".join(shown(label) for label in sorted(set(g.labels)))
         if g.leak:
             splits = ", ".join(sorted(set(g.splits)))
             extra = f" and labeled {labels}" if g.conflicting_labels else ""
@@ -214,16 +253,17 @@ def ranked_findings(result: DataCheckResult) -> list[Finding]:
                                  f"{len(g.paths)} {what} images labeled {labels}"))
         else:
             kind = "duplicate" if g.kind == "exact" else "near_duplicate"
+            where = (f"{g.splits[0]}, labeled {shown(g.labels[0])}" if result.multilabel
+                     else f"{g.splits[0]}/{g.labels[0]}")
             found.append(Finding("warning" if g.kind == "exact" else "info", kind, g.paths,
-                                 f"{len(g.paths)} {what} images in {g.splits[0]}/{g.labels[0]}"))
+                                 f"{len(g.paths)} {what} images in {where}"))
     found += [Finding("error", "leak", g.paths, f"{len(g.paths)} images of one {g.column} in "
                       f"{', '.join(g.splits)}: evaluation sees a {g.column} training saw")
               for g in result.group_leaks]
     if result.labels:
-        found += [Finding("warning", "label_issue", [i.path],
-                          f"labeled {i.given_label}, looks like {i.suggested_label} "
-                          f"(label quality {i.score:.3f})") for i in result.labels.issues]
-    found += _class_findings(q.imbalance)
+        found += [Finding("warning", "label_issue", [i.path], _issue_message(i))
+                  for i in result.labels.issues]
+    found += _class_findings(q.imbalance, result.multilabel)
     found += [Finding("warning" if o["kind"] in _LOSSY_MODE_KINDS else "info", "odd_mode",
                       [o["path"]], o["message"]) for o in q.odd_modes]
     found += [Finding("info", "size_outlier", [o["path"]],
@@ -233,7 +273,24 @@ def ranked_findings(result: DataCheckResult) -> list[Finding]:
     return sorted(found, key=lambda f: (SEVERITIES.index(f.severity), _KIND_ORDER.index(f.kind)))
 
 
-def _class_findings(imbalance: dict) -> list[Finding]:
+def _issue_message(issue: LabelIssue) -> str:
+    if not isinstance(issue, MultilabelIssue):
+        return (f"labeled {issue.given_label}, looks like {issue.suggested_label} "
+                f"(label quality {issue.score:.3f})")
+    changes = [f"{what} {', '.join(names)}" for what, names in
+               (("likely missing:", issue.likely_missing), ("likely wrong:", issue.likely_wrong))
+               if names]
+    return (f"labeled {_label_set_text(issue.given_label)}, looks like "
+            f"{_label_set_text(issue.suggested_label)} ({'; '.join(changes)}; label quality "
+            f"{issue.score:.3f})")
+
+
+def _label_set_text(joined: str) -> str:
+    """A multi-label set as text: '{blue, red}', '{}' for an image with no label."""
+    return "{" + ", ".join(n for n in joined.split(LABEL_SEP) if n) + "}"
+
+
+def _class_findings(imbalance: dict, multilabel: bool = False) -> list[Finding]:
     found = [Finding("warning", "missing_class", [], f"{split} has no images of {', '.join(names)}")
              for split, names in imbalance.get("missing", {}).items()]
     if imbalance.get("imbalanced"):
@@ -241,9 +298,11 @@ def _class_findings(imbalance: dict) -> list[Finding]:
         counts = imbalance["counts"]
         found.append(Finding(
             "warning" if ratio >= IMBALANCE_RATIO_WARNING else "info", "imbalance", [],
-            f"class imbalance {ratio:.1f}:1 ({imbalance['largest']} {counts[imbalance['largest']]}"
-            f" images, {imbalance['smallest']} {counts[imbalance['smallest']]}); training "
-            "samples classes evenly, more images of the small classes help more"))
+            f"{'label' if multilabel else 'class'} imbalance {ratio:.1f}:1 ({imbalance['largest']} "
+            f"{counts[imbalance['largest']]} images, {imbalance['smallest']} "
+            f"{counts[imbalance['smallest']]}); training "
+            + ("weighs rare labels' positives up (at most 10x), more images of them help more"
+               if multilabel else "samples classes evenly, more images of the small classes help more")))
     return found
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from rich.console import Console
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
@@ -82,11 +81,15 @@ class LabelIssueResult:
     notes: list[str] = field(default_factory=list)  # e.g. classes left out, folds reduced
     features: str = ""  # whose features (a) used, e.g. "efficientnet_lite0 (weights W, 224 px)"
     reg_c: float | None = None  # the logistic regression's C that (a) chose
+    # "multilabel": issues are MultilabelIssues (multilabel_issues.py) and oof_accuracy is
+    # label-wise (1 - Hamming loss at 0.5).
+    task: str = "multiclass"
 
     def to_dict(self) -> dict:
+        task = {"task": self.task} if self.task == "multilabel" else {}  # single-label as before
         return {"method": self.method, "folds": self.folds, "checked": self.checked,
                 "oof_accuracy": self.oof_accuracy, "notes": self.notes,
-                "features": self.features, "reg_c": self.reg_c,
+                "features": self.features, "reg_c": self.reg_c, **task,
                 "issues": [asdict(i) for i in self.issues]}
 
 
@@ -115,7 +118,10 @@ def find_label_issues(samples: list[Sample], splits: list[str], options: LabelCh
                       *, console: Console | None = None, **fields: Any) -> LabelIssueResult:
     """Suspected label errors among readable `samples` (with their split names), by (a) the
     features of a bundle or pretrained backbone, or (b) training per fold when there are none.
-    `fields`: LabelCheckOptions' fields by keyword, over `options`."""
+    `fields`: LabelCheckOptions' fields by keyword, over `options`. Single-label samples;
+    multi-label ones go to multilabel_issues.find_multilabel_issues."""
+    if any(s.labels is not None for s in samples):
+        raise ValueError("multi-label samples: call multilabel_issues.find_multilabel_issues")
     opts = replace(options or LabelCheckOptions(), **fields)
     model, weights, pretrained, img_size = opts.model, opts.weights, opts.pretrained, opts.img_size
     cached, folds, device, seed, train_settings = (opts.cached, opts.folds, opts.device, opts.seed,
@@ -256,8 +262,10 @@ def trained_oof_probabilities(
     console: Console | None = None,
 ) -> np.ndarray:
     """(N, C) probabilities of each image from a model trained on the other folds (clarivis.train
-    on a manifest of those folds; the run folders are temporary)."""
+    on a manifest of those folds; the run folders are temporary). Samples with label sets train
+    a multi-label model: each column is then that label's own sigmoid probability."""
     settings = {**DEFAULT_TRAIN_SETTINGS, **(settings or {})}
+    multilabel = any(s.labels is not None for s in samples)
     quiet = Console(stderr=True, quiet=True)
     probs = np.zeros((len(samples), len(class_names)))
     k = int(fold_of.max()) + 1
@@ -274,23 +282,27 @@ def trained_oof_probabilities(
             result = run_training(config, console=quiet)  # no val split: nothing to calibrate
             clf = Classifier.load(result.bundle_dir, device=device)
             loaded = load_labeled_pixels(clf, [samples[i] for i in held_out])
-            logits = clf.pixel_logits(loaded.pixels) / clf.config.temperature
-            fold_probs = torch.softmax(logits, dim=1).numpy()
+            fold_probs = clf.probabilities(clf.pixel_logits(loaded.pixels)).numpy()
             row_of = {s.path: i for s, i in zip(loaded.samples, range(len(loaded.samples)), strict=True)}
             columns = [class_names.index(name) for name in clf.class_names]
+            # A label no training image of this fold has: no evidence either way.
+            unseen = 0.5 if multilabel else 0.0
             for i in held_out:
                 row = row_of.get(samples[i].path)
                 if row is None:  # unreadable now: no evidence either way
-                    probs[i] = 1.0 / len(class_names)
+                    probs[i] = 0.5 if multilabel else 1.0 / len(class_names)
                 else:
+                    probs[i] = unseen
                     probs[i, columns] = fold_probs[row]
     return probs
 
 
 def _write_manifest(path: Path, samples: list[Sample]) -> None:
+    """path,label,split; path,labels,split (names joined by ';') for multi-label samples."""
+    multilabel = any(s.labels is not None for s in samples)
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "label", "split"])
+        writer.writerow(["path", "labels" if multilabel else "label", "split"])
         for s in samples:
             writer.writerow([str(Path(s.path).resolve()), s.label, "train"])
 
