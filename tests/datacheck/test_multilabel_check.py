@@ -135,6 +135,21 @@ def test_duplicate_with_another_label_set_is_a_conflict(tmp_path):
     assert "conflicting_labels" in ran.output
 
 
+def test_group_by_folds_and_leaks_on_multilabel_data(tmp_path):
+    """--group-by on a multi-label manifest: 20 patients of 3 images, one of them in train and
+    test (a leak); the label check's folds keep each patient whole."""
+    splits = ["test" if i // 3 >= 17 or i == 2 else "train" for i in range(60)]
+    manifest = write_multilabel(tmp_path, 60, seed=4, extra_columns={
+        "split": splits, "patient": [f"P{i // 3:03d}" for i in range(60)]})
+    weights = random_weights(tmp_path / "w.safetensors", CNN)
+    result = check_data(manifest, group_by="patient", model=CNN, weights=weights, img_size=32,
+                        device="cpu")
+    leaks = [f for f in result.findings if f.kind == "leak"]
+    assert len(leaks) == 1 and len(leaks[0].paths) == 3
+    assert result.labels.folds == 5 and result.labels.checked == 60
+    assert "P000" not in json.dumps(result.to_dict())
+
+
 def test_label_sep_and_task(tmp_path):
     manifest = write_multilabel(tmp_path, 12, seed=3)
     manifest.write_text(manifest.read_text().replace(";", "|"))
