@@ -219,7 +219,7 @@ def print_multilabel_audit(a: dict) -> None:
         stdout.print(groups)
     for f in sub.get("flagged", []):
         stderr.print(f"[yellow]flagged[/]: {f['column']} = {f['group']}: mAP {f['map']:.3f} "
-                     f"vs {f['overall_map']:.3f} overall ({f['count']} images)")
+                     f"vs {f['reference_map']:.3f}, the groups' weighted mean ({f['count']} images)")
     for note in a["notes"]:
         stderr.print(f"note: {note}", highlight=False)
     if a["skipped"]:
