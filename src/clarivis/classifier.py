@@ -94,10 +94,11 @@ class Classifier:
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """(N, C) raw logits -> calibrated probabilities: softmax(logits / T), or, multi-label,
-        sigmoid(logit_c / T_c) a class."""
+        sigmoid(logit_c / T_c + b_c) a class."""
         if self.config.multilabel:
             temperatures = torch.as_tensor(self.config.label_temperatures(), dtype=torch.float32)
-            return torch.sigmoid(logits.float() / temperatures)
+            biases = torch.as_tensor(self.config.label_biases(), dtype=torch.float32)
+            return torch.sigmoid(logits.float() / temperatures + biases)
         return torch.softmax(logits / self.config.temperature, dim=1)
 
     @torch.no_grad()

@@ -118,10 +118,12 @@ class BundleConfig:
     temperature: float = 1.0  # softmax temperature; 1.0 until calibration fits it
     task: str = "multiclass"  # see TASKS
     # multilabel only, one value a class (output order), fitted on val at the end of training:
-    # label i is predicted when sigmoid(logit_i / temperatures[i]) >= thresholds[i].
-    # None: 1.0 and 0.5 (not fitted).
+    # class i's probability is sigmoid(logit_i / temperatures[i] + biases[i]) (Platt scaling: a
+    # loss like ASL leaves every logit shifted, which a temperature alone cannot undo), and the
+    # class is predicted when it is >= thresholds[i]. None: 0.5, 1.0 and 0.0 (not fitted).
     thresholds: list[float] | None = None
     temperatures: list[float] | None = None
+    biases: list[float] | None = None
     calibration: dict[str, Any] = field(default_factory=dict)  # how T was fitted: ECE before/after
     # Open-set rejection fitted on val: {score, threshold, accept_rate}; None: never rejects.
     ood: dict[str, Any] | None = None
@@ -148,7 +150,7 @@ class BundleConfig:
             raise ValueError("input_size, mean and std need 3 values each")
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; one of {', '.join(TASKS)}")
-        for name in ("thresholds", "temperatures"):
+        for name in ("thresholds", "temperatures", "biases"):
             values = getattr(self, name)
             if values is not None:
                 if len(values) != self.num_classes:
@@ -168,6 +170,10 @@ class BundleConfig:
         if self.temperatures is not None:
             return list(self.temperatures)
         return [self.temperature] * self.num_classes
+
+    def label_biases(self) -> list[float]:
+        """multilabel: each class's logit shift after its temperature (0.0 when not fitted)."""
+        return list(self.biases) if self.biases is not None else [0.0] * self.num_classes
 
     @property
     def preprocess(self) -> Preprocess:

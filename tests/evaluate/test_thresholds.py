@@ -7,23 +7,25 @@ import pytest
 import torch
 from sklearn.metrics import f1_score, precision_score
 
-from clarivis.evaluate.thresholds import DEFAULT_THRESHOLD, fit_label_temperatures, fit_thresholds
+from clarivis.evaluate.thresholds import DEFAULT_THRESHOLD, fit_label_calibration, fit_thresholds
 
 
-def test_temperatures_undo_overconfidence_per_class():
+def test_temperatures_and_biases_undo_miscalibration_per_class():
     torch.manual_seed(0)
-    true_logits = torch.randn(4000, 3) * 2
-    targets = torch.bernoulli(torch.sigmoid(true_logits))  # calibrated at T = 1
-    scaled = true_logits * torch.tensor([1.0, 3.0, 0.5])  # class 1 over-, class 2 under-confident
-    temps = fit_label_temperatures(scaled, targets)
-    assert temps == pytest.approx([1.0, 3.0, 0.5], rel=0.15)
+    true_logits = torch.randn(4000, 4) * 2
+    targets = torch.bernoulli(torch.sigmoid(true_logits))  # calibrated at T = 1, b = 0
+    # class 1 over-, class 2 under-confident; class 3 shifted up by 2, as ASL leaves its logits
+    raw = true_logits * torch.tensor([1.0, 3.0, 0.5, 1.0]) + torch.tensor([0.0, 0.0, 0.0, 2.0])
+    temps, biases = fit_label_calibration(raw, targets)
+    assert temps == pytest.approx([1.0, 3.0, 0.5, 1.0], rel=0.15)
+    assert biases == pytest.approx([0.0, 0.0, 0.0, -2.0], abs=0.2)
 
 
 def test_class_without_both_outcomes_keeps_t_one():
     logits = torch.randn(50, 2)
     targets = torch.zeros(50, 2)
     targets[:25, 1] = 1
-    assert fit_label_temperatures(logits, targets)[0] == 1.0
+    assert fit_label_calibration(logits, targets)[0][0] == 1.0
 
 
 def best_f1_by_brute_force(y, p):
@@ -63,5 +65,5 @@ def test_perfectly_separated_class_keeps_t_one():
     # Class 0 is separated by its logits (the BCE optimum is T -> 0); class 1 overlaps.
     logits = torch.tensor([[3.0, 1.0], [2.0, -1.0], [-2.0, 0.5], [-1.0, -0.5]] * 10)
     targets = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0], [0.0, 1.0]] * 10)
-    temps = fit_label_temperatures(logits, targets)
-    assert temps[0] == 1.0 and temps[1] != 1.0
+    temps, biases = fit_label_calibration(logits, targets)
+    assert (temps[0], biases[0]) == (1.0, 0.0) and temps[1] != 1.0

@@ -52,7 +52,7 @@ def test_export_checks_label_sets_and_records_it(ml_export):
     config = json.loads((bundle / "config.json").read_text())
     recorded = config["export"]
     assert recorded["fp32"]["compared"] == "label_set" and recorded["fp32"]["images"] == 64
-    assert recorded["label_rule"] == {key: config[key] for key in ("temperatures", "thresholds")}
+    assert recorded["label_rule"] == {key: config[key] for key in ("temperatures", "biases", "thresholds")}
 
 
 @slow
@@ -90,12 +90,13 @@ def test_an_image_with_no_label_is_an_empty_set(ml_export):
 
 
 @slow
-def test_per_class_temperature_and_threshold_come_from_the_bundle(ml_export, tmp_path):
+def test_per_class_temperature_bias_and_threshold_come_from_the_bundle(ml_export, tmp_path):
     bundle, _, images = ml_export
     copy = tmp_path / "model"
     shutil.copytree(bundle, copy)
     config = json.loads((copy / "config.json").read_text())
     config["temperatures"] = [2.0, 0.5, 1.0]
+    config["biases"] = [0.5, 0.0, -1.0]
     config["thresholds"] = [0.0, 1.01, 0.5]  # first class always, second never
     (copy / "config.json").write_text(json.dumps(config))
     predictor = Predictor(copy)
@@ -103,7 +104,8 @@ def test_per_class_temperature_and_threshold_come_from_the_bundle(ml_export, tmp
     rows = predictor.predict(images[:8], top_k=3)
     for row, logit in zip(rows, logits, strict=True):
         probs = dict(row.top_k)
-        expected = sigmoid(logit / np.array([2.0, 0.5, 1.0], np.float32))
+        scaled = logit / np.array([2.0, 0.5, 1.0], np.float32) + np.array([0.5, 0.0, -1.0], np.float32)
+        expected = sigmoid(scaled)
         assert [probs[c] for c in ML_CLASSES] == pytest.approx(expected.tolist(), abs=1e-6)
         names = {n for n, _ in row.labels}
         assert ML_CLASSES[0] in names and ML_CLASSES[1] not in names

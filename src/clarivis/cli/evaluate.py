@@ -197,7 +197,7 @@ def print_multilabel_audit(a: dict) -> None:
     summary.add_row("subset accuracy / Hamming loss", f"{m['subset_accuracy']:.4f} / {m['hamming_loss']:.4f}")
     summary.add_row("class-wise ECE before / after temperatures",
                     f"{cal['ece_before']:.4f} / {cal['ece_after']:.4f}")
-    summary.add_row("BCE before / after temperatures", f"{cal['bce_before']:.4f} / {cal['bce_after']:.4f}")
+    summary.add_row("BCE before / after calibration", f"{cal['bce_before']:.4f} / {cal['bce_after']:.4f}")
     if a["robustness"]:
         r = a["robustness"]
         summary.add_row("mean corruption mAP", f"{r['mean_corruption_map']:.4f} (clean {r['clean_map']:.4f}, "

@@ -191,7 +191,7 @@ def _multilabel_metrics(clf: Classifier, test: LabeledPixels, logits: torch.Tens
     metrics = compute_multilabel_metrics(probs, test.targets, clf.class_names,
                                          config.label_thresholds()).to_dict()
     calibration = multilabel_calibration_report(logits, test.targets, config.label_temperatures(),
-                                                clf.class_names)
+                                                clf.class_names, config.label_biases())
     unknown = sorted({n for s in test.samples for n in s.label_set} - set(clf.class_names))
     if unknown:
         notes.append(f"labels the model was not trained on are left out: {', '.join(unknown[:10])}")

@@ -143,16 +143,20 @@ def pooled_reliability_bins(probs: torch.Tensor, targets: torch.Tensor, n_bins: 
 
 
 def multilabel_calibration_report(logits: torch.Tensor, targets: torch.Tensor,
-                                  temperatures: list[float], class_names: list[str]) -> dict:
-    """Before (T = 1) and after the per-class temperatures: mean class-wise ECE, mean BCE and
-    pooled reliability bins; per class its T, ECE and BCE. logits, targets: (N, C)."""
+                                  temperatures: list[float], class_names: list[str],
+                                  biases: list[float] | None = None) -> dict:
+    """Before (T = 1, b = 0) and after the per-class temperatures and biases: mean class-wise
+    ECE, mean BCE and pooled reliability bins; per class its T, b, ECE and BCE. logits,
+    targets: (N, C)."""
     logits, targets = logits.float(), targets.float()
-    report: dict = {"temperatures": list(temperatures), "num_images": len(targets),
+    biases = list(biases) if biases is not None else [0.0] * len(temperatures)
+    report: dict = {"temperatures": list(temperatures), "biases": biases, "num_images": len(targets),
                     "ece": "class-wise (mean over classes of each sigmoid's binary ECE)"}
-    per_class: list[dict] = [{"class": name, "temperature": t}
-                             for name, t in zip(class_names, temperatures, strict=True)]
-    for name, t in (("before", torch.ones(len(temperatures))), ("after", torch.tensor(temperatures))):
-        scaled = logits / t
+    per_class: list[dict] = [{"class": name, "temperature": t, "bias": b}
+                             for name, t, b in zip(class_names, temperatures, biases, strict=True)]
+    ones, zeros = torch.ones(len(temperatures)), torch.zeros(len(temperatures))
+    for name, t, b in (("before", ones, zeros), ("after", torch.tensor(temperatures), torch.tensor(biases))):
+        scaled = logits / t + b
         probs = torch.sigmoid(scaled)
         eces = classwise_ece(probs, targets)
         bce = torch.nn.functional.binary_cross_entropy_with_logits(scaled, targets, reduction="none")

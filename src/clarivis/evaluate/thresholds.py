@@ -1,7 +1,8 @@
 """Multi-label calibration, fitted on the validation split at the end of training and stored in
-the bundle: a temperature per class (each sigmoid output is its own binary classifier, with its
-own over- or under-confidence), then a decision threshold per class on the calibrated
-probability, for the best F1, or for a target precision (fewer false alarms)."""
+the bundle: a temperature and a bias per class (Platt scaling; each sigmoid output is its own
+binary classifier, with its own over- or under-confidence and shift), then a decision threshold
+per class on the calibrated probability, for the best F1, or for a target precision (fewer false
+alarms)."""
 
 from __future__ import annotations
 
@@ -18,27 +19,35 @@ DEFAULT_THRESHOLD = 0.5  # a class that val cannot fit (no positive image) keeps
 _LOG_T_RANGE = (math.log(0.05), math.log(20.0))  # as calibration.py: stops separable classes running away
 
 
-def fit_label_temperatures(logits: torch.Tensor, targets: torch.Tensor) -> list[float]:
-    """logits, targets: (N, C) -> the T_c minimising each class's BCE of sigmoid(logit / T_c).
-    A class with only positives or only negatives on val, or separated perfectly by the logits,
-    keeps T = 1 (nothing to fit: see `separable`)."""
+def fit_label_calibration(logits: torch.Tensor, targets: torch.Tensor) -> tuple[list[float], list[float]]:
+    """logits, targets: (N, C) -> (T_c, b_c) minimising each class's BCE of sigmoid(logit / T_c
+    + b_c): Platt scaling with the slope written as a temperature. The bias matters: a loss that
+    down-weights easy negatives (ASL) leaves every logit too high (measured on CIFAR mosaics:
+    91% of pairs above 0.5, 34% positive), and a temperature alone then flattens every
+    probability towards 0.5 (it ran to T = 20). A class with only positives or only negatives
+    on val, or separated perfectly by the logits, keeps T = 1, b = 0 (nothing to fit)."""
     logits, targets = logits.detach().float().cpu(), targets.float().cpu()
-    log_t = torch.zeros(logits.shape[1], requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+    c = logits.shape[1]
+    log_t = torch.zeros(c, requires_grad=True)
+    bias = torch.zeros(c, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t, bias], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()
-        # Summed over classes: each T_c only moves its own column's loss.
-        scaled = logits / log_t.exp()
+        # Summed over classes: each (T_c, b_c) only moves its own column's loss.
+        scaled = logits / log_t.exp() + bias
         loss = F.binary_cross_entropy_with_logits(scaled, targets, reduction="none").mean(0).sum()
         loss.backward()
         return loss
 
     optimizer.step(closure)
-    values = log_t.detach().clamp(*_LOG_T_RANGE).exp().tolist()
+    temps = log_t.detach().clamp(*_LOG_T_RANGE).exp().tolist()
+    biases = bias.detach().tolist()
     positives = targets.sum(0)
     fittable = (positives > 0) & (positives < len(targets)) & ~separable(logits, targets)
-    return [v if fittable[i] and math.isfinite(v) else 1.0 for i, v in enumerate(values)]
+    ok = [bool(fittable[i]) and math.isfinite(temps[i]) and math.isfinite(biases[i]) for i in range(c)]
+    return ([t if ok[i] else 1.0 for i, t in enumerate(temps)],
+            [b if ok[i] else 0.0 for i, b in enumerate(biases)])
 
 
 def separable(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -86,9 +95,10 @@ def fit_thresholds(probs: torch.Tensor, targets: torch.Tensor,
     return thresholds, notes
 
 
-def calibrated_probs(logits: torch.Tensor, temperatures: list[float]) -> torch.Tensor:
-    """(N, C) raw logits -> (N, C) sigmoid(logit_c / T_c)."""
-    return torch.sigmoid(logits.float() / torch.as_tensor(temperatures, dtype=torch.float32))
+def calibrated_probs(logits: torch.Tensor, temperatures: list[float], biases: list[float]) -> torch.Tensor:
+    """(N, C) raw logits -> (N, C) sigmoid(logit_c / T_c + b_c)."""
+    return torch.sigmoid(logits.float() / torch.as_tensor(temperatures, dtype=torch.float32)
+                         + torch.as_tensor(biases, dtype=torch.float32))
 
 
 def calibrate_multilabel_bundle(bundle_dir, logits: torch.Tensor, targets: torch.Tensor, *,
@@ -99,11 +109,12 @@ def calibrate_multilabel_bundle(bundle_dir, logits: torch.Tensor, targets: torch
     c = logits.shape[1]
     if len(targets) < MIN_CALIBRATION_IMAGES:
         note = f"not fitted: {len(targets)} validation images, at least {MIN_CALIBRATION_IMAGES} needed"
-        return update_bundle_config(bundle_dir, temperatures=[1.0] * c, thresholds=[DEFAULT_THRESHOLD] * c,
+        return update_bundle_config(bundle_dir, temperatures=[1.0] * c, biases=[0.0] * c,
+                                    thresholds=[DEFAULT_THRESHOLD] * c,
                                     calibration={"note": note}, ood=None,
                                     baseline=multilabel_baseline(torch.sigmoid(logits), [0.5] * c))
-    temperatures = fit_label_temperatures(logits, targets)
-    probs = calibrated_probs(logits, temperatures)
+    temperatures, biases = fit_label_calibration(logits, targets)
+    probs = calibrated_probs(logits, temperatures, biases)
     thresholds, notes = fit_thresholds(probs, targets, precision_target)
     targets_f = targets.float()
     calibration = {
@@ -113,7 +124,7 @@ def calibrate_multilabel_bundle(bundle_dir, logits: torch.Tensor, targets: torch
         "threshold_rule": "precision" if precision_target is not None else "f1",
         "per_class": notes,
     }
-    return update_bundle_config(bundle_dir, temperatures=temperatures, thresholds=thresholds,
+    return update_bundle_config(bundle_dir, temperatures=temperatures, biases=biases, thresholds=thresholds,
                                 calibration=calibration, ood=None,
                                 baseline=multilabel_baseline(probs, thresholds))
 

@@ -16,7 +16,7 @@ from clarivis.data.sources import Sample
 from clarivis.evaluate.calibration import calibrate_bundle, calibration_report
 from clarivis.evaluate.inputs import ScoredValidation, score_samples
 from clarivis.evaluate.plots import save_evaluation, save_multilabel_evaluation
-from clarivis.evaluate.thresholds import calibrate_multilabel_bundle, calibrated_probs
+from clarivis.evaluate.thresholds import calibrate_multilabel_bundle
 from clarivis.metrics import EvaluationResult, compute_metrics
 from clarivis.multilabel_metrics import MultilabelEvaluation, compute_multilabel_metrics
 from clarivis.spec import CONFIG_NAME
@@ -56,7 +56,7 @@ def _validate_multilabel(run_dir: Path, bundle_dir: Path, scored: ScoredValidati
     clf, val, logits = scored.clf, scored.val, scored.logits
     clf.config = calibrate_multilabel_bundle(bundle_dir, logits, val.targets,
                                              precision_target=threshold_precision)
-    probs = calibrated_probs(logits, clf.config.label_temperatures())
+    probs = clf.probabilities(logits)
     evaluation = compute_multilabel_metrics(probs, val.targets, clf.class_names,
                                             clf.config.label_thresholds())
     evaluation.skipped = val.skipped
@@ -69,7 +69,7 @@ def calibration_summary(evaluation, calibration: dict) -> str:
     multi-label: the mean BCE before and after the per-class temperatures."""
     if "bce_after" in calibration:
         return (f"BCE {calibration['bce_before']:.3f} -> {calibration['bce_after']:.3f} "
-                "(a temperature a class)")
+                "(a temperature and a bias a class)")
     if getattr(evaluation, "task", "") == "multilabel":
         return "thresholds 0.5 (too few validation images to fit them)"
     if "ece_after" in calibration:

@@ -204,7 +204,8 @@ def _check(path: Path, pixels: np.ndarray, reference: np.ndarray, kind: str,
 def _label_rule(config: BundleConfig) -> dict[str, list[float]] | None:
     if not config.multilabel:
         return None
-    return {"temperatures": config.label_temperatures(), "thresholds": config.label_thresholds()}
+    return {"temperatures": config.label_temperatures(), "biases": config.label_biases(),
+            "thresholds": config.label_thresholds()}
 
 
 def _weights_digest(folder: Path) -> str:

@@ -70,7 +70,7 @@ def _evaluation(bundle, inputs: dict) -> str:
         parts.append(f"temperature {cal['temperature']:.2f} lowers validation ECE from "
                      f"{cal['ece_before']:.3f} to {cal['ece_after']:.3f}")
     elif "bce_after" in cal:
-        parts.append(f"a temperature a label takes validation BCE from {cal['bce_before']:.3f} to "
+        parts.append(f"a temperature and a bias a label take validation BCE from {cal['bce_before']:.3f} to "
                      f"{cal['bce_after']:.3f}, and each label has its own decision threshold")
     return "; ".join(parts) + "." if parts else "Not evaluated."
 

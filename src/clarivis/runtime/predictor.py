@@ -47,9 +47,10 @@ class Predictor:
         self.config: dict[str, Any] = bundle.to_dict()
         self.preprocess = RuntimePreprocess(**bundle.preprocess.to_dict())
         self.temperature = bundle.temperature
-        # Multi-label: sigmoid(logit_c / T_c) >= threshold_c picks class c, as Classifier does.
+        # Multi-label: sigmoid(logit_c / T_c + b_c) >= threshold_c picks class c, as Classifier does.
         self.multilabel = bundle.multilabel
         self.temperatures = np.asarray(bundle.label_temperatures(), dtype=np.float32)  # (C,)
+        self.biases = np.asarray(bundle.label_biases(), dtype=np.float32)  # (C,)
         self.thresholds = bundle.label_thresholds()
         self.ood: dict[str, Any] | None = bundle.ood or None
         self.reject = reject  # answer "unknown" below the bundle's threshold (when it has one)
@@ -129,7 +130,7 @@ class Predictor:
             return
         logits = self.predict_pixels(normalize(np.stack([p for _, p in pending]), self.preprocess))
         if self.multilabel:  # no open-set check: a set may be empty, which says "none of these"
-            probs = sigmoid(logits / self.temperatures)  # (N, C), each class on its own
+            probs = sigmoid(logits / self.temperatures + self.biases)  # (N, C), each class on its own
             for (source, _), row in zip(pending, probs, strict=True):
                 yield multilabel_prediction(source, row.tolist(), self.class_names, self.thresholds, k)
             return

@@ -261,7 +261,8 @@ def metadata(service: Service) -> dict:
     }
     if c.multilabel:
         _describe_multilabel(answer, n)
-        answer["parameters"] |= {"thresholds": c.label_thresholds(), "temperatures": c.label_temperatures()}
+        answer["parameters"] |= {"thresholds": c.label_thresholds(), "temperatures": c.label_temperatures(),
+                                 "biases": c.label_biases()}
     return answer
 
 
@@ -274,8 +275,8 @@ def _describe_multilabel(answer: dict, n: int) -> None:
     outputs["label"]["parameters"]["description"] = joined
     outputs["confidence"]["parameters"]["description"] = "the highest calibrated probability of any class"
     outputs["probabilities"]["parameters"]["description"] = (
-        "each class's calibrated probability, sigmoid(logit_c / temperatures[c]), in the order of "
-        "class_names (they need not sum to 1)")
+        "each class's calibrated probability, sigmoid(logit_c / temperatures[c] + biases[c]), in the "
+        "order of class_names (they need not sum to 1)")
     answer["outputs"] += [
         {"name": "labels", "datatype": "BYTES", "shape": [-1], "parameters": {"description": joined}},
         {"name": "label_mask", "datatype": "BOOL", "shape": [-1, n],

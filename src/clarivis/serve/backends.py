@@ -127,10 +127,11 @@ def score_logits(logits: np.ndarray, class_names: list[str], *, temperature: flo
 
 
 def score_multilabel(logits: np.ndarray, config: BundleConfig, *, top_k: int) -> list[Scored]:
-    """A multi-label model's (N, C) raw logits -> Scored: sigmoid(logit_c / T_c) a class, then
-    clarivis.prediction.multilabel_prediction, the rule every backend's predict follows."""
-    probs = sigmoid(np.asarray(logits, dtype=np.float32) /
-                    np.asarray(config.label_temperatures(), dtype=np.float32))  # as the runtime does
+    """A multi-label model's (N, C) raw logits -> Scored: sigmoid(logit_c / T_c + b_c) a class,
+    then clarivis.prediction.multilabel_prediction, the rule every backend's predict follows."""
+    probs = sigmoid(np.asarray(logits, dtype=np.float32) /  # as the runtime does
+                    np.asarray(config.label_temperatures(), dtype=np.float32)
+                    + np.asarray(config.label_biases(), dtype=np.float32))
     thresholds, k = config.label_thresholds(), min(top_k, config.num_classes)
     return [_scored(multilabel_prediction("<pixels>", row.tolist(), config.class_names, thresholds, k))
             for row in probs]

@@ -109,11 +109,13 @@ class ModelInfo(BaseModel):
     temperature: float = Field(description="calibration: probabilities are softmax(logits / temperature)")
     task: Literal["multiclass", "multilabel"] = Field(
         description="multiclass: one label an image; multilabel: a set of labels, each class decided "
-                    "on its own (sigmoid(logit_c / temperatures[c]) >= thresholds[c])")
+                    "on its own (sigmoid(logit_c / temperatures[c] + biases[c]) >= thresholds[c])")
     thresholds: list[float] | None = Field(description="multilabel: each class's decision threshold, "
                                                        "in class_names order; null otherwise")
     temperatures: list[float] | None = Field(description="multilabel: each class's sigmoid temperature; "
                                                          "null otherwise")
+    biases: list[float] | None = Field(None, description="multilabel: each class's logit shift after "
+                                                         "its temperature; null otherwise")
     open_set_threshold: float | None = Field(description="below it the label is 'unknown'")
     training: dict[str, Any] = Field(description="the training summary (no data path)")
     backend: str
