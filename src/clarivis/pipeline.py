@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 
 from clarivis.config import build_config
+from clarivis.evaluate.thresholds import always_yes_labels
 from clarivis.evaluate.validation import calibration_summary, validate_run
 from clarivis.report.html import write_report
 from clarivis.training.dispatch import TrainResult, run_training
@@ -36,9 +37,15 @@ def train(
     checked = validate_run(result.run_dir, result.bundle_dir, resolved.device,
                            threshold_precision=resolved.threshold_precision)
     if checked is not None and getattr(checked.evaluation, "task", "") == "multilabel":
+        config = checked.scored.clf.config
+        fit = calibration_summary(checked.evaluation, config.calibration)
         console.print(f"best model (epoch {result.best_epoch}): val {checked.evaluation.headline} "
-                      f"at the fitted thresholds; "
-                      f"{calibration_summary(checked.evaluation, checked.scored.clf.config.calibration)}")
+                      f"at the fitted thresholds; {fit}")
+        weak = always_yes_labels(config.calibration, config.class_names)
+        if weak:
+            console.print(f"[yellow]the best-F1 threshold of {', '.join(weak[:5])} says yes on nearly "
+                          "every validation image: the model barely tells them apart yet; train longer "
+                          "or fit precision thresholds (--threshold-precision 0.8)")
     elif checked is not None:
         ev = checked.evaluation
         console.print(

@@ -67,3 +67,15 @@ def test_perfectly_separated_class_keeps_t_one():
     targets = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0], [0.0, 1.0]] * 10)
     temps, biases = fit_label_calibration(logits, targets)
     assert (temps[0], biases[0]) == (1.0, 0.0) and temps[1] != 1.0
+
+
+def test_a_threshold_that_says_yes_to_everything_is_named():
+    from clarivis.evaluate.thresholds import always_yes_labels
+
+    rng = np.random.default_rng(2)
+    y = (rng.random((200, 2)) < 0.4).astype(int)
+    p = np.stack([rng.random(200), np.clip(y[:, 1] * 0.6 + rng.random(200) * 0.4, 0, 1)], axis=1)
+    # class 0's scores are noise: its best F1 says yes to (nearly) all; class 1 is learnt
+    _, notes = fit_thresholds(torch.tensor(p), torch.tensor(y))
+    assert notes[0]["val_predicted_share"] >= 0.9 > notes[1]["val_predicted_share"]
+    assert always_yes_labels({"per_class": notes}, ["noise", "learnt"]) == ["noise"]

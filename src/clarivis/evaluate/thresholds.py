@@ -91,8 +91,25 @@ def fit_thresholds(probs: torch.Tensor, targets: torch.Tensor,
         lower = p[p < cuts[best]]
         cut = (cuts[best] + lower.max()) / 2 if len(lower) else cuts[best]
         thresholds.append(float(cut))
-        notes.append({**note, "val_precision": float(precision[best]), "val_recall": float(recall[best])})
+        notes.append({**note, "val_precision": float(precision[best]), "val_recall": float(recall[best]),
+                      "val_positive_share": float(y.mean()), "val_predicted_share": float((p >= cut).mean())})
     return thresholds, notes
+
+
+# An F1-best threshold that says yes on nearly every image, for a label most images lack, is the
+# F1 optimum of a weak classifier (Lipton et al. 2014: the optimal threshold is half the best F1,
+# and saying yes to all scores 2p / (1 + p)); worth a warning, since its answers carry no
+# information about that label (seen on CIFAR mosaics after 8 epochs: cat on 969 of 1000).
+ALWAYS_YES_SHARE = 0.9
+
+
+def always_yes_labels(calibration: dict, class_names: list[str]) -> list[str]:
+    """Labels whose fitted threshold predicts them on >= ALWAYS_YES_SHARE of val images while
+    fewer than that hold them."""
+    notes = calibration.get("per_class") or []
+    return [name for name, note in zip(class_names, notes, strict=False)
+            if note.get("val_predicted_share", 0) >= ALWAYS_YES_SHARE
+            and note.get("val_positive_share", 1) < ALWAYS_YES_SHARE]
 
 
 def calibrated_probs(logits: torch.Tensor, temperatures: list[float], biases: list[float]) -> torch.Tensor:
