@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clarivis import runs
-from clarivis.data.io import is_image_path
+from clarivis.data.io import is_image_file
 from clarivis.errors import DataError
 
 # Calibration images: MinMax ranges of a few hundred real images are stable. Measured on resnet18
@@ -85,7 +85,7 @@ def _folder_images(folder: str | Path) -> list[str]:
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise DataError(f"{folder} is not a folder; pass a folder of images")
-    files = sorted(str(p) for p in root.rglob("*") if p.is_file() and is_image_path(p))
+    files = sorted(str(p) for p in root.rglob("*") if p.is_file() and is_image_file(p))
     if not files:
         raise DataError(f"{folder} holds no images; pass a folder of real images")
     return files

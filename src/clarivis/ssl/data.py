@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as F
 
 from clarivis.data.dataset import model_pixels
-from clarivis.data.io import is_image_path
+from clarivis.data.io import is_image_file
 from clarivis.data.loaders import epoch_order, make_batches
 from clarivis.data.scan import scan_images
 from clarivis.data.sources import SPLIT_NAMES, Sample, fingerprint, read_csv_rows
@@ -79,7 +79,7 @@ def _folder_images(root: Path):
         dirnames[:] = sorted(d for d in dirnames
                              if not d.startswith(".") and not (top and d in skip))
         for name in sorted(filenames):
-            if not name.startswith(".") and is_image_path(name):
+            if not name.startswith(".") and is_image_file(Path(dirpath) / name):  # DICOM by magic too
                 yield Path(dirpath) / name
 
 
