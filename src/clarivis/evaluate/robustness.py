@@ -245,17 +245,25 @@ def corruption_robustness(clf, data: LabeledPixels, *, severities: int = SEVERIT
     names = _sweep_names(severities, corruptions)
     data = stratified_subset(known_images(data), max_images, seed)
 
-    clean = _accuracy(clf, data, batch_size)
-    rows = {}
-    for name in names:
-        acc = [_accuracy(clf, data, batch_size, name, s, seed) for s in range(1, severities + 1)]
-        rows[name] = {"family": CORRUPTIONS[name].family, "accuracy": acc, "mean": sum(acc) / len(acc)}
+    clean, rows = _sweep(_accuracy, "accuracy", clf, data, names, severities, batch_size, seed)
     mca, families = _means(rows)
     return RobustnessResult(
         clean_accuracy=clean, mean_corruption_accuracy=mca,
         relative_drop=1 - mca / clean if clean > 0 else 0.0, num_images=len(data.targets),
         corruptions=rows, families=families,
     )
+
+
+def _sweep(score, key: str, clf, data: LabeledPixels, names: list[str], severities: int,
+           batch_size: int, seed: int) -> tuple[float, dict]:
+    """(clean score, {corruption: {family, `key`: [score at each severity], mean}}) with
+    `score(clf, data, batch_size, name, severity, seed)` (accuracy, or mAP for multi-label)."""
+    clean = score(clf, data, batch_size)
+    rows = {}
+    for name in names:
+        values = [score(clf, data, batch_size, name, s, seed) for s in range(1, severities + 1)]
+        rows[name] = {"family": CORRUPTIONS[name].family, key: values, "mean": sum(values) / len(values)}
+    return clean, rows
 
 
 def _sweep_names(severities: int, corruptions: Sequence[str] | None) -> list[str]:
@@ -335,11 +343,7 @@ def multilabel_corruption_robustness(clf, data: LabeledPixels, *, severities: in
         raise DataError("no test image has any of the model's labels; robustness needs "
                         "labeled images (mAP counts the labels that are present)")
     data = random_subset(data, max_images, seed)
-    clean = _mean_ap(clf, data, batch_size)
-    rows = {}
-    for name in names:
-        maps = [_mean_ap(clf, data, batch_size, name, s, seed) for s in range(1, severities + 1)]
-        rows[name] = {"family": CORRUPTIONS[name].family, "map": maps, "mean": sum(maps) / len(maps)}
+    clean, rows = _sweep(_mean_ap, "map", clf, data, names, severities, batch_size, seed)
     mean_map, families = _means(rows)
     return MultilabelRobustnessResult(
         clean_map=clean, mean_corruption_map=mean_map,
