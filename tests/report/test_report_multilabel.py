@@ -134,7 +134,9 @@ def test_an_audit_of_a_multilabel_model_fills_the_report_in_map(ml_run, tmp_path
     run = shutil.copytree(ml_run[0], tmp_path / "run")
     val = json.loads((run / "val_metrics.json").read_text())
     (run / "audit.json").write_text(json.dumps(_multilabel_audit(val)))
-    text = _text(write_report(run, gallery=0).read_text())
+    html = write_report(run, gallery=0).read_text()
+    assert 'alt="reliability diagram"' in html  # pooled over (image, class) pairs
+    text = _text(html)
     assert "test mAP 81.2%" in text and "per label (test)" in text
     assert "class-wise ECE 0.2000 before, 0.0900 after" in text
     assert "Largest mAP gap 30.0%" in text and "b 12 0.600 0.500 – 0.700 0.500 0.400 flagged" in text

@@ -153,7 +153,7 @@ def reliability_figure(calibration: dict):
         if points:
             conf, acc = zip(*points, strict=True)
             if multilabel:
-                t = "T = 1" if name == "before" else "T per class"
+                t = "raw" if name == "before" else "T and b per class"
             else:
                 t = f"T = {1.0 if name == 'before' else calibration['temperature']:.2f}"
             ece = "class-wise ECE" if multilabel else "ECE"

@@ -223,7 +223,7 @@ def _multilabel_calibration(bundle: BundleConfig, audit: dict | None) -> dict:
     audit, class-wise ECE / BCE on test, with the pooled reliability diagram when plots draws it."""
     test = audit["calibration"] if audit else None
     png = None
-    if test and "temperature" in test:  # plots' reliability diagram labels the one temperature
+    if test and "reliability_after" in test:  # pooled over every (image, class) pair
         png = data_uri(plots.png_bytes(plots.reliability_figure(test)))
     return {"fit": bundle.calibration, "fitted": "bce_after" in bundle.calibration, "test": test, "png": png}
 
