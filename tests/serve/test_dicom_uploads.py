@@ -85,6 +85,8 @@ def test_a_dicom_body_is_predicted_over_http_with_the_bundles_window(tiny_bundle
         form = client.post("/v1/predict", files=[("file", ("scan.dcm", data))])
         refused = client.post("/v1/predict", content=data[:-300],
                               headers={"Content-Type": "application/dicom"})
+        info = client.get("/v1/model").json()
+    assert info["window"] == [1000, 500]  # a client sees which window its scans are read with
     (tmp_path / "IM0001").write_bytes(data)
     windowed, = Classifier.load(bundle).predict(tmp_path / "IM0001")  # decodes with the window
     own, = Classifier.load(tiny_bundle).predict(tmp_path / "IM0001")

@@ -171,6 +171,7 @@ def model_info(service: Service) -> dict:
         "thresholds": c.label_thresholds() if c.multilabel else None,
         "temperatures": c.label_temperatures() if c.multilabel else None,
         "biases": c.label_biases() if c.multilabel else None,
+        "window": c.window,
         "open_set_threshold": (c.ood or {}).get("threshold"),
         # the training summary without the data path: a path on the training machine says
         # nothing to a client and may name people or sites

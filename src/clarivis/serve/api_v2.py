@@ -230,9 +230,9 @@ def metadata(service: Service) -> dict:
         "platform": PLATFORMS.get(service.backend.name, service.backend.name),
         "inputs": [
             {"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1],
-             "parameters": {"description": "encoded image files (JPEG, PNG, WebP, BMP, GIF, TIFF, PNM), "
-                                           "each a base64 string in JSON; the server decodes and "
-                                           "preprocesses them"}},
+             "parameters": {"description": "encoded image files (JPEG, PNG, WebP, BMP, GIF, TIFF, PNM, "
+                                           "DICOM), each a base64 string in JSON; the server decodes "
+                                           "and preprocesses them"}},
             {"name": PIXELS_INPUT, "datatype": "FP32", "shape": [-1, 3, s, s],
              "parameters": {"description": pixels_description(service)}},
         ],
@@ -257,6 +257,7 @@ def metadata(service: Service) -> dict:
             "open_set_threshold": (c.ood or {}).get("threshold"),
             "img_size": s, "resize_mode": pp.resize_mode, "interpolation": pp.interpolation,
             "mean": list(pp.mean), "std": list(pp.std), "crop_pct": pp.crop_pct, "task": c.task,
+            "window": c.window,  # DICOM VOI window [center, width]; None: each file's own
         },
     }
     if c.multilabel:

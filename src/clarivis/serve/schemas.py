@@ -116,6 +116,8 @@ class ModelInfo(BaseModel):
                                                          "null otherwise")
     biases: list[float] | None = Field(None, description="multilabel: each class's logit shift after "
                                                          "its temperature; null otherwise")
+    window: list[float] | None = Field(None, description="DICOM uploads are decoded with this VOI window "
+                                                         "[center, width]; null: each file's own")
     open_set_threshold: float | None = Field(description="below it the label is 'unknown'")
     training: dict[str, Any] = Field(description="the training summary (no data path)")
     backend: str
