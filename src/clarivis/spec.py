@@ -21,7 +21,9 @@ SCHEMA_VERSION = 1  # config.json's layout; a newer one than this code knows is 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 ONNX_NAME = "model.onnx"  # fp32 export
-INT8_ONNX_NAME = "model.int8.onnx"  # dynamic int8 export
+INT8_ONNX_NAME = "model.int8.onnx"  # int8 export (static, calibrated on images)
+# An int8 model whose parity check failed is kept under this name to inspect, never served.
+FAILED_INT8_NAME = "model.int8.failed-check.onnx"
 BUNDLE_DIR_NAME = "model"  # a run folder holds its bundle here (runs/NAME/model)
 
 # Architecture names with this prefix are CLIP image towers (models/clip.py), e.g. open_clip:ViT-B-32

@@ -21,20 +21,26 @@ from clarivis.export.onnx import OPSET, export_onnx
 from clarivis.export.quantize import QuantizeOptions, quantize_int8
 from clarivis.fileio import sha256_hex
 from clarivis.models.bundle import load_bundle, update_bundle_config
-from clarivis.spec import INT8_ONNX_NAME, ONNX_NAME, WEIGHTS_NAME, BundleConfig, resolve_bundle_path
+from clarivis.spec import (
+    FAILED_INT8_NAME,
+    INT8_ONNX_NAME,
+    ONNX_NAME,
+    WEIGHTS_NAME,
+    BundleConfig,
+    resolve_bundle_path,
+)
 
 # Agreement with PyTorch each file must reach on the check images: the same top-1 class, or for
 # a multi-label model the same label set. fp32 differs from PyTorch only by float summation
 # order, so more than 1 in 1,000 changed answers means a broken export; int8 rounding
 # legitimately flips near-ties (near-threshold classes), which a 2 % budget allows.
 MIN_AGREEMENT = {"fp32": 0.999, "int8": 0.98}
-# Where an int8 model that missed its bar is left: under a name nothing loads (predict and serve
-# --int8 read model.int8.onnx only), for a user who wants to judge it, or time it, without
-# calibrating again. Removed by the next export, which makes or declines a new one.
-FAILED_INT8_NAME = "model.int8.failed-check.onnx"
+# An int8 model that missed its bar is left as spec.FAILED_INT8_NAME: a name nothing loads
+# (predict and serve --int8 read model.int8.onnx only), for a user who wants to judge it, or time
+# it, without calibrating again. Removed by the next export, which makes or declines a new one.
 _BATCH = 64  # images per model call while computing check logits
 # What `agreement` compares, as recorded: the arg-max class, or the whole multi-label set (every
-# class's sigmoid(logit / T_c) >= threshold_c decision) of each check image.
+# class's sigmoid(logit / T_c + b_c) >= threshold_c decision) of each check image.
 TOP1, LABEL_SET = "top1", "label_set"
 
 
