@@ -20,6 +20,8 @@ _LAZY = {
     "train": "clarivis.api",
     "save_evaluation": "clarivis.api",
     "embed": "clarivis.embeddings",
+    "index_images": "clarivis.index",
+    "search": "clarivis.index",
     "audit": "clarivis.evaluate.audit",
     "save_audit": "clarivis.evaluate.audit",
     "explain_images": "clarivis.explain:explain",
@@ -45,9 +47,10 @@ _LAZY = {
 # every _LAZY name (a literal list: linters read it)
 __all__ = ["Classifier", "EvaluationResult", "Prediction", "PredictProgress", "PretrainResult",
            "SuggestResult", "TrainResult", "audit", "check_data", "embed", "explain_images",
-           "explain_overlay", "export_bundle", "monitor_report", "predict_rows", "predict_to_file",
-           "pretrain",
-           "save_audit", "save_bundle", "save_check", "save_evaluation", "serve_model", "suggest",
+           "explain_overlay", "export_bundle", "index_images", "monitor_report", "predict_rows",
+           "predict_to_file", "pretrain",
+           "save_audit", "save_bundle", "save_check", "save_evaluation", "search", "serve_model",
+           "suggest",
            "train", "write_report", "write_review_csv", "zeroshot_classifier", "zeroshot_classify",
            "__version__"]
 
@@ -62,6 +65,7 @@ if TYPE_CHECKING:
     from clarivis.explain import explain as explain_images
     from clarivis.explain import explain_overlay
     from clarivis.export import export_bundle
+    from clarivis.index import index_images, search
     from clarivis.models.bundle import save_bundle
     from clarivis.report.html import write_report
     from clarivis.serve.monitor import monitor_report, write_review_csv

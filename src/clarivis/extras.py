@@ -27,6 +27,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "zeroshot": ("open_clip",),
     "tensorboard": ("tensorboard",),
     "medical": ("pydicom", "pylibjpeg", "libjpeg"),
+    "search": ("usearch",),
 }
 
 
