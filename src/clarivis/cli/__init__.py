@@ -13,6 +13,7 @@ with one line naming the extra when it runs.
     evaluate.py  evaluate, audit, explain, report
     check.py     check (the 'trust' extra)
     predict.py   predict, zeroshot, embed, suggest
+    search.py    index, search (the 'search' extra)
     export.py    export
     serve.py     serve, monitor (the 'serve' extra)
     datasets.py  datasets make
@@ -63,6 +64,12 @@ COMMANDS: dict[str, LazyCommand] = {
                            "served model, from its prediction log."),
     "embed": LazyCommand("clarivis.cli.predict", "Write the embeddings a model's head sees (one row "
                          "per image) for your own analysis."),
+    "index": LazyCommand("clarivis.cli.search", "Build or update a searchable index of image "
+                         "embeddings; moved files keep their vectors, changed files are embedded "
+                         "again, files gone from the folders given are deleted."),
+    "search": LazyCommand("clarivis.cli.search", "The indexed images nearest to query images or "
+                          "words, with cosine scores, as a table, JSON (one object per query) or a "
+                          "self-contained HTML page of thumbnails."),
     "zeroshot": LazyCommand("clarivis.cli.predict", "Classify images into labels written as words, "
                             "by CLIP image-text similarity: no training images."),
     "pretrain": LazyCommand("clarivis.cli.pretrain", "Self-supervised pretraining (no labels) of a "
