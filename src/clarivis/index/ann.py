@@ -37,14 +37,15 @@ class VectorStore(Protocol):
     def __len__(self) -> int: ...
 
 
-def open_store(backend: str, dim: int, folder: Path) -> VectorStore:
-    """The store of `backend` for `dim`-d vectors, loaded from `folder` when its file exists."""
+def open_store(backend: str, dim: int, folder: Path, *, view: bool = False) -> VectorStore:
+    """The store of `backend` for `dim`-d vectors, loaded from `folder` when its file exists.
+    `view`: memory-map the file read-only (queries: no full read of a large index)."""
     if backend not in BACKENDS:
         raise ClarivisError(f"unknown index backend '{backend}'; use one of {', '.join(BACKENDS)}")
     path = folder / FILES[backend]
     store: VectorStore = UsearchStore(dim) if backend == "usearch" else ExactStore(dim)
     if path.exists():
-        store.load(path)  # type: ignore[attr-defined]
+        store.load(path, view=view)  # type: ignore[attr-defined]
     return store
 
 
@@ -95,7 +96,7 @@ class ExactStore:
 
         atomic_write(path, write)
 
-    def load(self, path: Path) -> None:
+    def load(self, path: Path, view: bool = False) -> None:
         with np.load(path) as data:
             self._keys, self._vectors = data["keys"].astype(np.uint64), data["vectors"].astype(np.float32)
 
@@ -145,8 +146,8 @@ class UsearchStore:
     def save(self, path: Path) -> None:
         atomic_write(path, lambda tmp: self._index.save(os.fspath(tmp)))
 
-    def load(self, path: Path) -> None:
-        self._index.load(os.fspath(path))
+    def load(self, path: Path, view: bool = False) -> None:
+        (self._index.view if view else self._index.load)(os.fspath(path))
         if self._index.ndim != self.dim:
             raise ClarivisError(f"{path.name} holds {self._index.ndim}-d vectors, index.json says "
                                 f"{self.dim}; rebuild the index")

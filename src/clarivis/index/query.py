@@ -18,7 +18,7 @@ from clarivis.classifier import Unusable
 from clarivis.errors import ClarivisError
 from clarivis.index import encoder as enc
 from clarivis.index.ann import exact_search, open_store
-from clarivis.index.store import ImageRow, MetaDB, read_info
+from clarivis.index.store import MetaDB, read_info
 
 OVERSAMPLE = 10  # ANN candidates per result wanted when a filter applies
 EXACT_SHARE = 0.05  # a filter keeping fewer than this share of the index is searched exactly
@@ -65,18 +65,17 @@ def search(index: str | Path, *, image: str | Path | Iterable[str | Path] | None
         enc.text_vectors(info.encoder, texts)  # raises the one-line "needs a CLIP index" error
     db = MetaDB(folder)
     try:
-        store = open_store(info.backend, info.dim, folder)
-        rows = {r.key: r for r in db.rows()}
-        allowed = _filter(rows, where)
+        store = open_store(info.backend, info.dim, folder, view=True)
+        allowed = _filter(db, where)
         if text is not None:
             vectors = enc.text_vectors(info.encoder, texts, device)
-            return [_answer(q, v, store, rows, allowed, k) for q, v in zip(texts, vectors, strict=True)]
-        return _image_queries(image, info, store, rows, allowed, k, batch_size, device)
+            return [_answer(q, v, store, db, allowed, k) for q, v in zip(texts, vectors, strict=True)]
+        return _image_queries(image, info, store, db, allowed, k, batch_size, device)
     finally:
         db.close()
 
 
-def _image_queries(image, info, store, rows, allowed, k, batch_size, device) -> list[QueryResult]:
+def _image_queries(image, info, store, db, allowed, k, batch_size, device) -> list[QueryResult]:
     clf = enc.load(info.encoder, device)
     queries = [str(image)] if isinstance(image, (str, Path)) else [str(i) for i in image]
     out = []
@@ -84,25 +83,23 @@ def _image_queries(image, info, store, rows, allowed, k, batch_size, device) -> 
         if isinstance(item, Unusable):
             out.append(QueryResult(item.source, error=item.reason))
             continue
-        out += [_answer(p, v, store, rows, allowed, k) for p, v in zip(item.paths, item.vectors, strict=True)]
+        out += [_answer(p, v, store, db, allowed, k) for p, v in zip(item.paths, item.vectors, strict=True)]
     return out
 
 
-def _filter(rows: dict[int, ImageRow], where: dict[str, str] | None) -> np.ndarray | None:
+def _filter(db: MetaDB, where: dict[str, str] | None) -> np.ndarray | None:
     """Keys of the rows whose metadata matches every column of `where` (None: no filter)."""
     if not where:
         return None
-    columns = set().union(*(r.metadata.keys() for r in rows.values())) if rows else set()
+    columns = db.metadata_columns()
     unknown = [c for c in where if c not in columns]
     if unknown:
         have = ", ".join(sorted(columns)) or "none (index a CSV manifest to add some)"
         raise ClarivisError(f"--where: no metadata column {unknown[0]!r}; the index has: {have}")
-    return np.array(sorted(key for key, r in rows.items()
-                           if all(str(r.metadata.get(c, "")) == str(v) for c, v in where.items())),
-                    np.uint64)
+    return np.array(db.matching(where), np.uint64)
 
 
-def _answer(query: str, vector: np.ndarray, store, rows: dict[int, ImageRow], allowed: np.ndarray | None,
+def _answer(query: str, vector: np.ndarray, store, db: MetaDB, allowed: np.ndarray | None,
             k: int) -> QueryResult:
     q = vector[None, :].astype(np.float32)
     if allowed is None:
@@ -116,6 +113,7 @@ def _answer(query: str, vector: np.ndarray, store, rows: dict[int, ImageRow], al
             keys, dists = exact_search(allowed, store.get(allowed), q, k)
         else:
             keys, dists = keys[:, keep][:, :k], dists[:, keep][:, :k]
+    rows = db.by_keys(keys[0].tolist())  # only the hits' rows: a query reads k rows, not the index
     hits = [Hit(rows[key].path, float(1.0 - d), rows[key].metadata, key)
             for key, d in zip(keys[0].tolist(), dists[0].tolist(), strict=True) if key in rows]
     return QueryResult(query, hits[:k])

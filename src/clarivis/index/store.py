@@ -158,6 +158,18 @@ class MetaDB:
     def delete(self, keys) -> None:
         self.conn.executemany("DELETE FROM images WHERE key = ?", [(int(k),) for k in keys])
 
+    def metadata_columns(self) -> set[str]:
+        """The metadata columns of the index (SQLite's JSON1 reads them without loading rows)."""
+        cur = self.conn.execute("SELECT DISTINCT j.key FROM images, json_each(images.metadata) AS j")
+        return {r[0] for r in cur}
+
+    def matching(self, where: dict[str, str]) -> list[int]:
+        """Keys of the rows whose metadata has every column of `where` at its value."""
+        clause = " AND ".join("CAST(json_extract(metadata, ?) AS TEXT) = ?" for _ in where)
+        params = [p for col, value in where.items() for p in (f'$."{col}"', str(value))]
+        cur = self.conn.execute(f"SELECT key FROM images WHERE {clause} ORDER BY key", params)
+        return [int(r[0]) for r in cur]
+
     def count(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
 
