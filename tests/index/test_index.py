@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.tiny import CNN, VIT, random_weights, write_image, write_images
+from tests.tiny import CNN, VIT, random_weights, tiny_classifier, write_image, write_images
 
 import clarivis
 from clarivis.errors import ClarivisError
 from clarivis.index import build, encoder
 from clarivis.index.ann import ExactStore, UsearchStore, exact_search
+from clarivis.models.bundle import save_bundle
 
 pytest.importorskip("usearch")
 
@@ -273,3 +274,20 @@ def test_text_query_on_an_image_only_index_is_refused(photos, tmp_path, cnn_weig
     build_index(photos, tmp_path / "idx", cnn_weights)
     with pytest.raises(ClarivisError, match="--text needs an index built with a CLIP model"):
         clarivis.search(tmp_path / "idx", text="a dog")
+
+
+def test_a_bundle_index_refuses_updates_after_the_bundle_changed(photos, tmp_path):
+    bundle = save_bundle(tmp_path / "model", *_parts(tiny_classifier(CNN)))
+    s = clarivis.index_images(photos, out=tmp_path / "idx", model=bundle)
+    [result] = clarivis.search(tmp_path / "idx", image=photos / "blue" / "b2.png", k=1)
+    assert s.total == 9 and result.results[0].path == str((photos / "blue" / "b2.png").resolve())
+    clf = tiny_classifier(CNN)
+    for p in clf.model.parameters():
+        p.data.normal_()
+    save_bundle(bundle, *_parts(clf))  # retrained in place
+    with pytest.raises(ClarivisError, match="changed since this index was built"):
+        clarivis.index_images(photos, out=tmp_path / "idx")
+
+
+def _parts(clf):
+    return clf.model, clf.config

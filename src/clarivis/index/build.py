@@ -117,6 +117,7 @@ def _open_or_create(folder: Path, *, model, weights, pretrained, img_size, devic
                 raise ClarivisError(f"{folder} was built with {enc.describe(info.encoder)}, not "
                                     f"{enc.describe(asked)}; leave out --model to update it, or "
                                     "build a new index with --out")
+        enc.check_unchanged(info.encoder)
         return info, None
     if resume:
         raise ClarivisError(f"--resume: {folder} holds no index to resume; leave out --resume")

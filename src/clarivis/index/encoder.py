@@ -17,6 +17,7 @@ from clarivis.embeddings import load_encoder
 from clarivis.errors import ClarivisError
 from clarivis.fileio import sha256_hex
 from clarivis.models.open_clip import CLIP_PREFIX, clip_tokenizer, is_clip_name, load_clip_for
+from clarivis.spec import bundle_version, resolve_bundle_path
 
 
 def encoder_spec(model: str | Path, *, weights: str | Path | None = None, pretrained: bool = False,
@@ -25,8 +26,10 @@ def encoder_spec(model: str | Path, *, weights: str | Path | None = None, pretra
     from any folder), the weights' sha256 to tell other weights of the same name apart."""
     name = str(model)
     local = Path(name).expanduser()
+    version = None
     if local.exists():
-        name = str(local.resolve())  # a ModelBundle folder
+        name = str(resolve_bundle_path(local).resolve())  # a ModelBundle folder (or its run's)
+        version = bundle_version(name)
     elif is_clip_name(name):
         config = Path(name.removeprefix(CLIP_PREFIX)).expanduser()
         if config.is_file():  # an open_clip config JSON
@@ -35,7 +38,8 @@ def encoder_spec(model: str | Path, *, weights: str | Path | None = None, pretra
         raise ClarivisError(f"--model {name}: give its --weights file or --pretrained; random "
                             "weights would differ each time the index is opened")
     spec = {"model": name, "weights": None, "weights_sha256": None, "pretrained": bool(pretrained),
-            "img_size": img_size, "clip": is_clip_name(name) and (weights is not None or pretrained)}
+            "img_size": img_size, "clip": is_clip_name(name) and (weights is not None or pretrained),
+            "bundle_version": version}
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -46,10 +50,19 @@ def encoder_spec(model: str | Path, *, weights: str | Path | None = None, pretra
 
 def same_encoder(stored: dict, asked: dict) -> bool:
     """Whether `asked` (from this run's flags) makes the vectors `stored` was built with."""
-    keys = ("model", "weights_sha256", "pretrained")
+    keys = ("model", "weights_sha256", "pretrained", "bundle_version")
     if any(stored.get(k) != asked.get(k) for k in keys):
         return False
     return asked.get("img_size") in (None, stored.get("img_size"))
+
+
+def check_unchanged(spec: dict) -> None:
+    """A ModelBundle retrained in place since the index was built would make vectors that do
+    not compare with the indexed ones."""
+    version = spec.get("bundle_version")
+    if version and Path(spec["model"]).exists() and bundle_version(spec["model"]) != version:
+        raise ClarivisError(f"the model {spec['model']} changed since this index was built "
+                            f"(bundle {version}); build a new index with --out")
 
 
 def describe(spec: dict) -> str:
