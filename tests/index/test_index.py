@@ -62,7 +62,8 @@ def test_an_image_finds_itself_then_its_copy(photos, tmp_path, cnn_weights):
     shutil.copy(photos / "red" / "r1.png", copy)
     summary = build_index([photos, copy], tmp_path / "idx", cnn_weights)
     assert (summary.added, summary.total, summary.skipped) == (10, 10, [])
-    assert {p.name for p in (tmp_path / "idx").iterdir()} == {"index.json", "meta.sqlite", "vectors.usearch"}
+    assert {p.name for p in (tmp_path / "idx").iterdir()} == {"index.json", "meta.sqlite", "vectors.usearch",
+                                                           ".lock"}
     [result] = clarivis.search(tmp_path / "idx", image=photos / "red" / "r1.png", k=3)
     top = [Path(h.path) for h in result.results[:2]]
     assert set(top) == {(photos / "red" / "r1.png").resolve(), copy.resolve()}
@@ -291,3 +292,21 @@ def test_a_bundle_index_refuses_updates_after_the_bundle_changed(photos, tmp_pat
 
 def _parts(clf):
     return clf.model, clf.config
+
+
+def test_a_second_writer_is_refused_while_one_updates(photos, tmp_path, cnn_weights):
+    build_index(photos, tmp_path / "idx", cnn_weights)
+    with build._writer_lock(tmp_path / "idx"):
+        with pytest.raises(ClarivisError, match="another clarivis index is updating"):
+            clarivis.index_images(photos, out=tmp_path / "idx")
+    assert clarivis.index_images(photos, out=tmp_path / "idx").unchanged == 9  # released
+
+
+def test_skipped_files_that_are_gone_leave_the_skipped_table(photos, tmp_path, cnn_weights):
+    broken = photos / "red" / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    build_index(photos, tmp_path / "idx", cnn_weights)
+    broken.unlink()
+    assert clarivis.index_images(photos, out=tmp_path / "idx").skipped == []
+    with sqlite3.connect(tmp_path / "idx" / "meta.sqlite") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM skipped").fetchone()[0] == 0

@@ -14,15 +14,17 @@ input that does not exist (an unmounted drive) deletes nothing.
 
 Unreadable files are stored in the `skipped` table with their reason and reported; they never
 stop a run. Crash safety: the vector file is saved atomically and SQLite committed together at
-each checkpoint: after every batch while saving is cheap (saving takes at most about a tenth of
-the run as the index grows), so a kill loses at most the batches since the last checkpoint and
-running the same command again (`--resume`) continues without embedding what was saved."""
+each checkpoint: after every batch while a save takes under CHEAP_SAVE_S, then as often as
+keeps saving to about SAVE_SHARE of the run (a large index's file takes seconds to write). A
+kill loses at most the batches since the last checkpoint, and running the same command again
+(`--resume`) continues without embedding what was saved. One writer at a time (`.lock`)."""
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +85,13 @@ def index_images(images: str | Path | Iterable[str | Path], *, out: str | Path,
         raise ClarivisError("give the images to index: files, folders, globs or a CSV manifest")
     info, clf = _open_or_create(folder, model=model, weights=weights, pretrained=pretrained,
                                 img_size=img_size, device=device, backend=backend, resume=resume)
+    with _writer_lock(folder):
+        return _update(folder, inputs, info, clf, batch_size=batch_size, device=device, prune=prune,
+                       progress=progress)
+
+
+def _update(folder: Path, inputs: list[str], info: IndexInfo, clf: Classifier | None, *, batch_size: int,
+            device: str | None, prune: bool, progress: Progress | None) -> IndexSummary:
     db = MetaDB(folder)
     try:
         store = open_store(info.backend, info.dim, folder)
@@ -94,6 +103,7 @@ def index_images(images: str | Path | Iterable[str | Path], *, out: str | Path,
         db.delete(stale)
         for item in summary.skipped:
             db.skip(item["path"], item["reason"])
+        db.unskip([s["path"] for s in db.skipped() if not os.path.exists(s["path"])])  # gone since
         _checkpoint(store, db, folder, info)
         if todo:
             clf = clf or enc.load(info.encoder, device)
@@ -105,6 +115,27 @@ def index_images(images: str | Path | Iterable[str | Path], *, out: str | Path,
 
 
 # ----------------------------------------------------------------------------- open
+
+
+@contextmanager
+def _writer_lock(folder: Path) -> Iterator[None]:
+    """One writer at a time: a second `clarivis index` on the same folder stops with one line
+    (flock: released by the OS when a killed run's process ends, so no stale lock remains)."""
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            import fcntl  # POSIX; elsewhere the lock is skipped
+        except ImportError:
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ClarivisError(f"another clarivis index is updating {folder}; wait for it to "
+                                "finish") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def _open_or_create(folder: Path, *, model, weights, pretrained, img_size, device, backend,

@@ -5,6 +5,7 @@ out) and the vector file of the backend (ann.py).
     INDEX/meta.sqlite    images(key, path, sha256, size, mtime_ns, source, metadata JSON, added_at)
                          skipped(path, reason, seen_at)
     INDEX/vectors.usearch | vectors.npz
+    INDEX/.lock          held (flock) by the one `clarivis index` run updating the folder
 
 A row's `key` is the vector's key in the store: a moved file keeps its key (only `path`
 changes), a changed file gets a new one. SQLite commits and the vector file's atomic save
