@@ -310,3 +310,21 @@ def test_skipped_files_that_are_gone_leave_the_skipped_table(photos, tmp_path, c
     assert clarivis.index_images(photos, out=tmp_path / "idx").skipped == []
     with sqlite3.connect(tmp_path / "idx" / "meta.sqlite") as conn:
         assert conn.execute("SELECT COUNT(*) FROM skipped").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("oversample", [10, 1])  # 1: too few candidates pass, exact fallback
+def test_filtered_ann_candidates_give_the_exact_filtered_answer(photos, tmp_path, cnn_weights, monkeypatch,
+                                                                 oversample):
+    from clarivis.index import query
+
+    manifest = tmp_path / "m.csv"
+    files = sorted(photos.rglob("*.png"))
+    manifest.write_text("path,half\n" + "".join(f"{p},{i % 2}\n" for i, p in enumerate(files)))
+    build_index(manifest, tmp_path / "idx", cnn_weights)
+    expected = clarivis.search(tmp_path / "idx", image=files[0], k=3, where={"half": "1"})[0]
+    monkeypatch.setattr(query, "EXACT_ROWS", 0)  # force the ANN-candidates path
+    monkeypatch.setattr(query, "EXACT_SHARE", 0.0)
+    monkeypatch.setattr(query, "OVERSAMPLE", oversample)
+    got = clarivis.search(tmp_path / "idx", image=files[0], k=3, where={"half": "1"})[0]
+    assert all(h.metadata["half"] == "1" for h in got.results) and len(got.results) == 3
+    np.testing.assert_allclose([h.score for h in got.results], [h.score for h in expected.results], atol=1e-4)

@@ -19,7 +19,7 @@ body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 h1{font-size:1.3em} .q{margin:1.5em 0;padding-top:1em;border-top:1px solid #ddd}
 .row{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
 figure{margin:0;width:140px;font-size:12px;word-break:break-all}
-figure img{max-width:128px;max-height:128px;display:block;border:1px solid #ccc}
+figure img{width:128px;height:128px;object-fit:contain;background:#f4f4f4;display:block;border:1px solid #ccc}
 .query img{border:3px solid #2a6fdb} .score{font-weight:600} .err{color:#b00}
 .missing{width:128px;height:80px;background:#eee;display:flex;align-items:center;justify-content:center}
 """
@@ -51,7 +51,8 @@ def results_html(results: list[QueryResult], *, index: str | Path, text: bool) -
         if r.error:
             parts.append(f"<p class='err'>{html.escape(r.error)}</p>")
         for rank, hit in enumerate(r.results, 1):
-            parts.append(_figure(hit.path, f"#{rank} <span class='score'>{hit.score:.3f}</span>"))
+            meta = "".join(f"<br>{html.escape(f'{c}={v}')}" for c, v in hit.metadata.items())
+            parts.append(_figure(hit.path, f"#{rank} <span class='score'>{hit.score:.3f}</span>{meta}"))
         parts.append("</div></section>")
     parts.append("</body></html>")
     return "\n".join(parts)
