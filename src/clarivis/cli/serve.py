@@ -52,6 +52,8 @@ def serve(  # one parameter a flag: Typer reads the option list from this signat
     max_queue: Annotated[int, Opt(min=1, help="images waiting for the model before requests get "
                                               "429")] = Settings.max_queue,
     device: Annotated[Optional[str], Opt(help="torch backend device [cuda if available]")] = None,
+    index: Annotated[Optional[str], Opt(help="a clarivis index folder to answer /v1/search and the "
+                                             "page's search from")] = None,
 ) -> None:
     """HTTP API (/v1/predict, /v1/explain, /v1/model, /v1/monitor, the Open Inference Protocol under
     /v2, /metrics, /docs) and a web page at /, with every prediction logged."""
@@ -63,7 +65,8 @@ def serve(  # one parameter a flag: Typer reads the option list from this signat
                 expose_recent=expose_recent,
                 store_images=store_images, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
                 max_request_pixels=max_request_pixels, timeout_s=timeout, max_batch=max_batch,
-                max_wait_ms=max_wait_ms, max_queue=max_queue, device=device, model_threads=threads)
+                max_wait_ms=max_wait_ms, max_queue=max_queue, device=device, model_threads=threads,
+                index=index)
 
 
 @app.command()

@@ -102,6 +102,12 @@ def embed_batches(clf: Classifier, paths: Iterable[str], *,
 
 def text_vectors(spec: dict, texts: list[str], device: str | None = None) -> np.ndarray:
     """(T, D) unit text embeddings from the CLIP text tower paired with the index's image tower."""
+    return text_encoder(spec, device)(texts)
+
+
+def text_encoder(spec: dict, device: str | None = None):
+    """texts -> (T, D) unit text embeddings: the CLIP text tower loaded once (a server keeps
+    it); one-line error for an index not built with CLIP."""
     if not spec.get("clip"):
         raise ClarivisError(f"--text needs an index built with a CLIP model and its weights "
                             f"(--model open_clip:NAME --weights W); this one was built with "
@@ -110,7 +116,11 @@ def text_vectors(spec: dict, texts: list[str], device: str | None = None) -> np.
     full, clip = load_clip_for(spec["model"], weights=spec.get("weights"), pretrained=pretrained,
                                img_size=spec.get("img_size"))
     dev = resolve_device(device)
-    full.to(dev)
-    tokens = clip_tokenizer(clip)(texts).to(dev)
-    with torch.no_grad():
-        return unit(full.encode_text(tokens))
+    full.to(dev).eval()
+    tokenize = clip_tokenizer(clip)
+
+    def encode(texts: list[str]) -> np.ndarray:
+        with torch.no_grad():
+            return unit(full.encode_text(tokenize(texts).to(dev)))
+
+    return encode

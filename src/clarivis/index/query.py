@@ -8,13 +8,18 @@ images are searched exactly instead (their vectors fetched from the store)."""
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from clarivis.classifier import Unusable
+from clarivis.data.dataset import pil_to_uint8
+from clarivis.data.io import to_rgb
 from clarivis.errors import ClarivisError
 from clarivis.index import encoder as enc
 from clarivis.index.ann import exact_search, open_store
@@ -73,6 +78,77 @@ def search(index: str | Path, *, image: str | Path | Iterable[str | Path] | None
         return _image_queries(image, info, store, db, allowed, k, batch_size, device)
     finally:
         db.close()
+
+
+class Searcher:
+    """An index held open for many queries (the service's /v1/search): the image encoder, the
+    vector file (memory-mapped) and, on the first text query, the CLIP text tower load once.
+    meta.sqlite is opened per query, so queries may come from any thread. An index updated
+    while it is open is seen after a reopen (restart the service)."""
+
+    def __init__(self, index: str | Path, device: str | None = None):
+        self.folder = Path(index).expanduser()
+        self.info = read_info(self.folder)
+        self.store = open_store(self.info.backend, self.info.dim, self.folder, view=True)
+        self.encoder = enc.load(self.info.encoder, device)
+        self.device = device
+        db = MetaDB(self.folder)
+        try:  # the collection's root: answers name images relative to it (no server paths)
+            paths = [r.path for r in db.rows()]
+        finally:
+            db.close()
+        self.root = os.path.commonpath(paths) if paths else ""
+        if paths and os.path.isfile(self.root):  # a one-image index: its folder
+            self.root = os.path.dirname(self.root)
+        self._text = None
+        self._lock = threading.Lock()  # one forward pass at a time: torch already uses the cores
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def images(self, images: Sequence, names: Sequence[str], *, k: int = 10,
+               where: dict[str, str] | None = None) -> list[QueryResult]:
+        """Decoded images (PIL, as the service's uploads are) named `names`: one result list each."""
+        self._check_k(k)
+        with self._lock:
+            pixels = torch.stack([self.encoder.resize(pil_to_uint8(to_rgb(im))) for im in images])
+            vectors = enc.unit(self.encoder.pixel_embeddings(pixels))
+        return self._answers(list(names), vectors, k, where)
+
+    def text(self, texts: Sequence[str], *, k: int = 10, where: dict[str, str] | None = None
+             ) -> list[QueryResult]:
+        self._check_k(k)
+        with self._lock:
+            if self._text is None:
+                self._text = enc.text_encoder(self.info.encoder, self.device)
+            vectors = self._text(list(texts))
+        return self._answers(list(texts), vectors, k, where)
+
+    def relative(self, path: str) -> str:
+        """`path` relative to the collection's root, '/'-separated."""
+        return Path(os.path.relpath(path, self.root)).as_posix() if self.root else path
+
+    def image_path(self, key: int) -> str | None:
+        """The file of indexed image `key` (for thumbnails), or None."""
+        db = MetaDB(self.folder)
+        try:
+            row = db.by_keys([key]).get(key)
+        finally:
+            db.close()
+        return row.path if row is not None else None
+
+    def _answers(self, queries: list[str], vectors: np.ndarray, k: int, where) -> list[QueryResult]:
+        db = MetaDB(self.folder)
+        try:
+            allowed = _filter(db, where)
+            return [_answer(q, v, self.store, db, allowed, k) for q, v in zip(queries, vectors, strict=True)]
+        finally:
+            db.close()
+
+    @staticmethod
+    def _check_k(k: int) -> None:
+        if k < 1:
+            raise ClarivisError(f"-k must be at least 1 (got {k})")
 
 
 def _image_queries(image, info, store, db, allowed, k, batch_size, device) -> list[QueryResult]:

@@ -22,6 +22,7 @@ from typing import Any
 from clarivis.errors import ClarivisError
 from clarivis.extras import needs
 from clarivis.serve import limits
+from clarivis.serve.api_search import add_search_routes
 from clarivis.serve.api_v1 import add_v1_routes
 from clarivis.serve.api_v2 import add_v2_routes
 from clarivis.serve.docs import add_docs_routes
@@ -70,6 +71,7 @@ def create_app(model_dir: str | Path, settings: Settings | None = None, **option
     app.state.service = service
     _add_error_handlers(app)
     add_v1_routes(app, service)
+    add_search_routes(app, service)
     add_v2_routes(app, service)
     add_ops_routes(app, service)
     add_docs_routes(app)

@@ -129,6 +129,23 @@ class ModelInfo(BaseModel):
     expose_recent: bool
 
 
+class SearchHit(BaseModel):
+    id: int = Field(description="the image's key in the index: GET /v1/search/image/{id} is its thumbnail")
+    path: str = Field(description="the image's path relative to the indexed collection's root")
+    score: float = Field(description="cosine similarity of the embeddings, -1..1 (1: the same image)")
+    metadata: dict[str, Any] = Field(description="the manifest columns it was indexed with")
+
+
+class SearchQuery(BaseModel):
+    query: str = Field(description="the uploaded file's name, or the words")
+    results: list[SearchHit] = Field(description="most similar first")
+
+
+class SearchResponse(BaseModel):
+    index_size: int = Field(description="images in the index")
+    queries: list[SearchQuery] = Field(description="one result list per uploaded image (or the text)")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 

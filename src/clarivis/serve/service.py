@@ -59,6 +59,7 @@ class Service:
                                     max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
                                     on_batch=self.metrics.observe_batch, on_depth=self.metrics.observe_depth,
                                     on_reject=self.metrics.observe_rejection)
+        self.searcher = _open_index(settings.index, settings.device)
         self.recent: deque[dict] = deque(maxlen=RECENT)
         self.started_at = datetime.now(UTC)
         self.warmed_up = False  # set once the model has answered one inference (readiness)
@@ -197,3 +198,11 @@ def check_settings(s: Settings) -> None:
         raise ClarivisError(f"--max-wait-ms must not be negative (got {s.max_wait_ms})")
 
 
+def _open_index(index: str | None, device: str | None):
+    """The vector index /v1/search answers from (clarivis.index.Searcher), or None. Loaded at
+    start, so a bad --index fails before the port opens; it loads the index's torch encoder."""
+    if index is None:
+        return None
+    from clarivis.index import Searcher  # torch and usearch: only a service given --index
+
+    return Searcher(index, device)

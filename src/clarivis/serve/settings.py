@@ -59,6 +59,8 @@ class Settings:
     # /v1/recent and the monitor's review queue show every client's traffic (labels, hashes):
     # off unless the operator asks, so one client never sees what another sent.
     expose_recent: bool = False
+    # A vector index (clarivis index) to answer /v1/search from; None: no search endpoint.
+    index: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_request_pixels", "max_queue"):
