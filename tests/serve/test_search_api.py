@@ -72,3 +72,20 @@ def test_a_server_without_an_index_says_how_to_get_one(tmp_path):
     with running_server(app) as url:
         r = httpx.get(f"{url}/v1/search", params={"text": "anything"})
     assert r.status_code == 404 and "--index" in r.json()["detail"]
+
+
+def test_the_page_searches_by_image(served):
+    from tests.browser import BROKEN_IMAGES_JS, chromium_page
+
+    url, photos = served
+    with chromium_page() as page:
+        page.goto(url + "/")
+        page.wait_for_selector("#search-section:not([hidden])")
+        assert "(12 images)" in page.locator("#search-size").inner_text()
+        assert page.locator("#search-text").is_hidden()  # not a CLIP index: no words box
+        page.set_input_files("#search-file", str(photos / "blue" / "blue2.png"))
+        page.wait_for_selector("#search-results .hit")
+        page.wait_for_function("Array.from(document.querySelectorAll('.hit img')).every(i => i.complete)")
+        captions = page.locator(".hit figcaption").all_inner_texts()
+        assert len(captions) == 12 and captions[0].endswith("blue/blue2.png")
+        assert page.evaluate(BROKEN_IMAGES_JS) == 0 and page.locator("#error").is_hidden()

@@ -172,6 +172,9 @@ def model_info(service: Service) -> dict:
         "temperatures": c.label_temperatures() if c.multilabel else None,
         "biases": c.label_biases() if c.multilabel else None,
         "window": c.window,
+        # /v1/search on a service given --index: how many images, and whether words work (CLIP)
+        "search": ({"images": len(service.searcher), "text": service.searcher.info.is_clip}
+                   if service.searcher is not None else None),
         "open_set_threshold": (c.ood or {}).get("threshold"),
         # the training summary without the data path: a path on the training machine says
         # nothing to a client and may name people or sites

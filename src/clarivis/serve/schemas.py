@@ -116,6 +116,8 @@ class ModelInfo(BaseModel):
                                                          "null otherwise")
     biases: list[float] | None = Field(None, description="multilabel: each class's logit shift after "
                                                          "its temperature; null otherwise")
+    search: dict[str, Any] | None = Field(None, description="with --index: {images: N, text: whether "
+                                                            "/v1/search takes words (a CLIP index)}")
     window: list[float] | None = Field(None, description="DICOM uploads are decoded with this VOI window "
                                                          "[center, width]; null: each file's own")
     open_set_threshold: float | None = Field(description="below it the label is 'unknown'")

@@ -114,6 +114,11 @@ async function loadModel() {
       `version ${m.model_version} · ${m.backend}`;
     $("#limits").textContent = `up to ${m.limits.max_files} images, ${m.limits.max_upload_mb} MB a request`;
     exposeRecent = Boolean(m.expose_recent);
+    if (m.search) {
+      $("#search-section").hidden = false;
+      $("#search-size").textContent = `(${m.search.images} images)`;
+      $("#search-text").hidden = $("#search-go").hidden = !m.search.text;
+    }
     $("#recent-section").hidden = !exposeRecent;
   } catch (err) {
     $("#model-info").textContent = `model info unavailable (${err.message})`;
@@ -174,6 +179,40 @@ async function loadMonitor() {
   }
 }
 
+// Search (a server started with --index): the nearest indexed images to words (a CLIP index) or
+// to one picked image, as a grid of thumbnails (v1/search/image/ID) with their cosine scores.
+async function search(request) {
+  showError("");
+  const box = $("#search-results");
+  try {
+    const answer = await (await request()).json();
+    const hits = answer.queries.length ? answer.queries[0].results : [];
+    box.replaceChildren(...hits.map((h) => {
+      const fig = document.createElement("figure");
+      fig.className = "hit";
+      const img = document.createElement("img");
+      img.src = `v1/search/image/${h.id}`;
+      img.alt = h.path;
+      const cap = document.createElement("figcaption");
+      cap.textContent = `${h.score.toFixed(3)} · ${h.path}`;
+      fig.append(img, cap);
+      return fig;
+    }));
+    if (!hits.length) box.textContent = "no match";
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+$("#search-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const text = $("#search-text").value.trim();
+  if (text) search(() => call(`v1/search?k=12&text=${encodeURIComponent(text)}`));
+});
+$("#search-file").addEventListener("change", (e) => {
+  const files = [...e.target.files];
+  if (files.length) search(() => call("v1/search?k=12", { method: "POST", body: form(files) }));
+});
 
 const drop = $("#drop");
 $("#file-input").addEventListener("change", (e) => predict([...e.target.files]));
