@@ -14,6 +14,7 @@ index comparison can be rerun without re-embedding. Embedding is the slow part o
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import time
 from pathlib import Path
@@ -88,6 +89,39 @@ def backend(name: str, dim: int, n: int) -> ann_libraries.Backend:
         ann_libraries.make_backend(name, dim, n)
 
 
+def through_cli(args: argparse.Namespace, tmp: Path) -> dict:
+    """precision@10 end to end: `clarivis index` over a manifest of the index images (label as
+    metadata), then `clarivis search --format json` with a folder of the query images."""
+    import csv
+    import subprocess
+    import sys
+
+    index_rows, query_rows = pick_images(common.dataset_root(args.data), args.index_images,
+                                         args.queries, args.seed)
+    manifest, queries = tmp / "index.csv", tmp / "queries"
+    with open(manifest, "w", newline="") as f:
+        csv.writer(f).writerows([("path", "label"), *[(str(p), lbl) for p, lbl in index_rows]])
+    queries.mkdir()
+    for i, (p, lbl) in enumerate(query_rows):
+        (queries / f"{lbl}__{i:05d}{p.suffix}").symlink_to(p.resolve())
+    cli = [sys.executable, "-m", "clarivis"]
+    weights = ["--weights", args.weights] if args.weights else []
+    start = time.perf_counter()
+    subprocess.run([*cli, "index", str(manifest), "--out", str(tmp / "index"), "--model",
+                    args.model, *weights], check=True, stdout=subprocess.DEVNULL)
+    index_s = time.perf_counter() - start
+    start = time.perf_counter()
+    out = subprocess.run([*cli, "search", str(tmp / "index"), "--image", str(queries), "--format",
+                          "json", "-k", str(K)], check=True, capture_output=True, text=True).stdout
+    search_s = time.perf_counter() - start
+    answers = json.loads(out)  # a list: one object per query
+    hits = [r["metadata"]["label"] == Path(a["query"]).name.split("__")[0]
+            for a in answers for r in a["results"]]
+    return {"library": "clarivis index + search (CLI)", "precision_at_10": round(float(np.mean(hits)), 4),
+            "index_s": round(index_s, 1), "search_s": round(search_s, 1),
+            "index_images": len(index_rows), "queries": len(answers)}
+
+
 def precision_at_k(ids: np.ndarray, index_labels: np.ndarray, query_labels: np.ndarray) -> float:
     """Share of the k neighbours of each query that have the query's class, averaged."""
     return float((index_labels[ids] == query_labels[:, None]).mean())
@@ -106,6 +140,9 @@ def main() -> None:
                         help="embeddings cache (.npz), reused when present")
     parser.add_argument("--libraries",
                         default=",".join(("clarivis-index", *ann_libraries.QUALITY_LIBRARIES)))
+    parser.add_argument("--cli", action="store_true",
+                        help="also run `clarivis index` and `clarivis search` end to end (embeds the "
+                             "images again)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -138,6 +175,10 @@ def main() -> None:
                                                             data["query_labels"]), 4),
               "libraries": rows, "machine": common.describe_machine("cpu")}
     print(f"exact: precision@10 {result['exact_precision_at_10']:.4f}")
+    if args.cli:
+        with ann_libraries.scratch() as tmp:
+            result["cli"] = through_cli(args, tmp)
+        print(f"clarivis index + search: {result['cli']}")
     path = common.write_result(result, args.json, "search_quality", "cpu")
     print(f"wrote {path}")
 
