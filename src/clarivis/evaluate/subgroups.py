@@ -43,6 +43,24 @@ def _metrics(num_classes: int) -> dict:
     }
 
 
+def _group_rows(frame, values, number) -> dict[str, dict]:
+    """{group: {metric: value, metric_ci: [low, high], count}} of a fairlearn MetricFrame built
+    with bootstrap intervals over the sensitive feature `values`; `number` turns each cell into
+    the JSON value (float, or None for NaN where a metric can be undefined)."""
+    by_group = frame.by_group
+    low, high = frame.by_group_ci  # frames at the two quantiles
+    counts = {str(g): int(n) for g, n in zip(*np.unique(np.asarray(values, dtype=str),
+                                                        return_counts=True), strict=True)}
+    groups = {}
+    for group in by_group.index:
+        row = {name: number(by_group.loc[group, name]) for name in by_group.columns}
+        for name in by_group.columns:
+            row[f"{name}_ci"] = [number(low.loc[group, name]), number(high.loc[group, name])]
+        row["count"] = counts[str(group)]
+        groups[str(group)] = row
+    return groups
+
+
 def subgroup_report(y_true: np.ndarray, y_pred: np.ndarray, attributes: dict[str, list[str]], *,
                     num_classes: int, max_gap: float = DEFAULT_MAX_GAP,
                     n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> dict:
@@ -59,21 +77,13 @@ def subgroup_report(y_true: np.ndarray, y_pred: np.ndarray, attributes: dict[str
                             sensitive_features=np.asarray(values, dtype=object), n_boot=n_boot,
                             ci_quantiles=list(CI_QUANTILES), random_state=seed)
         by_group = frame.by_group
-        low, high = frame.by_group_ci  # frames at the two quantiles
-        counts = {str(g): int(n) for g, n in zip(*np.unique(np.asarray(values, dtype=str),
-                                                            return_counts=True), strict=True)}
         overall = float(frame.overall["accuracy"])
-        groups = {}
-        for group in by_group.index:
-            row = {name: float(by_group.loc[group, name]) for name in by_group.columns}
-            for name in by_group.columns:
-                row[f"{name}_ci"] = [float(low.loc[group, name]), float(high.loc[group, name])]
-            row["count"] = counts[str(group)]
+        groups = _group_rows(frame, values, float)
+        for group, row in groups.items():
             row["gap"] = overall - row["accuracy"]
-            groups[str(group)] = row
             if row["gap"] >= max_gap and row["count"] >= MIN_GROUP_SIZE:
                 report["flagged"].append({
-                    "column": column, "group": str(group), "accuracy": row["accuracy"],
+                    "column": column, "group": group, "accuracy": row["accuracy"],
                     "overall_accuracy": overall, "gap": row["gap"], "count": row["count"],
                     # The gap holds beyond resampling noise when the group's upper bound
                     # stays under the overall accuracy.
@@ -173,18 +183,8 @@ def multilabel_subgroup_report(probs: np.ndarray, targets: np.ndarray, threshold
             frame = MetricFrame(metrics=metrics, y_true=index, y_pred=index,
                                 sensitive_features=np.asarray(values, dtype=object), n_boot=n_boot,
                                 ci_quantiles=list(CI_QUANTILES), random_state=seed)
-        by_group = frame.by_group
-        low, high = frame.by_group_ci
-        counts = {str(g): int(n) for g, n in zip(*np.unique(np.asarray(values, dtype=str),
-                                                            return_counts=True), strict=True)}
         overall = _finite(frame.overall["map"])
-        groups = {}
-        for group in by_group.index:
-            row = {name: _finite(by_group.loc[group, name]) for name in by_group.columns}
-            for name in by_group.columns:
-                row[f"{name}_ci"] = [_finite(low.loc[group, name]), _finite(high.loc[group, name])]
-            row["count"] = counts[str(group)]
-            groups[str(group)] = row
+        groups = _group_rows(frame, values, _finite)
         # Gaps are taken from the count-weighted mean of the groups' mAPs, not the pooled mAP:
         # AP ranks images against each other, so when a group's scores sit lower (dark images:
         # every probability smaller) the pooled ranking mixes the groups and the pooled mAP can
