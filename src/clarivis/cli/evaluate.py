@@ -182,10 +182,7 @@ def print_audit(a: dict) -> None:
     for f in a["subgroups"].get("flagged", []):
         stderr.print(f"[yellow]flagged[/]: {f['column']} = {f['group']}: accuracy {f['accuracy']:.3f} "
                      f"vs {f['overall_accuracy']:.3f} overall ({f['count']} images)")
-    for note in a["notes"]:
-        stderr.print(f"note: {note}", highlight=False)
-    if a["skipped"]:
-        stderr.print(f"[yellow]skipped {len(a['skipped'])} unreadable file(s)")
+    _print_notes(a)
 
 
 def print_multilabel_audit(a: dict) -> None:
@@ -220,6 +217,11 @@ def print_multilabel_audit(a: dict) -> None:
     for f in sub.get("flagged", []):
         stderr.print(f"[yellow]flagged[/]: {f['column']} = {f['group']}: mAP {f['map']:.3f} "
                      f"vs {f['reference_map']:.3f}, the groups' weighted mean ({f['count']} images)")
+    _print_notes(a)
+
+
+def _print_notes(a: dict) -> None:
+    """An audit's notes and its count of unreadable files, on stderr."""
     for note in a["notes"]:
         stderr.print(f"note: {note}", highlight=False)
     if a["skipped"]:
