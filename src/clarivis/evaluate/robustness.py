@@ -226,15 +226,22 @@ def _accuracy(clf, data: LabeledPixels, batch_size: int, name: str | None = None
               severity: int = 0, seed: int = 0) -> float:
     """Top-1 accuracy on `data` under one corruption cell, corrupting batch by batch (memory
     stays at one batch however many images there are)."""
-    generator = generator_for(name, severity, seed) if name else None
     correct = 0
+    for start, logits in _cell_logits(clf, data, batch_size, name, severity, seed):
+        correct += int((logits.argmax(dim=1) == data.targets[start:start + batch_size]).sum())
+    return correct / len(data.targets)
+
+
+def _cell_logits(clf, data: LabeledPixels, batch_size: int, name: str | None, severity: int,
+                 seed: int):
+    """(start, float32 (n, C) raw logits) of each batch of `data`, corrupted by `name` at
+    `severity` (None: clean), one batch in memory at a time."""
+    generator = generator_for(name, severity, seed) if name else None
     for start in range(0, len(data.targets), batch_size):
         pixels = data.pixels[start:start + batch_size]
         if name:
             pixels = corrupt(pixels, name, severity, generator=generator)
-        logits = clf.pixel_logits(pixels, batch_size=batch_size)
-        correct += int((logits.argmax(dim=1) == data.targets[start:start + batch_size]).sum())
-    return correct / len(data.targets)
+        yield start, clf.pixel_logits(pixels, batch_size=batch_size)
 
 
 def corruption_robustness(clf, data: LabeledPixels, *, severities: int = SEVERITIES,
@@ -319,13 +326,8 @@ def _mean_ap(clf, data: LabeledPixels, batch_size: int, name: str | None = None,
     """Macro mAP of `clf` on `data` under one corruption cell, corrupting batch by batch."""
     from clarivis.evaluate.subgroups import average_precisions  # numpy; torchmetrics' numbers
 
-    generator = generator_for(name, severity, seed) if name else None
-    probs = []
-    for start in range(0, len(data.targets), batch_size):
-        pixels = data.pixels[start:start + batch_size]
-        if name:
-            pixels = corrupt(pixels, name, severity, generator=generator)
-        probs.append(clf.probabilities(clf.pixel_logits(pixels, batch_size=batch_size)))
+    cells = _cell_logits(clf, data, batch_size, name, severity, seed)
+    probs = [clf.probabilities(logits) for _, logits in cells]
     aps = average_precisions(torch.cat(probs).double().numpy(), data.targets.numpy())
     aps = aps[aps == aps]  # drop NaN: labels with no positive image have no AP
     return float(aps.mean()) if len(aps) else 0.0
