@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from clarivis.errors import ClarivisError
@@ -39,6 +40,16 @@ def print_rows(rows: Iterable[Prediction], fmt: str, layout: RowLayout | None = 
         printers = {"table": _print_sets_table, "json": _print_sets_json, "csv": _print_sets_csv}
         return printers[fmt](rows, layout)
     return {"table": _print_table, "json": _print_json, "csv": _print_csv}[fmt](rows)
+
+
+def exit_if_skipped(skipped: list[dict]) -> None:
+    """After a command that read files (embed, index): name the first unreadable ones
+    ({path, reason}) and their count on stderr, and exit with code 1."""
+    if skipped:
+        for s in skipped[:5]:
+            stderr.print(f"[yellow]skipped {escape(s['path'])}: {escape(s['reason'])}")
+        stderr.print(f"[yellow]{len(skipped)} input(s) could not be read")
+        raise typer.Exit(1)
 
 
 def exit_if_unreadable(failed: int) -> None:

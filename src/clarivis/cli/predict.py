@@ -9,7 +9,14 @@ import typer
 from rich.table import Table
 
 import clarivis
-from clarivis.cli.output import check_row_format, exit_if_unreadable, print_rows, stderr, stdout
+from clarivis.cli.output import (
+    check_row_format,
+    exit_if_skipped,
+    exit_if_unreadable,
+    print_rows,
+    stderr,
+    stdout,
+)
 from clarivis.errors import ClarivisError
 from clarivis.models.prompts import DEFAULT_CLIP
 from clarivis.prediction import check_backend
@@ -137,11 +144,7 @@ def embed(
                             batch_size=batch_size, device=device, out=out_file)
     labeled = " with labels" if result.labels else ""
     stdout.print(f"{len(result.paths)} embeddings of {result.dim} dims{labeled}: {out_file}")
-    if result.skipped:
-        for s in result.skipped[:5]:
-            stderr.print(f"[yellow]skipped {s['path']}: {s['reason']}")
-        stderr.print(f"[yellow]{len(result.skipped)} input(s) could not be read")
-        raise typer.Exit(1)
+    exit_if_skipped(result.skipped)
 
 
 @app.command()

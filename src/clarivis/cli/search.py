@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import clarivis
-from clarivis.cli.output import stderr, stdout
+from clarivis.cli.output import exit_if_skipped, stderr, stdout
 from clarivis.errors import ClarivisError
 
 app = typer.Typer(rich_markup_mode=None)
@@ -47,11 +47,7 @@ def index(  # one parameter a flag: Typer reads the option list from this signat
     stdout.print(f"{escape(str(summary.index))}: {summary.total} images ({summary.added} added, "
                  f"{summary.changed} re-embedded, {summary.moved} moved, {summary.removed} deleted, "
                  f"{summary.unchanged} unchanged) with {escape(summary.encoder)}", soft_wrap=True)
-    if summary.skipped:
-        for s in summary.skipped[:5]:
-            stderr.print(f"[yellow]skipped {escape(s['path'])}: {escape(s['reason'])}")
-        stderr.print(f"[yellow]{len(summary.skipped)} input(s) could not be read")
-        raise typer.Exit(1)
+    exit_if_skipped(summary.skipped)
 
 
 @app.command()
