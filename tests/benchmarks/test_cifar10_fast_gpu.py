@@ -3,7 +3,6 @@ files airbench reads, parsing airbench's table, and (slow) the --smoke path end 
 
 from __future__ import annotations
 
-import importlib
 import json
 import subprocess
 import sys
@@ -11,18 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.benchmarks.scripts import BENCH, benchmark_script
 from tests.tiny import write_image
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))  # the script imports its sibling `common`
-    try:
-        yield importlib.import_module("cifar10_fast_gpu")
-    finally:
-        sys.path.remove(str(BENCH))
+    with benchmark_script("cifar10_fast_gpu") as module:
+        yield module
 
 
 def _folder(root: Path, per_class: int) -> Path:

@@ -4,28 +4,23 @@ baseline's loop on a few mosaics."""
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from tests.benchmarks.scripts import benchmark_script
 from tests.tiny import CNN, write_image
 
 from clarivis.data.sources import index_dataset
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 COLOURS = {"blue": (20, 20, 220), "green": (20, 200, 20), "red": (220, 20, 20)}
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))  # the script imports its sibling `common`
-    try:
-        yield importlib.import_module("multilabel_mosaics")
-    finally:
-        sys.path.remove(str(BENCH))
+    with benchmark_script("multilabel_mosaics") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
