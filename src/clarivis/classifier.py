@@ -96,10 +96,15 @@ class Classifier:
         """(N, C) raw logits -> calibrated probabilities: softmax(logits / T), or, multi-label,
         sigmoid(logit_c / T_c + b_c) a class."""
         if self.config.multilabel:
-            temperatures = torch.as_tensor(self.config.label_temperatures(), dtype=torch.float32)
-            biases = torch.as_tensor(self.config.label_biases(), dtype=torch.float32)
-            return torch.sigmoid(logits.float() / temperatures + biases)
+            return torch.sigmoid(self.label_logits(logits))
         return torch.softmax(logits / self.config.temperature, dim=1)
+
+    def label_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Multi-label: (N, C) raw logits -> calibrated ones, logit_c / T_c + b_c (their sigmoid
+        is `probabilities`; a per-label BCE is taken on them)."""
+        temperatures = torch.as_tensor(self.config.label_temperatures(), dtype=torch.float32)
+        biases = torch.as_tensor(self.config.label_biases(), dtype=torch.float32)
+        return logits.float() / temperatures + biases
 
     @torch.no_grad()
     def embed_batch(self, batch: torch.Tensor) -> torch.Tensor:

@@ -56,8 +56,7 @@ def _multilabel_top_losses(scored: ScoredValidation, count: int) -> list[dict]:
     ("none" for the empty set); the map and `confidence` are for `target`, the class whose
     decision costs the image the most loss (a missed or a wrong label, usually)."""
     clf, val = scored.clf, scored.val
-    logits = (scored.logits / torch.as_tensor(clf.config.label_temperatures(), dtype=torch.float32)
-              + torch.as_tensor(clf.config.label_biases(), dtype=torch.float32))  # calibrated logits
+    logits = clf.label_logits(scored.logits)
     per_class = torch.nn.functional.binary_cross_entropy_with_logits(logits, val.targets, reduction="none")
     losses = per_class.mean(dim=1)
     worst = losses.argsort(descending=True)[:count]
