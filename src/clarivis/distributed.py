@@ -97,12 +97,14 @@ def sum_across(world: World, values: list[float], device: torch.device | None = 
 
 def gather_rows(world: World, rows: torch.Tensor) -> torch.Tensor:
     """Every rank's (n_r, ...) CPU tensor concatenated in rank order, on every rank (multi-label
-    validation: average precision needs all scores at once, not sums)."""
+    validation: average precision needs all scores at once, not sums). A rank with no rows
+    passes an empty tensor of any shape; it adds nothing."""
     if not world.distributed:
         return rows
     parts: list = [None] * world.size
     dist.all_gather_object(parts, rows.cpu())
-    return torch.cat(parts)
+    filled = [p for p in parts if p.numel()]
+    return torch.cat(filled) if filled else rows.cpu()
 
 
 def from_main(world: World, value):

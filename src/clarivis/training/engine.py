@@ -243,9 +243,11 @@ def validate(model, batches, device, amp_dtype, world, *, multilabel: bool = Fal
         seen += len(targets)
     total_loss, correct, seen = ddp.sum_across(world, [total_loss, correct, seen], device)
     stats = {"val_loss": total_loss / max(seen, 1), "val_accuracy": correct / max(seen, 1)}
-    if multilabel and scores:
+    if multilabel:  # every rank gathers, one with no val image too (else the others would wait)
         from clarivis.multilabel_metrics import mean_ap
 
-        stats["val_map"] = mean_ap(ddp.gather_rows(world, torch.cat(scores)),
-                                   ddp.gather_rows(world, torch.cat(truths)))
+        probs = ddp.gather_rows(world, torch.cat(scores) if scores else torch.empty(0))
+        truth = ddp.gather_rows(world, torch.cat(truths) if truths else torch.empty(0))
+        if len(probs):
+            stats["val_map"] = mean_ap(probs, truth)
     return stats
