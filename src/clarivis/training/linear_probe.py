@@ -56,7 +56,7 @@ def fit_logistic_head(x: np.ndarray, y: np.ndarray, num_classes: int, *, seed: i
     scaling is folded back into the weights. `reg_c` None: chosen by stratified k-fold CV."""
     # scikit-learn costs ~1 s to import on 2 cores: only --linear-probe runs pay it, not every run.
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
 
     x = np.asarray(x, dtype=np.float64)
     mean, std = x.mean(0), x.std(0) + 1e-6  # (D,); the floor guards dead features
@@ -64,14 +64,18 @@ def fit_logistic_head(x: np.ndarray, y: np.ndarray, num_classes: int, *, seed: i
     folds = min(MAX_FOLDS, int(np.bincount(y).min()))
     cv_accuracy = None
     if reg_c is None and folds >= 2:
-        cv = LogisticRegressionCV(Cs=C_GRID, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
-                                  max_iter=MAX_ITER, scoring="accuracy")
+        splits = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        # Scored by log loss, not accuracy: on easy data every C of the grid reaches 100% CV
+        # accuracy and the first of the tie, C=1e-4, leaves every probability near 1/classes (a
+        # perfect red/blue probe said 0.55). Log loss is a proper score: it picks the C whose
+        # probabilities are right, and still the most accurate one when accuracy differs.
+        cv = LogisticRegressionCV(Cs=C_GRID, cv=splits, max_iter=MAX_ITER, scoring="neg_log_loss")
         with warnings.catch_warnings():  # sklearn 1.8+ announces renamed attributes; we use C_
             warnings.simplefilter("ignore", FutureWarning)
             cv.fit(z, y)
         reg_c = float(cv.C_[0])
-        scores = next(iter(cv.scores_.values()))  # (folds, Cs); one entry per class, all equal
-        cv_accuracy = float(scores.mean(0).max())
+        cv_accuracy = float(cross_val_score(LogisticRegression(C=reg_c, max_iter=MAX_ITER), z, y,
+                                            cv=splits, scoring="accuracy").mean())
     reg_c = reg_c if reg_c is not None else 1.0  # one image of some class: CV impossible
     model = LogisticRegression(C=reg_c, max_iter=MAX_ITER).fit(z, y)
     weight, bias = _class_rows(model, num_classes)
