@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, ImageEnhance
 from tests.check_data_gen import colour_image, make_colors
 
+from clarivis.data import quality
 from clarivis.data.quality import (
     FileInfo,
     _near_pairs,
@@ -76,6 +77,37 @@ def test_near_pairs_match_brute_force():
     expected = {(i, j) for i in range(700) for j in range(i + 1, 700)
                 if (int(hashes[i]) ^ int(hashes[j])).bit_count() <= 6}
     assert set(_near_pairs(hashes, 6)) == expected and len(expected) >= 20
+
+
+@pytest.mark.parametrize("distance", [0, 3, 6, 8, 12])
+def test_multi_index_search_finds_exactly_the_pairs_of_all_pairs(monkeypatch, distance):
+    """Above quality._ALL_PAIRS_UP_TO hashes (lowered here) the search buckets by chunks; it
+    must return the same pairs, also when hashes crowd into a few buckets (real pHashes of
+    plain images share most bits) and at distances too large for buckets (12: all pairs)."""
+    monkeypatch.setattr(quality, "_ALL_PAIRS_UP_TO", 100)
+    rng = np.random.default_rng(distance)
+    spread = rng.integers(0, 2**63, 1500, dtype=np.uint64)
+    crowded = rng.integers(0, 2**20, 1500, dtype=np.uint64)  # the top 44 bits all zero
+    hashes = np.concatenate([spread, crowded])
+    copies = rng.integers(0, len(hashes), 300)
+    bits = rng.integers(0, 64, (300, 4)).astype(np.uint64)  # up to 4 flipped bits each
+    masks = np.bitwise_or.reduce(np.uint64(1) << bits, axis=1)
+    masks[:100] = 0  # same hash, other image
+    hashes = np.concatenate([hashes, hashes[copies] ^ masks])
+    i, j = quality._all_pairs(hashes, distance)
+    expected = set(zip(i.tolist(), j.tolist(), strict=True))
+    assert set(_near_pairs(hashes, distance)) == expected and len(expected) >= 100
+    assert len(_near_pairs(hashes, distance)) == len(expected)  # each pair once
+
+
+def test_many_images_with_one_hash_are_one_group_without_listing_every_pair(monkeypatch):
+    files = [FileInfo(f"{i}.png", "train", "a", sha256=str(i), pixel_hash=str(i), phash=7)
+             for i in range(3000)]  # 3,000 different plain images, one pHash: 4.5M pairs
+    files.append(FileInfo("other.png", "test", "a", sha256="x", pixel_hash="x", phash=7 ^ 0b11))
+    seen = []
+    monkeypatch.setattr(quality, "_near_pairs", lambda h, d: seen.append(len(h)) or [(0, 1)])
+    (group,) = find_duplicates(files)
+    assert seen == [2] and len(group.paths) == 3001 and group.leak
 
 
 def test_size_outliers_use_the_median():

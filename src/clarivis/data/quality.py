@@ -47,6 +47,11 @@ IMBALANCE_RATIO_WARNING = 10.0
 # Processes from this many files on: forking costs ~50 ms, a CIFAR file ~0.3 ms (as in scan).
 _PROCESS_FROM = 2000
 _BLOCK = 256  # rows per block of the pairwise Hamming distances: 256 x 50k x 8 B = 100 MB
+# Near-duplicate search compares all pairs up to this many distinct hashes (~3 s at 50k on one
+# core) and multi-index hashing beyond, where each chunk of the hash still has at least this many
+# values per chunk (buckets fine enough to pay off: up to 8 bits apart).
+_ALL_PAIRS_UP_TO = 20_000
+_MIN_BUCKETS_PER_CHUNK = 8
 
 _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
@@ -186,10 +191,15 @@ def find_duplicates(
     groups = [_group("exact", files, m) for m in members.values() if len(m) > 1]
 
     reps = sorted(members)  # one file per exact group (the group's lowest index)
-    hashes = np.array([files[i].phash for i in reps], dtype=np.uint64)
+    # Reps with equal hashes are linked to the first of them and the search runs over distinct
+    # hashes: 10,000 plain white product shots would otherwise be 5e7 pairs.
+    distinct, first_rep, which = np.unique(np.array([files[i].phash for i in reps], dtype=np.uint64),
+                                           return_index=True, return_inverse=True)
     near_parent = list(range(len(reps)))
-    for a, b in _near_pairs(hashes, near_distance):
-        near_parent[_root(near_parent, a)] = _root(near_parent, b)
+    for r, d in enumerate(which.tolist()):
+        near_parent[_root(near_parent, r)] = _root(near_parent, int(first_rep[d]))
+    for a, b in _near_pairs(distinct, near_distance):
+        near_parent[_root(near_parent, int(first_rep[a]))] = _root(near_parent, int(first_rep[b]))
     near: dict[int, list[int]] = defaultdict(list)
     for r in range(len(reps)):
         near[_root(near_parent, r)].append(r)
@@ -206,16 +216,54 @@ def find_duplicates(
 
 
 def _near_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int]]:
-    """(i, j), i < j, of 64-bit hashes at most max_distance bits apart. All pairs, in blocks:
-    50k hashes are 1.25e9 XOR+popcount, a few seconds in numpy."""
-    pairs: list[tuple[int, int]] = []
+    """(i, j), i < j, of 64-bit hashes at most max_distance bits apart: every such pair, once.
+
+    All pairs are n^2 / 2 XOR+popcounts: 50k hashes take seconds, 1M would take half an hour.
+    Past _ALL_PAIRS_UP_TO hashes the search is multi-index hashing (Norouzi et al., CVPR 2012):
+    cut the 64 bits into max_distance + 1 chunks; two hashes at most max_distance bits apart
+    agree on at least one whole chunk (pigeonhole), so comparing only hashes that share a chunk
+    value finds every pair, exactly, at ~1/100 of the work for 6 bits (7 chunks of 9 bits)."""
+    chunks = max_distance + 1
+    if len(hashes) <= _ALL_PAIRS_UP_TO or 2 ** (64 // chunks) < _MIN_BUCKETS_PER_CHUNK * chunks:
+        i, j = _all_pairs(hashes, max_distance)
+    else:
+        i, j = _pairs_sharing_a_chunk(hashes, max_distance, chunks)
+    return list(zip(i.tolist(), j.tolist(), strict=True))
+
+
+def _all_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) index arrays, i < j, of every pair at most max_distance bits apart; in row
+    blocks, so memory stays _BLOCK x n."""
+    found_i, found_j = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for start in range(0, len(hashes), _BLOCK):
         block = hashes[start:start + _BLOCK]
         distance = np.bitwise_count(block[:, None] ^ hashes[None, start:])  # (b, n - start)
         i, j = np.nonzero(distance <= max_distance)
         keep = j > i  # the upper triangle: each pair once, never an image with itself
-        pairs.extend(zip((i[keep] + start).tolist(), (j[keep] + start).tolist(), strict=True))
-    return pairs
+        found_i.append(i[keep] + start)
+        found_j.append(j[keep] + start)
+    return np.concatenate(found_i), np.concatenate(found_j)
+
+
+def _pairs_sharing_a_chunk(hashes: np.ndarray, max_distance: int,
+                           chunks: int) -> tuple[np.ndarray, np.ndarray]:
+    """_all_pairs within every group of hashes equal on one of `chunks` bit ranges; a pair that
+    shares several chunks is found several times and kept once."""
+    n = len(hashes)
+    bounds = np.linspace(0, 64, chunks + 1).astype(int)  # e.g. 0, 9, 18, ..., 64
+    found = [np.zeros(0, np.int64)]
+    for low, high in zip(bounds[:-1], bounds[1:], strict=True):
+        key = (hashes >> np.uint64(low)) & np.uint64((1 << int(high - low)) - 1)
+        order = np.argsort(key, kind="stable")  # equal keys keep ascending indices: i < j holds
+        ordered = key[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        for first, end in zip(starts, np.r_[starts[1:], n], strict=True):
+            if end - first > 1:
+                members = order[first:end]
+                i, j = _all_pairs(hashes[members], max_distance)
+                found.append(members[i] * n + members[j])  # one int64 per pair, for unique
+    pairs = np.unique(np.concatenate(found))
+    return pairs // n, pairs % n
 
 
 def _hamming(a: int, b: int) -> int:
