@@ -4,6 +4,7 @@ queries. Tiny timm test_resnet with seeded random weights at 32 px, generated im
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -16,6 +17,7 @@ import clarivis
 from clarivis.errors import ClarivisError
 from clarivis.index import build, encoder
 from clarivis.index.ann import ExactStore, UsearchStore, exact_search
+from clarivis.index.store import ImageRow, MetaDB
 from clarivis.models.bundle import save_bundle
 
 pytest.importorskip("usearch")
@@ -328,3 +330,18 @@ def test_filtered_ann_candidates_give_the_exact_filtered_answer(photos, tmp_path
     got = clarivis.search(tmp_path / "idx", image=files[0], k=3, where={"half": "1"})[0]
     assert all(h.metadata["half"] == "1" for h in got.results) and len(got.results) == 3
     np.testing.assert_allclose([h.score for h in got.results], [h.score for h in expected.results], atol=1e-4)
+
+
+@pytest.mark.parametrize("paths", [
+    ["/data/x/1.jpg", "/data/x-y/2.jpg", "/data/x/3.jpg"],  # '-' sorts before '/'
+    ["/data/shop/a/1.jpg", "/data/shop/a/b/2.jpg", "/data/shop/ab.jpg"],
+    ["/data/one.jpg"],
+    ["/p/b.jpg", "/p/b.jpg.png"],
+    [],
+])
+def test_common_folder_from_two_rows_is_the_common_path_of_all(tmp_path, paths):
+    db = MetaDB(tmp_path)
+    for key, path in enumerate(paths):
+        db.insert(ImageRow(key, path, str(key), 1, 0, "test", {}))
+    expected = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0]) if paths else ""
+    assert db.common_folder() == expected

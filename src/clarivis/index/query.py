@@ -94,12 +94,9 @@ class Searcher:
         self.device = device
         db = MetaDB(self.folder)
         try:  # the collection's root: answers name images relative to it (no server paths)
-            paths = [r.path for r in db.rows()]
+            self.root = db.common_folder()
         finally:
             db.close()
-        self.root = os.path.commonpath(paths) if paths else ""
-        if paths and os.path.isfile(self.root):  # a one-image index: its folder
-            self.root = os.path.dirname(self.root)
         self._text = None
         self._lock = threading.Lock()  # one forward pass at a time: torch already uses the cores
 
