@@ -36,6 +36,9 @@ def check(  # one parameter a flag: Typer reads the option list from this signat
     task: Annotated[str, Opt(help="auto | multiclass | multilabel [auto: multilabel when the CSV "
                                   "has a labels column]")] = "auto",
     label_sep: Annotated[str, Opt(help="separator of a multi-label cell")] = ";",
+    similar_cosine: Annotated[float, Opt(min=0, max=1, help="feature cosine from which two images "
+                                         "are look-alikes (flipped, cropped or edited copies; with "
+                                         "a backbone's features; 1: off)")] = 0.85,
     top: Annotated[int, Opt(min=1, help="findings shown in the table (all go to --json)")] = 50,
     device: Annotated[Optional[str], Opt()] = None,
 ) -> None:
@@ -48,7 +51,7 @@ def check(  # one parameter a flag: Typer reads the option list from this signat
     result = clarivis.check_data(data, model=model, weights=weights, pretrained=pretrained,
                                  img_size=img_size, cached=cached, label_issues=labels, folds=folds,
                                  group_by=group_by, task=task, label_sep=label_sep,
-                                 device=device, console=stderr)
+                                 similar_cosine=similar_cosine, device=device, console=stderr)
     written = clarivis.save_check(result, json_path) if json_path else None  # before printing (| head)
     findings = result.findings
     colours = {"error": "red", "warning": "yellow", "info": "dim"}

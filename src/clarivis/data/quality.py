@@ -79,11 +79,14 @@ class FileInfo:
 
 @dataclass
 class DuplicateGroup:
-    kind: str  # "exact": same bytes or same decoded pixels; "near": perceptual hashes close
+    # "exact": same bytes or same decoded pixels; "near": perceptual hashes close; "similar":
+    # backbone features close (an edited copy: datacheck/similar_images.py)
+    kind: str
     paths: list[str]
     splits: list[str]  # aligned with paths
     labels: list[str]  # aligned with paths
     distance: int = 0  # near: largest Hamming distance (bits of 64) from the first path
+    similarity: float | None = None  # similar: the lowest feature cosine linking the group
 
     @property
     def leak(self) -> bool:
@@ -184,10 +187,10 @@ def find_duplicates(
         for i, f in enumerate(files):
             j = first.setdefault(getattr(f, key), i)
             if j != i:
-                parent[_root(parent, i)] = _root(parent, j)
+                parent[find_root(parent, i)] = find_root(parent, j)
     members: dict[int, list[int]] = defaultdict(list)
     for i in range(len(files)):
-        members[_root(parent, i)].append(i)
+        members[find_root(parent, i)].append(i)
     groups = [_group("exact", files, m) for m in members.values() if len(m) > 1]
 
     reps = sorted(members)  # one file per exact group (the group's lowest index)
@@ -197,22 +200,27 @@ def find_duplicates(
                                            return_index=True, return_inverse=True)
     near_parent = list(range(len(reps)))
     for r, d in enumerate(which.tolist()):
-        near_parent[_root(near_parent, r)] = _root(near_parent, int(first_rep[d]))
+        near_parent[find_root(near_parent, r)] = find_root(near_parent, int(first_rep[d]))
     for a, b in _near_pairs(distinct, near_distance):
-        near_parent[_root(near_parent, int(first_rep[a]))] = _root(near_parent, int(first_rep[b]))
+        near_parent[find_root(near_parent, int(first_rep[a]))] = find_root(near_parent, int(first_rep[b]))
     near: dict[int, list[int]] = defaultdict(list)
     for r in range(len(reps)):
-        near[_root(near_parent, r)].append(r)
+        near[find_root(near_parent, r)].append(r)
     for component in near.values():
         if len(component) > 1:
             indices = sorted(i for r in component for i in members[reps[r]])
             group = _group("near", files, indices)
             group.distance = max(_hamming(files[indices[0]].phash, files[i].phash) for i in indices)
             groups.append(group)
-    # Most harmful first: leaks, then one image under two labels, then larger groups.
-    groups.sort(key=lambda g: (not g.leak, not g.conflicting_labels, g.kind != "exact",
-                               -len(g.paths), g.paths[0]))
-    return groups
+    return sort_groups(groups)
+
+
+def sort_groups(groups: list[DuplicateGroup]) -> list[DuplicateGroup]:
+    """Most harmful first: leaks, then one image under two labels; exact copies before near
+    ones before similar ones, then larger groups."""
+    order = {"exact": 0, "near": 1, "similar": 2}
+    return sorted(groups, key=lambda g: (not g.leak, not g.conflicting_labels, order[g.kind],
+                                         -len(g.paths), g.paths[0]))
 
 
 def _near_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int]]:
@@ -270,7 +278,8 @@ def _hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
 
 
-def _root(parent: list[int], i: int) -> int:
+def find_root(parent: list[int], i: int) -> int:
+    """Union-find: the root of i's tree."""
     while parent[i] != i:
         parent[i] = parent[parent[i]]  # path halving keeps the trees flat
         i = parent[i]

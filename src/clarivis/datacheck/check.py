@@ -16,14 +16,16 @@ from rich.console import Console
 from clarivis.data.quality import (
     IMBALANCE_RATIO_WARNING,
     NEAR_DUPLICATE_DISTANCE,
+    DuplicateGroup,
     QualityReport,
     check_quality,
     class_imbalance,
+    sort_groups,
 )
 from clarivis.data.sources import LABEL_SEP, DatasetIndex, Sample, index_dataset, multilabel_sample
 from clarivis.data.splits import check_group_column
 from clarivis.data.thumbnails import FINDING_THUMBNAIL, thumbnail
-from clarivis.datacheck.label_features import choose_features
+from clarivis.datacheck.label_features import FeatureSource, choose_features
 from clarivis.datacheck.label_issues import (
     DEFAULT_FOLDS,
     LabelIssue,
@@ -31,6 +33,7 @@ from clarivis.datacheck.label_issues import (
     find_label_issues,
 )
 from clarivis.datacheck.multilabel_issues import MultilabelIssue, find_multilabel_issues
+from clarivis.datacheck.similar_images import SIMILAR_COSINE, similar_groups
 
 SEVERITIES = ("error", "warning", "info")
 # Within a severity: what breaks training or evaluation first, then what misleads it.
@@ -75,6 +78,7 @@ class DataCheckResult:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
     group_leaks: list[GroupLeak] = field(default_factory=list)  # with --group-by
     task: str = "multiclass"  # "multilabel": a label set an image (DatasetIndex.task)
+    similar_note: str = ""  # why look-alikes were skipped or left out, if they were
 
     @property
     def multilabel(self) -> bool:
@@ -100,6 +104,7 @@ class DataCheckResult:
                 "corrupt": len(q.corrupt),
                 "exact_duplicate_groups": sum(g["kind"] == "exact" for g in duplicates),
                 "near_duplicate_groups": sum(g["kind"] == "near" for g in duplicates),
+                "similar_groups": sum(g["kind"] == "similar" for g in duplicates),
                 "leaking_groups": sum(g["leak"] for g in duplicates),
                 "group_leaks": len(self.group_leaks),  # --group-by groups in two splits
                 "conflicting_label_groups": sum(g["conflicting_labels"] for g in duplicates),
@@ -113,6 +118,7 @@ class DataCheckResult:
             "label_check": ({k: v for k, v in self.labels.to_dict().items() if k != "issues"}
                             if self.labels else {"skipped": self.label_check_note}),
             "duplicates": duplicates,
+            **({"similar_note": self.similar_note} if self.similar_note else {}),
             "corrupt": q.corrupt,
             "imbalance": q.imbalance,
             "size_outliers": q.size_outliers,
@@ -136,6 +142,9 @@ class CheckOptions:
     folds: int = DEFAULT_FOLDS  # cross-validation folds of the label check
     device: str | None = None  # None: the best available
     near_distance: int = NEAR_DUPLICATE_DISTANCE  # hash bits apart for a near duplicate (data/quality.py)
+    # Feature cosine from which two images are edited copies (similar_images.py); needs the
+    # label check's features; 1 turns it off.
+    similar_cosine: float = SIMILAR_COSINE
     train_settings: dict[str, Any] | None = None  # per-fold training instead of features
     # A manifest column (e.g. patient_id): a group in two given splits is a leak, and the label
     # check's folds keep each group whole. None: images are independent.
@@ -195,7 +204,35 @@ def check_data(data: str | Path, options: CheckOptions | None = None, *,
         console=console,
     )
     seconds["labels"] = round(time.perf_counter() - started, 3)
+    if result.labels.vectors is not None and opts.similar_cosine < 1:
+        result.similar_note = _add_similar_images(result, source, opts.similar_cosine, console)
     return result
+
+
+def _add_similar_images(result: DataCheckResult, source: FeatureSource, threshold: float,
+                        console: Console) -> str:
+    """Look-alike groups (edited copies) from the label check's features join the duplicate
+    groups; returns a note on what was left out ('' for nothing)."""
+    if source.is_bundle:  # trained features are alike for a whole class (neural collapse)
+        note = ("look-alike search skipped: it needs a pretrained backbone's features "
+                "(--model NAME --weights FILE), a trained ModelBundle's are alike for a whole class")
+        console.print(note)
+        return note
+    started = time.perf_counter()
+    quality, labels = result.quality, result.labels
+    info = {f.path: f for f in quality.readable}
+    found = similar_groups(labels.vectors, [info[p] for p in labels.vector_paths],
+                           quality.duplicates, threshold=threshold)
+    quality.duplicates = sort_groups(quality.duplicates + found.groups)
+    result.seconds["similar"] = round(time.perf_counter() - started, 3)
+    console.print(f"{len(found.groups)} groups of look-alikes (feature cosine >= {threshold:g}), "
+                  f"{sum(g.leak for g in found.groups)} across splits")
+    if not found.too_large:
+        return ""
+    note = (f"{len(found.too_large)} linked sets of {found.too_large[0]}+ images left out of the "
+            f"look-alikes: these features cannot tell them apart (raise --similar-cosine)")
+    console.print(note)
+    return note
 
 
 def per_label(index: DatasetIndex) -> DatasetIndex:
@@ -241,15 +278,18 @@ def ranked_findings(result: DataCheckResult) -> list[Finding]:
              for c in q.corrupt]
     shown = _label_set_text if result.multilabel else str
     for g in q.duplicates:
-        what = "identical" if g.kind == "exact" else f"near-identical ({g.distance} bits of 64 apart)"
+        what = _duplicate_text(g)
         labels = ", ".join(shown(label) for label in sorted(set(g.labels)))
+        # Feature similarity is evidence, not proof (two photos of one scene): a warning to look
+        # at, where a hash match is an error.
+        severity = "warning" if g.kind == "similar" else "error"
         if g.leak:
             splits = ", ".join(sorted(set(g.splits)))
             extra = f" and labeled {labels}" if g.conflicting_labels else ""
-            found.append(Finding("error", "leak", g.paths, f"{len(g.paths)} {what} images in "
+            found.append(Finding(severity, "leak", g.paths, f"{len(g.paths)} {what} images in "
                                  f"{splits}{extra}: evaluation sees training images"))
         elif g.conflicting_labels:
-            found.append(Finding("error", "conflicting_labels", g.paths,
+            found.append(Finding(severity, "conflicting_labels", g.paths,
                                  f"{len(g.paths)} {what} images labeled {labels}"))
         else:
             kind = "duplicate" if g.kind == "exact" else "near_duplicate"
@@ -271,6 +311,14 @@ def ranked_findings(result: DataCheckResult) -> list[Finding]:
                       f"(median side {o['median_size']:g} px)") for o in q.size_outliers]
     # sorted() is stable: each kind keeps the order its check ranked it in.
     return sorted(found, key=lambda f: (SEVERITIES.index(f.severity), _KIND_ORDER.index(f.kind)))
+
+
+def _duplicate_text(group: DuplicateGroup) -> str:
+    if group.kind == "exact":
+        return "identical"
+    if group.kind == "near":
+        return f"near-identical ({group.distance} bits of 64 apart)"
+    return f"look-alike (feature cosine >= {group.similarity:.2f}: a flip, crop or edit of one photo?)"
 
 
 def _issue_message(issue: LabelIssue) -> str:

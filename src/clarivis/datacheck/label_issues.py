@@ -84,6 +84,10 @@ class LabelIssueResult:
     # "multilabel": issues are MultilabelIssues (multilabel_issues.py) and oof_accuracy is
     # label-wise (1 - Hamming loss at 0.5).
     task: str = "multiclass"
+    # The features (a) scored, (checked, D) float32, and their images' paths: check looks for
+    # edited copies in them (similar_images.py). Not in to_dict; None without features.
+    vectors: np.ndarray | None = field(default=None, repr=False)
+    vector_paths: list[str] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
         task = {"task": self.task} if self.task == "multilabel" else {}  # single-label as before
@@ -143,7 +147,7 @@ def find_label_issues(samples: list[Sample], splits: list[str], options: LabelCh
         notes.append(f"{n_groups} folds instead of {k}: there are {n_groups} groups")
         k = n_groups
     fold_of = _assign_folds(labels, k, seed, kept_groups)
-    reg_c = None
+    reg_c, features = None, None
     if source is not None:
         console.print(f"label check: features of {source.describe()} ({source.why}) + logistic "
                       f"regression, {k} folds")
@@ -159,7 +163,8 @@ def find_label_issues(samples: list[Sample], splits: list[str], options: LabelCh
     issues = rank_label_issues(kept, kept_splits, class_names, labels, probs)
     accuracy = float((probs.argmax(1) == labels).mean())
     return LabelIssueResult(issues, method, k, len(kept), accuracy, notes,
-                            features=source.describe() if source else "", reg_c=reg_c)
+                            features=source.describe() if source else "", reg_c=reg_c,
+                            vectors=features, vector_paths=[s.path for s in kept])
 
 
 def rank_label_issues(

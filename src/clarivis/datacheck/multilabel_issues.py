@@ -76,7 +76,7 @@ def find_multilabel_issues(samples: list[Sample], splits: list[str],
         notes.append(f"{len(set(groups))} folds instead of {k}: there are {len(set(groups))} groups")
         k = len(set(groups))
     fold_of = multilabel_folds(targets, k, opts.seed, groups)
-    reg_c = None
+    reg_c, features = None, None
     if source is not None:
         console.print(f"label check: features of {source.describe()} ({source.why}) + one "
                       f"logistic regression a label, {k} folds")
@@ -98,7 +98,8 @@ def find_multilabel_issues(samples: list[Sample], splits: list[str],
     accuracy = float(((probs >= 0.5) == targets.astype(bool)).mean())
     return LabelIssueResult(issues, method, k, len(samples), accuracy, notes,
                             features=source.describe() if source else "", reg_c=reg_c,
-                            task="multilabel")
+                            task="multilabel",
+                            vectors=features, vector_paths=[s.path for s in samples])
 
 
 def usable_labels(samples: list[Sample], folds: int) -> tuple[list[str], int, list[str]]:

@@ -9,7 +9,7 @@ ROBUSTNESS_DROP_LIMIT = 0.10  # mean corruption accuracy 10% (relative) under cl
 CORRUPTION_LIMIT = 0.25  # any single corruption losing a quarter of the clean accuracy
 ADVERSARIAL_EPS = "2/255"  # an invisible perturbation: the level reported to users
 CHECK_LIMITS = (("label_issues", "suspected label errors"),
-                ("leaking_groups", "groups of (near) copies shared between splits"),
+                ("leaking_groups", "groups of (near) copies or look-alikes shared between splits"),
                 ("conflicting_label_groups", "groups of (near) identical images under different labels"),
                 ("exact_duplicate_groups", "groups of exact duplicates"), ("corrupt", "unreadable files"))
 
