@@ -18,7 +18,7 @@ from clarivis.data.quality import DuplicateGroup, FileInfo, find_root, sort_grou
 # a colour change or a 10 degree rotation of a photo keeps 0.82-0.95 (median 0.89-0.95); on
 # CIFAR-10's 32 px photos, whose features are blurrier, ~5 pairs in 10,000 images reach it.
 SIMILAR_COSINE = 0.85
-_BLOCK = 2048  # rows per block of the (block, N) cosine matrix: 2048 x 100k x 4 B = 800 MB
+_BLOCK = 1024  # rows per block of the (block, N) cosine matrix: 1024 x 100k x 4 B = 400 MB
 # Above this many images the exact pass (N^2 D / 2 multiply-adds: ~1 min at 100k on 2 cores)
 # gives way to an HNSW index (USearch, the `search` extra) asked for each image's nearest ones.
 _EXACT_UP_TO = 100_000
