@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from clarivis.training.defaults import pick_batch_size, pick_img_size, pick_lr, pick_model
+from clarivis.training.defaults import (
+    pick_batch_size,
+    pick_crop_pct,
+    pick_img_size,
+    pick_lr,
+    pick_model,
+)
 
 
 def test_image_size_follows_the_data_not_imagenet():
@@ -31,3 +37,11 @@ def test_model_and_batch_size_fit_the_device_and_data():
     assert pick_lr("adamw", 64, fine_tune=False) == 2e-3
     assert pick_lr("adamw", 32, fine_tune=True) == 1e-3  # the tutorial's lr at its batch
     assert pick_lr("adamw", 64, fine_tune=True, text_init=True) == 2e-5  # CLIP head from text
+
+
+def test_the_weights_crop_margin_is_kept_off_upsampled_images():
+    photos, thumbnails = [(500, 375)] * 5, [(32, 32)] * 5
+    assert pick_crop_pct("crop", 0.875, photos, 224) == 0.875  # timm's own evaluation crop
+    assert pick_crop_pct("crop", 0.875, thumbnails, 224) == 1.0  # 32 -> 224: keep every pixel
+    assert pick_crop_pct("crop", 0.875) == 0.875  # sizes unknown: the weights' crop
+    assert pick_crop_pct("pad", 0.875, photos, 224) == 1.0  # the letterbox never crops

@@ -141,7 +141,8 @@ def resolve_defaults(config: TrainConfig, data: PreparedData, device, world_size
         values["resize_mode"] = defaults.pick_resize_mode(fine_tune)
     if values["crop_pct"] is None:
         weights_crop = pretrained_cfg(values["model"]).get("crop_pct") if fine_tune else None
-        values["crop_pct"] = defaults.pick_crop_pct(values["resize_mode"], weights_crop)
+        values["crop_pct"] = defaults.pick_crop_pct(values["resize_mode"], weights_crop, data.sizes,
+                                                    values["img_size"])
     if values["warmup_epochs"] is None:
         values["warmup_epochs"] = defaults.pick_warmup_epochs(config.epochs)
     if values["lr"] is None:
