@@ -28,6 +28,7 @@ from clarivis.spec import VERSION as __version__
 from clarivis.spec import BundleConfig, read_bundle_config, resolve_bundle_path
 
 MAX_FINDINGS = 40  # rows of the data-check table; the JSON file has them all
+FINDING_THUMBNAILS = 2  # images shown per finding; a duplicate group lists the rest by path
 WEAK = 0.5  # a per-class recall (or AP) below this is shown in red
 SINGLE_LABEL_ONLY = ("applies to single-label models (one softmax answer an image); not run on this "
                      "multi-label model")
@@ -376,7 +377,9 @@ def _data_check(check: dict, file: Path) -> dict:
               if isinstance(v, int | float) and v]
     rows = []
     for f in findings[:MAX_FINDINGS]:
-        png = thumbnail(f["paths"][0], FINDING_THUMBNAIL) if f["paths"] else None
-        rows.append({**f, "thumb": data_uri(png) if png else None})
+        # Two images for a pair finding (a leak, a duplicate, a look-alike): the reader compares
+        # them side by side instead of opening both files.
+        pngs = (thumbnail(path, FINDING_THUMBNAIL) for path in f["paths"][:FINDING_THUMBNAILS])
+        rows.append({**f, "thumbs": [data_uri(png) for png in pngs if png]})
     return {"counts": counts, "findings": rows, "more": max(0, len(findings) - MAX_FINDINGS),
             "file": file.name}
