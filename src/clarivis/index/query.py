@@ -62,8 +62,7 @@ def search(index: str | Path, *, image: str | Path | Iterable[str | Path] | None
     folder = Path(index).expanduser()
     if (image is None) == (text is None):
         raise ClarivisError("give query images (--image) or words (--text), not both")
-    if k < 1:
-        raise ClarivisError(f"-k must be at least 1 (got {k})")
+    _check_k(k)
     info = read_info(folder)
     texts = [text] if isinstance(text, str) else list(text or [])
     if text is not None and not info.is_clip:
@@ -106,7 +105,7 @@ class Searcher:
     def images(self, images: Sequence, names: Sequence[str], *, k: int = 10,
                where: dict[str, str] | None = None) -> list[QueryResult]:
         """Decoded images (PIL, as the service's uploads are) named `names`: one result list each."""
-        self._check_k(k)
+        _check_k(k)
         with self._lock:
             pixels = torch.stack([self.encoder.resize(pil_to_uint8(to_rgb(im))) for im in images])
             vectors = enc.unit(self.encoder.pixel_embeddings(pixels))
@@ -114,7 +113,7 @@ class Searcher:
 
     def text(self, texts: Sequence[str], *, k: int = 10, where: dict[str, str] | None = None
              ) -> list[QueryResult]:
-        self._check_k(k)
+        _check_k(k)
         with self._lock:
             if self._text is None:
                 self._text = enc.text_encoder(self.info.encoder, self.device)
@@ -142,10 +141,10 @@ class Searcher:
         finally:
             db.close()
 
-    @staticmethod
-    def _check_k(k: int) -> None:
-        if k < 1:
-            raise ClarivisError(f"-k must be at least 1 (got {k})")
+
+def _check_k(k: int) -> None:
+    if k < 1:
+        raise ClarivisError(f"-k must be at least 1 (got {k})")
 
 
 def _image_queries(image, info, store, db, allowed, k, batch_size, device) -> list[QueryResult]:

@@ -15,8 +15,12 @@ def pick_img_size(sizes: list[tuple[int, int]], pretrained_size: int | None = No
         return pretrained_size
     if not sizes:
         return 224
-    typical = statistics.median((w * h) ** 0.5 for w, h in sizes)
-    return int(min(224, max(32, -(-typical // 32) * 32)))
+    return int(min(224, max(32, -(-typical_side(sizes) // 32) * 32)))
+
+
+def typical_side(sizes: list[tuple[int, int]]) -> float:
+    """The dataset's typical image side in px: the median sqrt(w*h) of the (w, h) sizes."""
+    return statistics.median((w * h) ** 0.5 for w, h in sizes)
 
 
 def pick_model(device: torch.device, img_size: int) -> str:
@@ -94,7 +98,7 @@ def pick_crop_pct(resize_mode: str, weights_crop_pct: float | None,
     the two tie (0.928-0.935 vs 0.928; benchmarks/README.md, "few_label_probe.py")."""
     if resize_mode != "crop" or not weights_crop_pct:
         return 1.0
-    if sizes and img_size and statistics.median((w * h) ** 0.5 for w, h in sizes) < img_size:
+    if sizes and img_size and typical_side(sizes) < img_size:
         return 1.0
     return float(weights_crop_pct)
 
