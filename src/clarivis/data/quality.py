@@ -47,9 +47,9 @@ IMBALANCE_RATIO_WARNING = 10.0
 # Processes from this many files on: forking costs ~50 ms, a CIFAR file ~0.3 ms (as in scan).
 _PROCESS_FROM = 2000
 _BLOCK = 256  # rows per block of the pairwise Hamming distances: 256 x 50k x 8 B = 100 MB
-# Near-duplicate search compares all pairs up to this many distinct hashes (~3 s at 50k on one
-# core) and multi-index hashing beyond, where each chunk of the hash still has at least this many
-# values per chunk (buckets fine enough to pay off: up to 8 bits apart).
+# Near-duplicate search compares all pairs up to this many distinct hashes (a second or two) and
+# multi-index hashing beyond, while each chunk of the hash keeps at least this many values per
+# chunk (buckets fine enough to pay off: up to 8 bits apart).
 _ALL_PAIRS_UP_TO = 20_000
 _MIN_BUCKETS_PER_CHUNK = 8
 
@@ -226,11 +226,12 @@ def sort_groups(groups: list[DuplicateGroup]) -> list[DuplicateGroup]:
 def _near_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int]]:
     """(i, j), i < j, of 64-bit hashes at most max_distance bits apart: every such pair, once.
 
-    All pairs are n^2 / 2 XOR+popcounts: 50k hashes take seconds, 1M would take half an hour.
-    Past _ALL_PAIRS_UP_TO hashes the search is multi-index hashing (Norouzi et al., CVPR 2012):
-    cut the 64 bits into max_distance + 1 chunks; two hashes at most max_distance bits apart
-    agree on at least one whole chunk (pigeonhole), so comparing only hashes that share a chunk
-    value finds every pair, exactly, at ~1/100 of the work for 6 bits (7 chunks of 9 bits)."""
+    All pairs are n^2 / 2 XOR+popcounts: 50k hashes take seconds, 1M about two hours. Past
+    _ALL_PAIRS_UP_TO hashes the search is multi-index hashing (Norouzi et al., CVPR 2012): cut
+    the 64 bits into max_distance + 1 chunks; two hashes at most max_distance bits apart agree on
+    at least one whole chunk (pigeonhole), so comparing only hashes that share a chunk value finds
+    every pair, exactly, with ~1/146 of the comparisons for 6 bits (7 chunks of 9-10 bits): 1M
+    hashes in ~2 minutes (benchmarks/README.md, "near_duplicates.py")."""
     chunks = max_distance + 1
     if len(hashes) <= _ALL_PAIRS_UP_TO or 2 ** (64 // chunks) < _MIN_BUCKETS_PER_CHUNK * chunks:
         i, j = _all_pairs(hashes, max_distance)

@@ -1,8 +1,8 @@
 """Edited copies found by features: images whose backbone features point the same way although
 their pixels differ (a flip, a crop, a colour change, a strong re-encode: what the perceptual
-hash of data.quality misses). Runs in `clarivis check` whenever the label check has features
-(a ModelBundle or a pretrained backbone); its groups join the duplicate groups, so a flipped
-copy of a training image in the test split is reported as a leak."""
+hash of data.quality misses). Runs in `clarivis check` when the label check has a pretrained
+backbone's features (not a ModelBundle's: datacheck/check.py skips those); its groups join the
+duplicate groups, so a flipped copy of a training image in the test split is reported as a leak."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from clarivis.data.quality import DuplicateGroup, FileInfo, find_root, sort_grou
 
 # Cosine of pre-logits features at or above which two images are called edited copies. Measured
 # with ImageNet efficientnet_lite0 at 224 px (benchmarks/README.md, "similar_images.py"): on the
-# 396 ants/bees photos no two different photos reach 0.79, while a mirror image, a 85% centre crop,
-# a colour change or a 10 degree rotation of a photo keeps 0.82-0.95 (median 0.89-0.95); on
-# CIFAR-10's 32 px photos, whose features are blurrier, ~5 pairs in 10,000 images reach it.
+# 396 ants/bees photos no two different photos reach 0.77, while a mirror image, a 85% centre crop,
+# a colour change or a 10 degree rotation of a photo keeps median 0.89-0.95; on 3,000 of
+# CIFAR-10's 32 px photos, whose features are blurrier, 16 pairs reach it, 11 of them CIFAR's own
+# near copies.
 SIMILAR_COSINE = 0.85
 _BLOCK = 1024  # rows per block of the (block, N) cosine matrix: 1024 x 100k x 4 B = 400 MB
 # Above this many images the exact pass (N^2 D / 2 multiply-adds: ~1 min at 100k on 2 cores)
