@@ -64,6 +64,15 @@ def test_filters_and_one_line_errors(served):
     text = httpx.get(f"{url}/v1/search", params={"text": "a red square"})
     assert text.status_code == 400 and "CLIP" in text.json()["detail"]
     assert httpx.get(f"{url}/v1/search/image/999").status_code == 404
+    gone = next(h for h in results if h["path"] == "blue/blue4.png")
+    file = photos / "blue" / "blue4.png"
+    original = file.read_bytes()
+    file.write_bytes(b"no longer a picture")
+    try:
+        thumb = httpx.get(f"{url}/v1/search/image/{gone['id']}")
+    finally:
+        file.write_bytes(original)  # the page test shows every thumbnail
+    assert thumb.status_code == 404 and "run clarivis index again" in thumb.json()["detail"]
 
 
 def test_a_server_without_an_index_says_how_to_get_one(tmp_path):

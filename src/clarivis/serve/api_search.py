@@ -5,11 +5,10 @@ answers are relative to the collection's root (no answer names a server path).""
 
 from __future__ import annotations
 
-import io
 from typing import TYPE_CHECKING
 
-from clarivis.data.io import load_image
-from clarivis.errors import ClarivisError, ImageDecodeError
+from clarivis.data.thumbnails import thumbnail as image_thumbnail
+from clarivis.errors import ClarivisError
 from clarivis.extras import needs
 from clarivis.serve.api_v1 import PREDICT_BODY, deadline
 from clarivis.serve.schemas import SearchResponse, errors
@@ -67,10 +66,12 @@ def add_search_routes(app: FastAPI, service: Service) -> None:
         if path is None:
             raise HTTPException(404, f"no indexed image {image_id}; take ids from /v1/search")
         try:
-            data = await run_in_threadpool(_thumbnail, path)
-        except (ImageDecodeError, OSError):
+            data = await run_in_threadpool(image_thumbnail, path, THUMBNAIL_PX, "JPEG")
+        except OSError:
+            data = None
+        if data is None:
             raise HTTPException(404, f"indexed image {image_id} can no longer be read; "
-                                     "run clarivis index again to update the index") from None
+                                     "run clarivis index again to update the index")
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
 
@@ -102,11 +103,3 @@ def _response(service: Service, results) -> dict:
     return {"index_size": len(searcher), "queries": [
         {"query": r.query, "results": [{"id": h.key, "path": searcher.relative(h.path), "score": h.score,
                                         "metadata": h.metadata} for h in r.results]} for r in results]}
-
-
-def _thumbnail(path: str) -> bytes:
-    image = load_image(path, reduce_to=THUMBNAIL_PX)
-    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue()
